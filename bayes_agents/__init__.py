@@ -1,0 +1,1 @@
+"""Stable-Baselines3 recurrent policies with Bayesian task beliefs (RL², Laplace-VRNN, VariBAD, GLiBRL)."""

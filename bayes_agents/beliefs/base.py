@@ -1,0 +1,182 @@
+"""The interface every belief module (RL², Laplace-VRNN, ...) implements.
+
+A belief turns the per-step RL² input ``x_t`` (the caller's flattened concatenation of observation,
+previous action, previous reward and new-episode flag) into a task latent ``z``: a point estimate
+(RL²) or a Gaussian posterior ``q_t = N(mean_t, precision_t^{-1})`` (Laplace-VRNN).
+
+Conventions shared by all beliefs:
+
+* The belief state is one flat float tensor ``[B, state_size]`` so that it fits into the recurrent
+  state slots of sb3-contrib's ``RecurrentPPO`` buffer. The all-zero state is the initial (prior)
+  state, so a caller that zero-initialises its storage (as ``RecurrentPPO`` does) is correct.
+* ``episode_starts`` follows Stable-Baselines3: where ``episode_starts[t, b] == 1`` the state of
+  row ``b`` is reset to the initial state *before* ``inputs[t, b]`` is processed. In the trial
+  environments of this package an SB3 episode is a trial, so the belief forgets the previous task.
+* ``step`` is ``sequence`` with ``T = 1``; subclasses implement ``sequence`` only, and ``sequence``
+  must equal a loop of ``step`` calls (resets included).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class BeliefOutput:
+    """What a belief reports at every step. Leading dims ``[..]`` are ``[B]`` or ``[T, B]``.
+
+    :param mean: posterior mean / point estimate of the task latent, ``[.., latent_dim]``.
+    :param precision: posterior precision ``Λ`` (inverse covariance), ``[.., L, L]`` for a full
+        covariance or ``[.., L]`` (the diagonal) for a diagonal one; ``None`` for point estimates.
+    :param precision_cholesky: lower Cholesky factor of ``Λ + jitter·I``, ``[.., L, L]`` (full
+        covariance only; ``None`` otherwise).
+    :param entropy: differential entropy of the posterior in nats, ``[..]``; ``None`` for point
+        estimates.
+    :param kl_to_previous: ``KL(q_t || q_{t-1})`` in nats, ``[..]``, where ``q_{t-1}`` is the prior at
+        a reset; differentiable through ``mean`` only. ``None`` for point estimates.
+    """
+
+    mean: Tensor
+    precision: Tensor | None = None
+    precision_cholesky: Tensor | None = None
+    entropy: Tensor | None = None
+    kl_to_previous: Tensor | None = None
+
+    @property
+    def is_distribution(self) -> bool:
+        """True if the output is a posterior distribution (not a point estimate)."""
+        return self.precision is not None
+
+    def apply(self, function: Callable[[Tensor], Tensor]) -> BeliefOutput:
+        """A new output with ``function`` applied to every tensor field (e.g. ``lambda x: x[t]``,
+        ``lambda x: x.flatten(0, 1)``, ``Tensor.detach``); ``None`` fields stay ``None``."""
+        values = {}
+        for field in fields(self):
+            value = getattr(self, field.name)
+            values[field.name] = None if value is None else function(value)
+        return BeliefOutput(**values)
+
+
+class StateLayout:
+    """Named slices of a flat belief state ``[B, size]``.
+
+    :param parts: ``(name, shape)`` pairs in storage order; shapes exclude the batch dimension.
+    """
+
+    def __init__(self, parts: list[tuple[str, tuple[int, ...]]]):
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.offsets: dict[str, int] = {}
+        offset = 0
+        for name, shape in parts:
+            self.shapes[name] = tuple(shape)
+            self.offsets[name] = offset
+            offset += math.prod(shape)
+        self.size = offset
+
+    def unpack(self, state: Tensor) -> dict[str, Tensor]:
+        """Views of the named parts of ``state`` ``[B, size]``, each ``[B, *shape]``."""
+        batch = state.shape[0]
+        return {
+            name: state[:, offset : offset + math.prod(shape)].reshape(batch, *shape)
+            for (name, shape), offset in zip(self.shapes.items(), self.offsets.values(), strict=True)
+        }
+
+    def pack(self, parts: dict[str, Tensor]) -> Tensor:
+        """Concatenate ``parts`` (each ``[B, *shape]``, all names present) into ``[B, size]``."""
+        if set(parts) != set(self.shapes):
+            raise ValueError(f"parts must have exactly the keys {list(self.shapes)}, got {list(parts)}")
+        batch = next(iter(parts.values())).shape[0]
+        return torch.cat([parts[name].reshape(batch, -1) for name in self.shapes], dim=1)
+
+
+class Belief(nn.Module, ABC):
+    """Abstract belief module. Subclasses set ``input_dim``, ``latent_dim``, ``state_size`` and
+    implement :meth:`sequence`."""
+
+    input_dim: int
+    latent_dim: int
+    state_size: int
+
+    def _reference_parameter(self) -> Tensor:
+        return next(self.parameters())
+
+    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> Tensor:
+        """The prior belief state, all zeros, ``[batch_size, state_size]``.
+
+        :param device: defaults to the module's device; the dtype is the module's dtype.
+        """
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        reference = self._reference_parameter()
+        device = reference.device if device is None else device
+        return torch.zeros(batch_size, self.state_size, device=device, dtype=reference.dtype)
+
+    @abstractmethod
+    def sequence(
+        self, inputs: Tensor, state: Tensor, episode_starts: Tensor
+    ) -> tuple[BeliefOutput, Tensor]:
+        """Process a whole sequence.
+
+        :param inputs: ``[T, B, input_dim]``.
+        :param state: belief state before ``inputs[0]``, ``[B, state_size]``.
+        :param episode_starts: ``[T, B]`` (bool or 0/1 float); 1 resets the state before that step.
+        :return: outputs with leading dims ``[T, B]`` and the state after ``inputs[T-1]``, ``[B, S]``.
+        """
+
+    def step(self, inputs: Tensor, state: Tensor, episode_start: Tensor) -> tuple[BeliefOutput, Tensor]:
+        """One step: ``inputs`` ``[B, input_dim]``, ``state`` ``[B, S]``, ``episode_start`` ``[B]``.
+
+        :return: outputs with leading dim ``[B]`` and the next state ``[B, S]``.
+        """
+        if inputs.dim() != 2 or episode_start.dim() != 1:
+            raise ValueError(
+                "step expects inputs [B, input_dim] and episode_start [B], got "
+                f"{tuple(inputs.shape)} and {tuple(episode_start.shape)}"
+            )
+        output, next_state = self.sequence(inputs[None], state, episode_start[None])
+        return output.apply(lambda value: value[0]), next_state
+
+    def sample(self, output: BeliefOutput, n_samples: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n_samples`` latents ``[n_samples, .., latent_dim]``; a point estimate repeats its mean."""
+        _check_n_samples(n_samples)
+        return output.mean.expand(n_samples, *output.mean.shape)
+
+    def aux_loss(self, output: BeliefOutput) -> Tensor:
+        """The auxiliary loss the trainer adds to the RL loss (scalar); zero by default."""
+        return output.mean.new_zeros(())
+
+    def _prepare_sequence(self, inputs: Tensor, state: Tensor, episode_starts: Tensor) -> tuple[Tensor, Tensor]:
+        """Check shapes; return ``inputs`` in the module's dtype and ``episode_starts`` as bool."""
+        if inputs.dim() != 3 or inputs.shape[-1] != self.input_dim:
+            raise ValueError(f"inputs must be [T, B, {self.input_dim}], got {tuple(inputs.shape)}")
+        steps, batch = inputs.shape[:2]
+        if episode_starts.shape != (steps, batch):
+            raise ValueError(f"episode_starts must be [T, B] = {(steps, batch)}, got {tuple(episode_starts.shape)}")
+        if state.shape != (batch, self.state_size):
+            raise ValueError(f"state must be [B, state_size] = {(batch, self.state_size)}, got {tuple(state.shape)}")
+        dtype = self._reference_parameter().dtype
+        starts = episode_starts if episode_starts.dtype == torch.bool else episode_starts > 0.5
+        return inputs.to(dtype), starts
+
+
+def _check_n_samples(n_samples: int) -> None:
+    if not isinstance(n_samples, int) or n_samples < 1:
+        raise ValueError(f"n_samples must be an int >= 1, got {n_samples!r}")
+
+
+def check_positive_int(name: str, value: int) -> None:
+    """Raise ``ValueError`` unless ``value`` is an int >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+
+
+def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    """Raise ``ValueError`` unless ``value`` is one of ``allowed``."""
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")

@@ -1,0 +1,38 @@
+"""The interface every reference policy (oracle, posterior sampling, Bayes-optimal, ...) implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+class ReferencePolicy(ABC):
+    """A batched, non-learned policy acting on the RL²-input observation of a trial env.
+
+    Reference policies see exactly what a learned agent sees (the Dict observation
+    ``{"obs", "prev_action", "prev_reward", "new_episode"}``, batched over ``B`` envs),
+    except *privileged* ones (oracles), which are also handed the hidden tasks.
+    They keep their own belief, which they reset where ``trial_start`` is true.
+    """
+
+    #: True if :meth:`act` reads the hidden ``tasks`` (an oracle, not a Bayesian agent).
+    privileged: bool = False
+
+    @abstractmethod
+    def act(
+        self,
+        observation: dict[str, np.ndarray],
+        trial_start: np.ndarray,
+        tasks: Sequence[Any],
+    ) -> np.ndarray:
+        """Choose actions for a batch of envs.
+
+        :param observation: the batched RL²-input observation, each entry ``[B, ...]``.
+        :param trial_start: ``[B]`` bool, true at the first step of a new trial
+            (forget everything learned about the previous task).
+        :param tasks: the ``B`` current hidden tasks; only privileged policies may read them.
+        :return: actions ``[B]`` (discrete) or ``[B, action_dim]`` (continuous).
+        """
