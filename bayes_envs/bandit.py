@@ -46,8 +46,11 @@ class BanditBatch(TrialBatch):
         rl2_inputs: bool = True,
     ) -> None:
         super().__init__(
-            batch_size, episode_length=1, episodes_per_trial=check_int("horizon", horizon, 1),
-            split=split, rl2_inputs=rl2_inputs,
+            batch_size,
+            episode_length=1,
+            episodes_per_trial=check_int("horizon", horizon, 1),
+            split=split,
+            rl2_inputs=rl2_inputs,
         )
         self.n_arms = check_int("n_arms", n_arms, 2)
         self.alpha = SPLIT_ALPHA[split] if alpha is None else check_positive_float("alpha", alpha)
@@ -123,8 +126,10 @@ class BanditBatch(TrialBatch):
         lines = [f"pull {int(self.trial_step[index])}/{self.horizon}"]
         for arm in range(self.n_arms):
             pulls = int(self.successes[index, arm] + self.failures[index, arm])
-            lines.append(f"arm {arm}: pulls {pulls:3d}  wins {int(self.successes[index, arm]):3d}  "
-                         f"posterior mean {means[arm]:.3f}")
+            lines.append(
+                f"arm {arm}: pulls {pulls:3d}  wins {int(self.successes[index, arm]):3d}  "
+                f"posterior mean {means[arm]:.3f}"
+            )
         return "\n".join(lines) + "\n"
 
     def render_rgb(self, index: int) -> np.ndarray:
@@ -135,9 +140,9 @@ class BanditBatch(TrialBatch):
         means = self.display_posterior_means(index)
         for arm in range(self.n_arms):
             left = gap + arm * (bar + gap)
-            pull_height = int(round(height * pulls[arm] / pull_scale))
+            pull_height = round(height * pulls[arm] / pull_scale)
             canvas.rect(gap + height - pull_height, left, pull_height, bar, (90, 120, 200))
-            mean_height = int(round(height * means[arm]))
+            mean_height = round(height * means[arm])
             canvas.rect(2 * gap + 2 * height - mean_height, left, mean_height, bar, (230, 150, 60))
         return canvas.pixels
 
@@ -169,5 +174,11 @@ class BayesBanditEnv(MetaEnv):
         horizon: int = 50,
         split: str = "train",
     ) -> None:
-        super().__init__(render_mode=render_mode, rl2_inputs=rl2_inputs,
-                         n_arms=n_arms, alpha=alpha, horizon=horizon, split=split)
+        super().__init__(
+            render_mode=render_mode,
+            rl2_inputs=rl2_inputs,
+            n_arms=n_arms,
+            alpha=alpha,
+            horizon=horizon,
+            split=split,
+        )

@@ -73,7 +73,8 @@ def rl2_observation_space(
     state_space: spaces.Box, action_space: spaces.Space, reward_range: tuple[float, float]
 ) -> spaces.Dict:
     """The Dict observation ``{"obs", "prev_action", "prev_reward", "new_episode"}`` of RL²-style agents."""
-    low, high = reward_range
+    # prev_reward is 0 before the first step of a trial, so 0 must be inside its bounds.
+    low, high = min(reward_range[0], 0.0), max(reward_range[1], 0.0)
     return spaces.Dict(
         {
             "obs": state_space,
@@ -196,7 +197,7 @@ class TrialBatch(ABC):
         """Start a new trial in each env of ``indices``, drawing its task from ``rngs[i]`` unless given."""
         if self._prev_action is None:
             self._prev_action = np.zeros((self.batch_size, *self._action_features_shape), np.float32)
-        for index, rng, task in zip(indices, rngs, tasks):
+        for index, rng, task in zip(indices, rngs, tasks, strict=True):
             # The task is drawn before the trial noise so that pinning a task leaves the noise unchanged.
             task = self.sample_task(rng) if task is None else task
             self.set_task(index, task)
@@ -282,7 +283,9 @@ class TrialBatch(ABC):
             ended must be restarted with :meth:`start_trials` before the next step.
         """
         if not self.active.all():
-            raise RuntimeError("step() called on a trial that has not started or has ended: call reset() first")
+            raise RuntimeError(
+                "step() called on a trial that has not started or has ended: call reset() first"
+            )
         actions = self.check_actions(actions)
         rewards, early_end, columns = self._transition(actions)
         rewards = np.asarray(rewards, np.float64)
@@ -295,12 +298,14 @@ class TrialBatch(ABC):
 
         infos = [
             {"task": task, "inner_episode": episode, "inner_done": done}
-            for task, episode, done in zip(self.tasks, self.inner_episode.tolist(), inner_done.tolist())
+            for task, episode, done in zip(
+                self.tasks, self.inner_episode.tolist(), inner_done.tolist(), strict=True
+            )
         ]
         for i in np.flatnonzero(inner_done).tolist():
             infos[i]["inner_return"] = float(self.episode_return[i])
         for key, column in columns.items():
-            for info, value in zip(infos, np.asarray(column).tolist()):
+            for info, value in zip(infos, np.asarray(column).tolist(), strict=True):
                 info[key] = value
 
         self._prev_action = self._action_features(actions)
@@ -339,7 +344,9 @@ class MetaEnv(gym.Env):
 
     def __init__(self, render_mode: str | None = None, rl2_inputs: bool = True, **constants: Any) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
+            raise ValueError(
+                f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}"
+            )
         self.render_mode = render_mode
         self.batch = self.batch_class(1, rl2_inputs=rl2_inputs, **constants)
         self.observation_space = self.batch.observation_space
@@ -354,12 +361,20 @@ class MetaEnv(gym.Env):
     def split(self) -> str:
         return self.batch.split
 
+    @property
+    def episode_length(self) -> int:
+        return self.batch.episode_length
+
+    @property
+    def episodes_per_trial(self) -> int:
+        return self.batch.episodes_per_trial
+
     def sample_task(self, rng: np.random.Generator | None = None) -> Any:
         """Draw a task of this env's split (from ``rng``, or from the env's own generator)."""
         return self.batch.sample_task(self.np_random if rng is None else rng)
 
     def set_task(self, task: Any) -> None:
-        """Replace the hidden task for the rest of the current trial (use ``reset(options=...)`` for the next)."""
+        """Replace the hidden task for the rest of the current trial (``reset(options=...)``: the next)."""
         if self.batch.tasks[0] is None:
             raise RuntimeError("set_task() before reset(): call reset(options={'task': task}) instead")
         self.batch.set_task(0, task)

@@ -130,8 +130,10 @@ class GridBatch(TrialBatch):
                     cell = "A"
                 row.append(cell)
             rows.append(" ".join(row))
-        rows.append(f"inner episode {int(self.inner_episode[index]) + 1}/{self.episodes_per_trial}, "
-                    f"step {int(self.episode_step[index])}/{self.episode_length}")
+        rows.append(
+            f"inner episode {int(self.inner_episode[index]) + 1}/{self.episodes_per_trial}, "
+            f"step {int(self.episode_step[index])}/{self.episode_length}"
+        )
         return "\n".join(rows) + "\n"
 
     def render_rgb(self, index: int) -> np.ndarray:
@@ -183,7 +185,11 @@ class BayesGridEnv(MetaEnv):
         split: str = "train",
     ) -> None:
         constants: dict[str, Any] = dict(
-            size=size, episode_length=episode_length, episodes_per_trial=episodes_per_trial,
-            goal_reward=goal_reward, step_reward=step_reward, split=split,
+            size=size,
+            episode_length=episode_length,
+            episodes_per_trial=episodes_per_trial,
+            goal_reward=goal_reward,
+            step_reward=step_reward,
+            split=split,
         )
         super().__init__(render_mode=render_mode, rl2_inputs=rl2_inputs, **constants)

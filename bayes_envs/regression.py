@@ -22,26 +22,36 @@ class FourierTask:
     phases: np.ndarray = field(repr=False)
 
     def __repr__(self) -> str:
-        return (f"FourierTask(amplitudes={np.array2string(np.asarray(self.amplitudes), precision=3)}, "
-                f"shift={self.shift:.3f}, phases={np.array2string(np.asarray(self.phases), precision=3)})")
+        return (
+            f"FourierTask(amplitudes={np.array2string(np.asarray(self.amplitudes), precision=3)}, "
+            f"shift={self.shift:.3f}, phases={np.array2string(np.asarray(self.phases), precision=3)})"
+        )
 
     def __eq__(self, other: object) -> bool:
-        return (isinstance(other, FourierTask) and np.array_equal(self.amplitudes, other.amplitudes)
-                and self.shift == other.shift and np.array_equal(self.phases, other.phases))
+        return (
+            isinstance(other, FourierTask)
+            and np.array_equal(self.amplitudes, other.amplitudes)
+            and self.shift == other.shift
+            and np.array_equal(self.phases, other.phases)
+        )
 
     def __hash__(self) -> int:
         return hash((np.asarray(self.amplitudes).tobytes(), self.shift, np.asarray(self.phases).tobytes()))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Evaluate ``f`` elementwise."""
-        return fourier_values(np.asarray(self.amplitudes)[None], np.asarray([self.shift]),
-                              np.asarray(self.phases)[None], np.asarray(x, np.float64)[None])[0]
+        return fourier_values(
+            np.asarray(self.amplitudes)[None],
+            np.asarray([self.shift]),
+            np.asarray(self.phases)[None],
+            np.asarray(x, np.float64)[None],
+        )[0]
 
 
 def fourier_values(
     amplitudes: np.ndarray, shifts: np.ndarray, phases: np.ndarray, x: np.ndarray
 ) -> np.ndarray:
-    """Batched ``f_b(x_{b,n})`` for amplitudes ``[B, K+1]``, shifts ``[B]``, phases ``[B, K]``, x ``[B, N]``."""
+    """Batched ``f_b(x_{b,n})``: amplitudes ``[B, K+1]``, shifts ``[B]``, phases ``[B, K]``, x ``[B, N]``."""
     k = np.arange(1, phases.shape[1] + 1)
     angles = (2 * np.pi * k[None, None, :] * (x[:, :, None] - shifts[:, None, None]) - phases[:, None, :]) / 2
     return amplitudes[:, None, 0] / 2 + np.einsum("bnk,bk->bn", np.cos(angles), amplitudes[:, 1:])
@@ -68,8 +78,11 @@ class FourierBatch(TrialBatch):
         rl2_inputs: bool = True,
     ) -> None:
         super().__init__(
-            batch_size, episode_length=check_int("n_points", n_points, 1),
-            episodes_per_trial=episodes_per_trial, split=split, rl2_inputs=rl2_inputs,
+            batch_size,
+            episode_length=check_int("n_points", n_points, 1),
+            episodes_per_trial=episodes_per_trial,
+            split=split,
+            rl2_inputs=rl2_inputs,
         )
         self.n_points = self.episode_length
         self.n_components = check_int("n_components", n_components, 1)
@@ -83,8 +96,10 @@ class FourierBatch(TrialBatch):
         self.xs = np.zeros((batch_size, horizon))
         self.ys = np.zeros((batch_size, horizon))
         self._state_space = spaces.Box(
-            np.array([-1, -1, -self.y_bound], np.float32), np.array([1, 1, self.y_bound], np.float32),
-            (3,), np.float32,
+            np.array([-1, -1, -self.y_bound], np.float32),
+            np.array([1, 1, self.y_bound], np.float32),
+            (3,),
+            np.float32,
         )
         self._action_space = spaces.Box(-self.y_bound, self.y_bound, (1,), np.float32)
 
@@ -110,8 +125,10 @@ class FourierBatch(TrialBatch):
         amplitudes, phases = np.asarray(task.amplitudes, np.float64), np.asarray(task.phases, np.float64)
         k = self.n_components
         if amplitudes.shape != (k + 1,) or phases.shape != (k,):
-            raise ValueError(f"task needs {k + 1} amplitudes and {k} phases, got shapes "
-                             f"{amplitudes.shape} and {phases.shape}")
+            raise ValueError(
+                f"task needs {k + 1} amplitudes and {k} phases, got shapes "
+                f"{amplitudes.shape} and {phases.shape}"
+            )
         values = np.concatenate([amplitudes, phases, [task.shift]])
         if not np.all(np.isfinite(values)):
             raise ValueError(f"task parameters must be finite, got {task!r}")
@@ -123,13 +140,21 @@ class FourierBatch(TrialBatch):
         self.amplitudes[index] = task.amplitudes
         self.shifts[index] = task.shift
         self.phases[index] = task.phases
-        self.ys[index] = fourier_values(self.amplitudes[index, None], self.shifts[index, None],
-                                        self.phases[index, None], self.xs[index, None])[0]
+        self.ys[index] = fourier_values(
+            self.amplitudes[index, None],
+            self.shifts[index, None],
+            self.phases[index, None],
+            self.xs[index, None],
+        )[0]
 
     def _begin_trial(self, index: int, rng: np.random.Generator) -> None:
         self.xs[index] = rng.uniform(-1.0, 1.0, self.xs.shape[1])
-        self.ys[index] = fourier_values(self.amplitudes[index, None], self.shifts[index, None],
-                                        self.phases[index, None], self.xs[index, None])[0]
+        self.ys[index] = fourier_values(
+            self.amplitudes[index, None],
+            self.shifts[index, None],
+            self.phases[index, None],
+            self.xs[index, None],
+        )[0]
 
     def _begin_episode(self, mask: np.ndarray) -> None:
         pass  # the query inputs were drawn for the whole trial at its start
@@ -152,8 +177,10 @@ class FourierBatch(TrialBatch):
 
     def render_ansi(self, index: int) -> str:
         t = int(self.trial_step[index])
-        seen = " ".join(f"({x:+.2f},{y:+.2f})" for x, y in zip(self.xs[index, max(t - 5, 0):t],
-                                                               self.ys[index, max(t - 5, 0):t]))
+        seen = " ".join(
+            f"({x:+.2f},{y:+.2f})"
+            for x, y in zip(self.xs[index, max(t - 5, 0) : t], self.ys[index, max(t - 5, 0) : t], strict=True)
+        )
         query = f"{self.xs[index, t]:+.3f}" if t < self.xs.shape[1] else "-"
         return f"point {t}/{self.xs.shape[1]}  query x={query}  last points {seen}\n"
 
@@ -166,7 +193,8 @@ class FourierRegressionEnv(MetaEnv):
       distribution for both splits.
     * **Trial**: ``n_points`` (50) inputs ``x_t ~ U[−1, 1]``, in ``episodes_per_trial`` (1) inner episodes.
     * **Observation**: ``(x_t, x_{t−1}, y_{t−1})`` (the previous pair is (0, 0) at trial start);
-      with ``rl2_inputs=True`` (default) inside the Dict ``{"obs", "prev_action", "prev_reward", "new_episode"}``.
+      with ``rl2_inputs=True`` (default) inside the Dict
+      ``{"obs", "prev_action", "prev_reward", "new_episode"}``.
     * **Action**: the prediction ``ŷ_t`` in ``Box(−y_bound, y_bound, (1,))``, ``y_bound`` the largest
       possible ``|f|`` (19/6 for K = 3). NaN/inf or out-of-range predictions raise ``ValueError``.
     * **Reward**: ``−(ŷ_t − f(x_t))²``. **Info**: ``x``, ``y`` = ``f(x_t)``, ``task``, ``inner_*``.
@@ -185,5 +213,11 @@ class FourierRegressionEnv(MetaEnv):
         n_components: int = 3,
         split: str = "train",
     ) -> None:
-        super().__init__(render_mode=render_mode, rl2_inputs=rl2_inputs, n_points=n_points,
-                         episodes_per_trial=episodes_per_trial, n_components=n_components, split=split)
+        super().__init__(
+            render_mode=render_mode,
+            rl2_inputs=rl2_inputs,
+            n_points=n_points,
+            episodes_per_trial=episodes_per_trial,
+            n_components=n_components,
+            split=split,
+        )

@@ -33,7 +33,8 @@ class BatchedVecEnv(VecEnv):
         n_envs = check_int("n_envs", n_envs, 1)
         if render_mode is not None and render_mode not in env_class.metadata["render_modes"]:
             raise ValueError(
-                f"render_mode must be one of {env_class.metadata['render_modes']} or None, got {render_mode!r}"
+                f"render_mode must be one of {env_class.metadata['render_modes']} or None, "
+                f"got {render_mode!r}"
             )
         self.env_class = env_class
         self.render_mode = render_mode
@@ -112,8 +113,9 @@ class BatchedVecEnv(VecEnv):
         for i in self._get_indices(indices):
             self.batch.set_task(i, value)
 
-    def env_method(self, method_name: str, *method_args: Any, indices: VecEnvIndices = None,
-                   **method_kwargs: Any) -> list[Any]:
+    def env_method(
+        self, method_name: str, *method_args: Any, indices: VecEnvIndices = None, **method_kwargs: Any
+    ) -> list[Any]:
         index_list = list(self._get_indices(indices))
         if method_name == "set_task":
             for i in index_list:
@@ -123,8 +125,10 @@ class BatchedVecEnv(VecEnv):
             rng = method_args[0] if method_args else method_kwargs.get("rng")
             return [self.batch.sample_task(rng if rng is not None else self._rngs[i]) for i in index_list]
         if method_name == "render":
-            return [self.batch.render_rgb(i) if self.render_mode == "rgb_array" else self.batch.render_ansi(i)
-                    for i in index_list]
+            return [
+                self.batch.render_rgb(i) if self.render_mode == "rgb_array" else self.batch.render_ansi(i)
+                for i in index_list
+            ]
         raise AttributeError(f"{type(self).__name__} has no env method {method_name!r}")
 
     def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:
@@ -171,6 +175,7 @@ def make_vec(
     if env_class is not None and not parallel:
         venv = BatchedVecEnv(env_class, n_envs, render_mode=render_mode, rl2_inputs=rl2_inputs, **kwargs)
     else:
+
         def factory() -> gym.Env:
             return gym.make(env_id, render_mode=render_mode, rl2_inputs=rl2_inputs, **env_kwargs)
 

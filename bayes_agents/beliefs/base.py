@@ -34,7 +34,7 @@ class BeliefOutput:
     :param mean: posterior mean / point estimate of the task latent, ``[.., latent_dim]``.
     :param precision: posterior precision ``Λ`` (inverse covariance), ``[.., L, L]`` for a full
         covariance or ``[.., L]`` (the diagonal) for a diagonal one; ``None`` for point estimates.
-    :param precision_cholesky: lower Cholesky factor of ``Λ + jitter·I``, ``[.., L, L]`` (full
+    :param precision_cholesky: lower Cholesky factor of ``precision``, ``[.., L, L]`` (full
         covariance only; ``None`` otherwise).
     :param entropy: differential entropy of the posterior in nats, ``[..]``; ``None`` for point
         estimates.
@@ -118,9 +118,7 @@ class Belief(nn.Module, ABC):
         return torch.zeros(batch_size, self.state_size, device=device, dtype=reference.dtype)
 
     @abstractmethod
-    def sequence(
-        self, inputs: Tensor, state: Tensor, episode_starts: Tensor
-    ) -> tuple[BeliefOutput, Tensor]:
+    def sequence(self, inputs: Tensor, state: Tensor, episode_starts: Tensor) -> tuple[BeliefOutput, Tensor]:
         """Process a whole sequence.
 
         :param inputs: ``[T, B, input_dim]``.
@@ -142,7 +140,9 @@ class Belief(nn.Module, ABC):
         output, next_state = self.sequence(inputs[None], state, episode_start[None])
         return output.apply(lambda value: value[0]), next_state
 
-    def sample(self, output: BeliefOutput, n_samples: int, generator: torch.Generator | None = None) -> Tensor:
+    def sample(
+        self, output: BeliefOutput, n_samples: int, generator: torch.Generator | None = None
+    ) -> Tensor:
         """``n_samples`` latents ``[n_samples, .., latent_dim]``; a point estimate repeats its mean."""
         _check_n_samples(n_samples)
         return output.mean.expand(n_samples, *output.mean.shape)
@@ -151,15 +151,21 @@ class Belief(nn.Module, ABC):
         """The auxiliary loss the trainer adds to the RL loss (scalar); zero by default."""
         return output.mean.new_zeros(())
 
-    def _prepare_sequence(self, inputs: Tensor, state: Tensor, episode_starts: Tensor) -> tuple[Tensor, Tensor]:
+    def _prepare_sequence(
+        self, inputs: Tensor, state: Tensor, episode_starts: Tensor
+    ) -> tuple[Tensor, Tensor]:
         """Check shapes; return ``inputs`` in the module's dtype and ``episode_starts`` as bool."""
         if inputs.dim() != 3 or inputs.shape[-1] != self.input_dim:
             raise ValueError(f"inputs must be [T, B, {self.input_dim}], got {tuple(inputs.shape)}")
         steps, batch = inputs.shape[:2]
         if episode_starts.shape != (steps, batch):
-            raise ValueError(f"episode_starts must be [T, B] = {(steps, batch)}, got {tuple(episode_starts.shape)}")
+            raise ValueError(
+                f"episode_starts must be [T, B] = {(steps, batch)}, got {tuple(episode_starts.shape)}"
+            )
         if state.shape != (batch, self.state_size):
-            raise ValueError(f"state must be [B, state_size] = {(batch, self.state_size)}, got {tuple(state.shape)}")
+            raise ValueError(
+                f"state must be [B, state_size] = {(batch, self.state_size)}, got {tuple(state.shape)}"
+            )
         dtype = self._reference_parameter().dtype
         starts = episode_starts if episode_starts.dtype == torch.bool else episode_starts > 0.5
         return inputs.to(dtype), starts

@@ -29,11 +29,11 @@ Rao-Blackwellised posterior mean, ``E[p_j] = (alpha + s_j + E[c_j]) / (K·alpha 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Sequence
 from fractions import Fraction
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -67,7 +67,9 @@ def _check_counts(successes: Any, failures: Any) -> tuple[tuple[int, ...], tuple
     for name, value in (("successes", successes), ("failures", failures)):
         array = np.asarray(value)
         if array.ndim != 1 or array.shape[0] < 2:
-            raise ValueError(f"{name} must be a 1-d array of per-arm counts with K >= 2 arms, got {array.shape}")
+            raise ValueError(
+                f"{name} must be a 1-d array of per-arm counts with K >= 2 arms, got {array.shape}"
+            )
         if array.dtype.kind not in "iu" and not (
             array.dtype.kind == "f" and np.all(np.isfinite(array)) and np.all(array == np.round(array))
         ):
@@ -76,7 +78,9 @@ def _check_counts(successes: Any, failures: Any) -> tuple[tuple[int, ...], tuple
             raise ValueError(f"{name} must be >= 0, got {array.tolist()}")
         counts.append(tuple(int(x) for x in array))
     if len(counts[0]) != len(counts[1]):
-        raise ValueError(f"successes and failures must have the same length, got {len(counts[0])} and {len(counts[1])}")
+        raise ValueError(
+            f"successes and failures must have the same length, got {len(counts[0])} and {len(counts[1])}"
+        )
     return counts[0], counts[1]
 
 
@@ -97,7 +101,7 @@ def _poly_mul(a: list[Fraction], b: list[Fraction]) -> list[Fraction]:
     return out
 
 
-@lru_cache(maxsize=65_536)
+@functools.lru_cache(maxsize=65_536)
 def _exact_posterior_mean_fractions(
     successes: tuple[int, ...], failures: tuple[int, ...], alpha: Fraction
 ) -> tuple[Fraction, ...]:
@@ -114,7 +118,7 @@ def _exact_posterior_mean_fractions(
             base *= alpha + s + extra + j
         return coefficients
 
-    plain = [arm_poly(s, f, 0) for s, f in zip(successes, failures)]
+    plain = [arm_poly(s, f, 0) for s, f in zip(successes, failures, strict=True)]
     # Prefix/suffix products so each arm's "times p_m" variant costs two convolutions, not K.
     prefix = [[Fraction(1)]]
     for poly in plain:
@@ -191,29 +195,50 @@ def _logsumexp(x: np.ndarray, axis: int, keepdims: bool = False) -> np.ndarray:
     return out if keepdims else np.squeeze(out, axis=axis)
 
 
-def _log_dirichlet(concentration: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """``log p`` for ``p ~ Dirichlet(concentration)``, batched over leading dims ``[..., K]``.
+# numpy reduces a short last axis (K = 5 arms) ~10x slower than elementwise work on the same
+# array, so the per-particle reductions over arms below use slices or a matrix product.
+def _arm_max(x: np.ndarray) -> np.ndarray:
+    """``max_k x[..., k]`` with the arm axis kept: ``[..., 1]``."""
+    return functools.reduce(np.maximum, [x[..., k] for k in range(x.shape[-1])])[..., None]
 
-    Uses ``G(a) = G(a+1) · U^{1/a}`` in log space: small concentrations (0.2) give gamma
-    variates far below float64's range, which would otherwise underflow to ``p_k = 0``.
+
+def _arm_sum(x: np.ndarray) -> np.ndarray:
+    """``Σ_k x[..., k]`` with the arm axis kept: ``[..., 1]``."""
+    return x @ np.ones((x.shape[-1], 1))
+
+
+def _arm_logsumexp(x: np.ndarray) -> np.ndarray:
+    peak = _arm_max(x)
+    return np.log(_arm_sum(np.exp(x - peak))) + peak
+
+
+def _dirichlet(concentration: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``p ~ Dirichlet(concentration)``, batched over leading dims ``[..., K]``.
+
+    Uses ``G(a) = G(a+1) · U^{1/a}`` in log space: small concentrations (0.2) give gamma variates
+    below float64's range (so a naive draw can make every ``p_k`` 0/0); normalised in log space,
+    an entry underflows only below 1e-308, which has probability ~1e-60 at alpha = 0.2.
     """
     log_gamma = np.log(rng.standard_gamma(concentration + 1.0)) + np.log(rng.random(concentration.shape)) / (
         concentration
     )
-    return log_gamma - _logsumexp(log_gamma, axis=-1, keepdims=True)
+    return np.exp(log_gamma - _arm_logsumexp(log_gamma))
 
 
-def _log_complement(log_probs: np.ndarray) -> np.ndarray:
-    """``log(1 − p_k) = log Σ_{j≠k} p_j`` ``[..., K]``, summed directly to avoid cancellation near p_k = 1."""
-    n_arms = log_probs.shape[-1]
-    peak = np.max(log_probs, axis=-1, keepdims=True)
-    others = np.exp(log_probs - peak) @ (1.0 - np.eye(n_arms))
-    with np.errstate(divide="ignore"):
-        return np.log(others) + peak
+def _exclusive_sums(values: np.ndarray, selector: np.ndarray) -> np.ndarray:
+    """``values[..., K] @ selector[K, L]`` as one 2-d GEMM (numpy's batched matmul is slow for tiny K)."""
+    flat = values.reshape(-1, values.shape[-1]) @ selector
+    return flat.reshape(*values.shape[:-1], selector.shape[-1])
+
+
+def _complement(probs: np.ndarray) -> np.ndarray:
+    """``1 − p_k = Σ_{j≠k} p_j`` ``[..., K]``, summed directly: no cancellation when p_k is near 1."""
+    n_arms = probs.shape[-1]
+    return _exclusive_sums(probs, 1.0 - np.eye(n_arms))
 
 
 def _systematic_indices(log_weights: np.ndarray, n_draws: int, rng: np.random.Generator) -> np.ndarray:
-    """Systematic resampling for every row of normalised ``log_weights`` ``[N, M]`` -> indices ``[N, n_draws]``."""
+    """Systematic resampling of each row of normalised ``log_weights`` ``[N, M]``: indices ``[N, draws]``."""
     n_rows, n_particles = log_weights.shape
     cumulative = np.cumsum(np.exp(log_weights), axis=1)
     cumulative /= cumulative[:, -1:]
@@ -225,8 +250,21 @@ def _systematic_indices(log_weights: np.ndarray, n_draws: int, rng: np.random.Ge
     return np.minimum(flat.reshape(n_rows, n_draws) - offsets * n_particles, n_particles - 1)
 
 
+@functools.lru_cache(maxsize=16)
+def _split_selectors(n_arms: int) -> tuple[np.ndarray, np.ndarray]:
+    """Selectors for the sequential multinomial split of arm k's failures over the arms j != k.
+
+    ``suffix[K, K·K]``: column (k, j) sums p_l over l >= j, l != k; ``off_diagonal[K, K]``: 1 where j != k.
+    """
+    l_index, k_index, j_index = np.meshgrid(
+        np.arange(n_arms), np.arange(n_arms), np.arange(n_arms), indexing="ij"
+    )
+    suffix = ((l_index >= j_index) & (l_index != k_index)).astype(np.float64).reshape(n_arms, n_arms * n_arms)
+    return suffix, 1.0 - np.eye(n_arms)
+
+
 def gibbs_sweep(
-    log_probs: np.ndarray,
+    probs: np.ndarray,
     successes: np.ndarray,
     failures: np.ndarray,
     alpha: float,
@@ -237,51 +275,66 @@ def gibbs_sweep(
     Draws the attribution counts ``c`` of every arm's failures to the other arms given ``p``,
     then ``p ~ Dirichlet(alpha + s + c)``.
 
-    :param log_probs: ``[N, M, K]`` current ``log p`` of ``M`` chains/particles in ``N`` envs.
+    :param probs: ``[N, M, K]`` current ``p`` of ``M`` chains/particles in each of ``N`` envs.
     :param successes: ``[N, K]`` success counts; ``failures``: ``[N, K]`` failure counts.
-    :return: ``[N, M, K]`` new ``log p``.
+    :return: ``[N, M, K]`` new ``p``.
     """
-    n_arms = log_probs.shape[-1]
-    # attribution[n, m, k, j] ∝ p_j for j != k: where the failures of arm k are attributed.
-    peak = np.max(log_probs, axis=-1, keepdims=True)
-    weights = np.exp(log_probs - peak)[..., None, :] * (1.0 - np.eye(n_arms))
-    # Sequential binomial split of Multinomial(f_k, row k), all rows at once; dividing by the
-    # suffix sums makes the last non-zero column take exactly the remainder.
-    suffix = np.cumsum(weights[..., ::-1], axis=-1)[..., ::-1]
-    remaining = np.broadcast_to(failures[:, None, :], log_probs.shape).astype(np.int64)
-    attributed = np.zeros(log_probs.shape, np.float64)
+    n_arms = probs.shape[-1]
+    suffix_selector, off_diagonal = _split_selectors(n_arms)
+    # Arm k's failures go to j != k with probability p_j / (1 - p_k). Split Multinomial(f_k, ·) by
+    # sequential binomials over j: P(j | not before j) = p_j / Σ_{l>=j, l≠k} p_l, so the last
+    # allowed column takes exactly the remainder. All sums are of positives: no cancellation.
+    suffix = _exclusive_sums(probs, suffix_selector).reshape(*probs.shape, n_arms)  # [N, M, K(k), K(j)]
+    numerator = probs[..., None, :] * off_diagonal
+    remaining = np.broadcast_to(failures[:, None, :], probs.shape).astype(np.int64)
+    attributed = np.zeros(probs.shape, np.float64)
     for j in range(n_arms):
-        with np.errstate(invalid="ignore", divide="ignore"):
-            fraction = np.where(suffix[..., j] > 0, weights[..., j] / suffix[..., j], 0.0)
-        draw = rng.binomial(remaining, np.clip(fraction, 0.0, 1.0))
-        attributed[..., j] = draw.sum(axis=-1)
+        # Binomial draws only where failures are left to split (most arms have few or none).
+        active = remaining > 0
+        if not np.any(active):
+            break
+        denominator = suffix[..., j][active]
+        fraction = np.divide(
+            numerator[..., j][active], denominator, out=np.ones_like(denominator), where=denominator > 0
+        )
+        draw = np.zeros(remaining.shape, np.int64)
+        draw[active] = rng.binomial(remaining[active], np.clip(fraction, 0.0, 1.0))
+        attributed[..., j] = _arm_sum(draw.astype(np.float64))[..., 0]
         remaining = remaining - draw
-    return _log_dirichlet(alpha + successes[:, None, :] + attributed, rng)
+    return _dirichlet(alpha + successes[:, None, :] + attributed, rng)
 
 
 class DirichletBernoulliParticles:
     """A batched resample-move particle approximation of the exact bandit posterior.
 
-    Each of ``B`` envs holds ``M`` weighted particles ``p^{(i)}`` (stored as ``log p``,
-    ``[B, M, K]``) and normalised log-weights ``[B, M]``, plus its exact counts. A pull reweights
-    every particle by its likelihood (``p_a`` or ``1 − p_a``); when the effective sample size
-    falls below ``ess_fraction·M`` that env's particles are resampled (systematic) and moved by
-    ``n_move_sweeps`` sweeps of the exact data-augmentation Gibbs kernel (:func:`gibbs_sweep`),
-    which restores diversity without changing the target. :meth:`from_counts` builds the same
-    object in one go for arbitrary counts: importance sampling from the ``Dirichlet(alpha + s)``
-    proposal (the conjugate part) with the failure likelihood ``Π(1 − p_k)^{f_k}`` as weights,
-    followed by the same resample-move step.
+    Each of ``B`` envs holds ``M`` weighted particles ``p^{(i)}`` (``probs`` ``[B, M, K]``, drawn
+    in log space so that tiny components do not underflow) with normalised log-weights
+    ``[B, M]``, plus its exact counts. A pull reweights every particle by its likelihood (``p_a``
+    or ``1 − p_a``); when the effective sample size falls below ``ess_fraction·M`` that env's
+    particles are resampled (systematic) and moved by ``n_move_sweeps`` sweeps of the exact
+    data-augmentation Gibbs kernel (:func:`gibbs_sweep`), which restores diversity without
+    changing the target. :meth:`from_counts` builds the same object for arbitrary counts,
+    starting from the conjugate ``Dirichlet(alpha + s)`` and adding the failures one by one.
+    Cost per pull is O(B·M·K) numpy work, plus O(B'·M·K·n_move_sweeps) gamma/binomial draws for
+    the B' envs that resample; no Python loop over envs or particles (only over the K arms).
 
-    Why this design (measured on 3,000 count configurations reached by Thompson-sampling pulls
-    of 10–50 steps, K=5, alpha=0.2, error = max over arms of |particle mean − exact mean|):
+    Why this design. Measured on 3,075 count configurations per alpha (75 tasks, Thompson pulls,
+    every step from 10 to 50), K=5; error = max over arms of |estimated − exact posterior mean|:
 
-    * plain importance sampling from ``Dirichlet(alpha + s)`` (M=512) collapses once an arm
-      has many successes *and* failures (the proposal puts that arm near p=1): median ESS 156,
-      10% quantile ESS 6, max error 0.22;
-    * the sequential filter with rejuvenation (this class, M=256, 2 sweeps, threshold M/2) keeps
-      median ESS 190, 1% quantile 129, min 116; Rao-Blackwellised mean error: mean 0.0018,
-      99th percentile 0.0080, max 0.012 (plain weighted mean: mean 0.0047, max 0.026).
-      :meth:`from_counts` (same M) gives mean 0.0019, max 0.012.
+    * one-shot importance sampling from the ``Dirichlet(alpha + s)`` proposal with weights
+      ``Π(1 − p_k)^{f_k}`` collapses once an arm has many successes *and* failures (the proposal
+      puts that arm near p=1): M=512 gives median ESS 38–41, 10% quantile ESS 2–3, mean error
+      0.047–0.051, max 0.27–0.32;
+    * this filter, M=256 (default), 2 sweeps, threshold M/2: ESS never below 128 (median ~200);
+      error of :meth:`posterior_mean` mean 0.0065 (alpha 0.2 and 0.3), 99th percentile
+      0.030–0.036, max 0.039–0.081 (the plain weighted mean: mean 0.0092–0.0097, max 0.087).
+      M=512: mean 0.0051, 99th percentile 0.031, max 0.049. :meth:`from_counts`, M=256: mean
+      0.0072, 99th percentile 0.033–0.036, max 0.056.
+    * The residual error is Monte Carlo variance, not bias, and is dominated by never-pulled
+      arms, whose p is heavy-tailed under alpha < 1: in the worst configuration found
+      (s=(13,0,0,0,0), f=(13,3,0,2,2)) the estimate's standard deviation is 0.027 for the
+      single unpulled arm while the mean of 30 independent estimates is within 0.001 of exact.
+      It shrinks as 1/√M; Thompson sampling only needs :meth:`sample`, which is unaffected.
 
     :param n_envs: ``B``.
     :param n_arms: ``K`` (>= 2).
@@ -314,8 +367,12 @@ class DirichletBernoulliParticles:
         self.n_move_sweeps = check_int("n_move_sweeps", n_move_sweeps, 0)
         self.rng = rng if rng is not None else np.random.default_rng()
         shape = (self.n_envs, self.n_particles, self.n_arms)
-        self.log_probs = np.zeros(shape)
+        #: ``[B, M, K]`` particle values of ``p``, and ``1 − p`` (kept to avoid recomputing it).
+        self.probs = np.full(shape, 1.0 / self.n_arms)
+        self.complement = 1.0 - self.probs
+        #: ``[B, M]`` log-weights, normalised per env (logsumexp 0).
         self.log_weights = np.zeros((self.n_envs, self.n_particles))
+        #: ``[B, K]`` exact success / failure counts per arm.
         self.successes = np.zeros((self.n_envs, self.n_arms), np.int64)
         self.failures = np.zeros((self.n_envs, self.n_arms), np.int64)
         self.reset()
@@ -329,13 +386,19 @@ class DirichletBernoulliParticles:
             raise ValueError(f"env_mask must have shape ({self.n_envs},), got {env_mask.shape}")
         return env_mask.astype(bool)
 
+    def _set_particles(self, env_mask: np.ndarray, probs: np.ndarray) -> None:
+        self.probs[env_mask] = probs
+        self.complement[env_mask] = _complement(probs)
+
     def reset(self, env_mask: np.ndarray | None = None) -> None:
         """Forget the data of the envs where ``env_mask`` ``[B]`` is true: prior particles, zero counts."""
         mask = self._check_mask(env_mask)
         n = int(mask.sum())
         if n == 0:
             return
-        self.log_probs[mask] = _log_dirichlet(np.full((n, self.n_particles, self.n_arms), self.alpha), self.rng)
+        self._set_particles(
+            mask, _dirichlet(np.full((n, self.n_particles, self.n_arms), self.alpha), self.rng)
+        )
         self.log_weights[mask] = -math.log(self.n_particles)
         self.successes[mask] = 0
         self.failures[mask] = 0
@@ -350,15 +413,15 @@ class DirichletBernoulliParticles:
         *,
         ess_fraction: float = 0.5,
         n_move_sweeps: int = 2,
-        n_burn_in_sweeps: int = 20,
         rng: np.random.Generator | None = None,
     ) -> DirichletBernoulliParticles:
-        """Particles for given counts ``successes``/``failures`` ``[B, K]``.
+        """Particles for given counts ``successes``/``failures`` ``[B, K]`` (the posterior is order-free).
 
-        Importance sampling from ``Dirichlet(alpha + s)`` with log-weights ``Σ_k f_k log(1 − p_k)``,
-        then, where the ESS is below ``ess_fraction·M``, resampling and ``n_burn_in_sweeps`` Gibbs
-        sweeps (the resampled set can be far from the posterior when an arm has many failures:
-        the chain then needs ~10–20 sweeps, against 1–2 when tracking the posterior pull by pull).
+        Starts from ``Dirichlet(alpha + s)`` — the exact posterior of the successes alone, since
+        they are conjugate — then adds the failures one at a time (largest remaining count
+        first) through :meth:`update`, i.e. reweighting and resample-move. A single importance
+        step with the whole failure likelihood ``Π(1 − p_k)^{f_k}`` as weight degenerates (see
+        the class docstring), so it is only the first step here.
         """
         successes = np.asarray(successes)
         failures = np.asarray(failures)
@@ -378,43 +441,40 @@ class DirichletBernoulliParticles:
             rng=rng,
         )
         belief.successes[:] = successes
-        belief.failures[:] = failures
-        concentration = belief.alpha + np.broadcast_to(successes[:, None, :], belief.log_probs.shape)
-        belief.log_probs = _log_dirichlet(concentration.astype(np.float64), belief.rng)
-        belief.log_weights = belief._failure_log_likelihood(belief.log_probs, failures)
-        belief._normalise()
-        low_ess = belief.effective_sample_size() < belief.ess_fraction * belief.n_particles
-        belief._rejuvenate(low_ess, check_int("n_burn_in_sweeps", n_burn_in_sweeps, 0))
+        concentration = belief.alpha + np.broadcast_to(successes[:, None, :], belief.probs.shape)
+        belief._set_particles(
+            np.ones(belief.n_envs, bool), _dirichlet(concentration.astype(np.float64), belief.rng)
+        )
+        remaining = failures.astype(np.int64).copy()
+        no_reward = np.zeros(belief.n_envs, np.int64)
+        rows = np.arange(belief.n_envs)
+        while np.any(remaining > 0):
+            pending = remaining.sum(axis=1) > 0
+            arms = np.argmax(remaining, axis=1)
+            belief.update(arms, no_reward, pending)
+            remaining[rows[pending], arms[pending]] -= 1
         return belief
 
     # ------------------------------------------------------------------ updates
-    @staticmethod
-    def _failure_log_likelihood(log_probs: np.ndarray, failures: np.ndarray) -> np.ndarray:
-        log_complement = _log_complement(log_probs)
-        with np.errstate(invalid="ignore"):
-            terms = np.where(failures[:, None, :] > 0, failures[:, None, :] * log_complement, 0.0)
-        return terms.sum(axis=-1)
-
     def _normalise(self) -> None:
         total = _logsumexp(self.log_weights, axis=1, keepdims=True)
-        if np.any(~np.isfinite(total)):
-            # Every particle has zero likelihood (numerically): restart those envs from the
-            # conjugate proposal via uniform weights; the Gibbs moves then repair them.
-            bad = ~np.isfinite(total[:, 0])
+        bad = ~np.isfinite(total[:, 0])
+        if np.any(bad):
+            # Every particle has (numerically) zero likelihood: keep them with equal weights and
+            # let the Gibbs moves, which target the exact posterior, repair the set.
             self.log_weights[bad] = 0.0
             total[bad] = math.log(self.n_particles)
         self.log_weights -= total
 
-    def _rejuvenate(self, env_mask: np.ndarray, n_sweeps: int | None = None) -> None:
+    def _rejuvenate(self, env_mask: np.ndarray) -> None:
         if not np.any(env_mask):
             return
-        n_sweeps = self.n_move_sweeps if n_sweeps is None else n_sweeps
         indices = _systematic_indices(self.log_weights[env_mask], self.n_particles, self.rng)
-        log_probs = np.take_along_axis(self.log_probs[env_mask], indices[..., None], axis=1)
+        probs = np.take_along_axis(self.probs[env_mask], indices[..., None], axis=1)
         successes, failures = self.successes[env_mask], self.failures[env_mask]
-        for _ in range(n_sweeps):
-            log_probs = gibbs_sweep(log_probs, successes, failures, self.alpha, self.rng)
-        self.log_probs[env_mask] = log_probs
+        for _ in range(self.n_move_sweeps):
+            probs = gibbs_sweep(probs, successes, failures, self.alpha, self.rng)
+        self._set_particles(env_mask, probs)
         self.log_weights[env_mask] = -math.log(self.n_particles)
 
     def update(self, actions: np.ndarray, rewards: np.ndarray, env_mask: np.ndarray | None = None) -> None:
@@ -427,10 +487,13 @@ class DirichletBernoulliParticles:
         rewards = np.asarray(rewards)
         if actions.shape != (self.n_envs,) or rewards.shape != (self.n_envs,):
             raise ValueError(
-                f"actions and rewards must have shape ({self.n_envs},), got {actions.shape} and {rewards.shape}"
+                f"actions and rewards must have shape ({self.n_envs},), "
+                f"got {actions.shape} and {rewards.shape}"
             )
         if np.any((actions[mask] < 0) | (actions[mask] >= self.n_arms)):
-            raise ValueError(f"actions must be arm indices in [0, {self.n_arms}), got {actions[mask].tolist()}")
+            raise ValueError(
+                f"actions must be arm indices in [0, {self.n_arms}), got {actions[mask].tolist()}"
+            )
         if np.any((rewards[mask] != 0) & (rewards[mask] != 1)):
             raise ValueError(f"rewards must be 0 or 1, got {rewards[mask].tolist()}")
         rows = np.flatnonzero(mask)
@@ -438,12 +501,13 @@ class DirichletBernoulliParticles:
         success = rewards[mask] == 1
         self.successes[rows[success], arms[success]] += 1
         self.failures[rows[~success], arms[~success]] += 1
-        log_pulled = self.log_probs[rows, :, arms]  # [n, M]
-        log_miss = _log_complement(self.log_probs[rows])[np.arange(rows.size), :, arms]
-        self.log_weights[rows] += np.where(success[:, None], log_pulled, log_miss)
+        likelihood = np.where(
+            success[:, None], self.probs[rows, :, arms], self.complement[rows, :, arms]
+        )  # [n, M]
+        with np.errstate(divide="ignore"):
+            self.log_weights[rows] += np.log(likelihood)
         self._normalise()
-        low_ess = mask & (self.effective_sample_size() < self.ess_fraction * self.n_particles)
-        self._rejuvenate(low_ess)
+        self._rejuvenate(mask & (self.effective_sample_size() < self.ess_fraction * self.n_particles))
 
     # ------------------------------------------------------------------ read-outs
     def effective_sample_size(self) -> np.ndarray:
@@ -455,25 +519,35 @@ class DirichletBernoulliParticles:
 
         Rao-Blackwellised (default): ``(alpha + s_j + Σ_i w_i E[c_j | p^{(i)}]) / (K·alpha + N)``, the
         expected mean after one more Gibbs step, whose variance is never larger at stationarity
-        and is exact when no failures were seen. Otherwise the plain weighted mean ``Σ_i w_i p^{(i)}``.
+        and which is exact when no failures were seen. Otherwise the plain weighted mean
+        ``Σ_i w_i p^{(i)}``. Either way the estimate is then averaged over arms with identical
+        counts (e.g. the never-pulled ones), whose exact means are equal by exchangeability.
         """
-        if not rao_blackwellised:
-            return np.einsum("bm,bmk->bk", np.exp(self.log_weights), np.exp(self.log_probs))
-        log_complement = _log_complement(self.log_probs)  # [B, M, K]
-        with np.errstate(divide="ignore"):
-            log_failures = np.log(self.failures.astype(np.float64))[:, None, :]  # -inf where f_k = 0
-        # log of p_j f_k / (1 - p_k), for k != j, weighted by w_i: [B, M, K(j), K(k)]
-        terms = (
-            self.log_weights[..., None, None]
-            + self.log_probs[..., :, None]
-            + (log_failures - log_complement)[..., None, :]
-        )
-        terms = np.where(np.eye(self.n_arms, dtype=bool), -np.inf, terms)
-        terms = np.where(np.isnan(terms), -np.inf, terms)
-        expected_attributed = np.exp(_logsumexp(terms.reshape(self.n_envs, -1, self.n_arms, self.n_arms).transpose(
-            0, 2, 1, 3).reshape(self.n_envs, self.n_arms, -1), axis=-1))
-        total = self.n_arms * self.alpha + self.successes.sum(1, keepdims=True) + self.failures.sum(1, keepdims=True)
-        return (self.alpha + self.successes + expected_attributed) / total
+        weights = np.exp(self.log_weights)
+        if rao_blackwellised:
+            failures = np.broadcast_to(self.failures[:, None, :].astype(np.float64), self.probs.shape)
+            # f_k / (1 - p_k); a particle with p_k = 1 and f_k > 0 has zero weight: its term is dropped.
+            failure_rate = np.divide(
+                failures,
+                self.complement,
+                out=np.zeros_like(self.probs),
+                where=(failures > 0) & (self.complement > 0),
+            )
+            # E[c_j | p] = p_j Σ_{k≠j} f_k / (1 - p_k) <= Σ_k f_k, since p_j <= 1 - p_k for j != k.
+            expected_given_particle = self.probs * _exclusive_sums(failure_rate, 1.0 - np.eye(self.n_arms))
+            expected_attributed = np.einsum("bm,bmk->bk", weights, expected_given_particle)
+            total = (
+                self.n_arms * self.alpha
+                + self.successes.sum(1, keepdims=True)
+                + self.failures.sum(1, keepdims=True)
+            )
+            mean = (self.alpha + self.successes + expected_attributed) / total
+        else:
+            mean = np.einsum("bm,bmk->bk", weights, self.probs)
+        same_counts = (self.successes[:, :, None] == self.successes[:, None, :]) & (
+            self.failures[:, :, None] == self.failures[:, None, :]
+        )  # [B, K, K]
+        return np.einsum("bjk,bk->bj", same_counts, mean) / same_counts.sum(axis=2)
 
     def sample(self, rng: np.random.Generator | None = None, refresh: bool = True) -> np.ndarray:
         """Draw one ``p`` per env from the weighted particles: ``[B, K]``.
@@ -482,11 +556,11 @@ class DirichletBernoulliParticles:
             repeated draws are not limited to the ``M`` stored particle values.
         """
         rng = rng if rng is not None else self.rng
-        chosen = _systematic_indices(self.log_weights, 1, rng)  # one draw per row: plain weighted pick
-        log_probs = np.take_along_axis(self.log_probs, chosen[..., None], axis=1)  # [B, 1, K]
+        chosen = _systematic_indices(self.log_weights, 1, rng)  # one draw per row: a plain weighted pick
+        probs = np.take_along_axis(self.probs, chosen[..., None], axis=1)  # [B, 1, K]
         if refresh:
-            log_probs = gibbs_sweep(log_probs, self.successes, self.failures, self.alpha, rng)
-        return np.exp(log_probs[:, 0, :])
+            probs = gibbs_sweep(probs, self.successes, self.failures, self.alpha, rng)
+        return probs[:, 0, :]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -494,7 +568,11 @@ class DirichletBernoulliParticles:
 # ---------------------------------------------------------------------------------------------
 def _check_observation(observation: dict[str, np.ndarray], n_arms: int) -> tuple[np.ndarray, np.ndarray]:
     """Return ``prev_action`` ``[B, K]`` and ``prev_reward`` ``[B]`` of the RL²-input observation."""
-    if not isinstance(observation, dict) or "prev_action" not in observation or "prev_reward" not in observation:
+    if (
+        not isinstance(observation, dict)
+        or "prev_action" not in observation
+        or "prev_reward" not in observation
+    ):
         raise TypeError("observation must be the RL²-input dict with 'prev_action' and 'prev_reward'")
     prev_action = np.asarray(observation["prev_action"])
     prev_reward = np.asarray(observation["prev_reward"]).reshape(prev_action.shape[0], -1)[:, 0]
@@ -504,7 +582,13 @@ def _check_observation(observation: dict[str, np.ndarray], n_arms: int) -> tuple
 
 
 class _BanditBeliefPolicy(ReferencePolicy):
-    """Shared bookkeeping: a particle belief per env, updated from the previous pull."""
+    """Shared bookkeeping: a particle belief per env, updated from the previous pull.
+
+    Each :meth:`act` call consumes the pull shown in ``observation["prev_action"]`` /
+    ``["prev_reward"]`` (ignored where ``trial_start`` is true or the one-hot is all zeros), so it
+    must be called exactly once per env step. The belief (``self.belief``) is created at the first
+    call, which must be a trial start for every env.
+    """
 
     def __init__(
         self, n_arms: int = 5, alpha: float = 0.2, n_particles: int = 256, seed: int | None = None
@@ -515,7 +599,9 @@ class _BanditBeliefPolicy(ReferencePolicy):
         self.rng = np.random.default_rng(seed)
         self.belief: DirichletBernoulliParticles | None = None
 
-    def _observe(self, observation: dict[str, np.ndarray], trial_start: np.ndarray) -> DirichletBernoulliParticles:
+    def _observe(
+        self, observation: dict[str, np.ndarray], trial_start: np.ndarray
+    ) -> DirichletBernoulliParticles:
         prev_action, prev_reward = _check_observation(observation, self.n_arms)
         batch = prev_action.shape[0]
         trial_start = np.asarray(trial_start, bool).reshape(-1)
@@ -524,7 +610,9 @@ class _BanditBeliefPolicy(ReferencePolicy):
         if self.belief is None or self.belief.n_envs != batch:
             if not np.all(trial_start):
                 raise ValueError("the batch size changed (or first call) while some trials were not starting")
-            self.belief = DirichletBernoulliParticles(batch, self.n_arms, self.alpha, self.n_particles, rng=self.rng)
+            self.belief = DirichletBernoulliParticles(
+                batch, self.n_arms, self.alpha, self.n_particles, rng=self.rng
+            )
         self.belief.reset(trial_start)
         # A pull happened where the one-hot is set (it is all zeros at trial start).
         pulled = ~trial_start & (prev_action.max(axis=1) > 0.5)
@@ -539,7 +627,9 @@ class BanditThompsonSampling(_BanditBeliefPolicy):
     :param n_particles: particles per env (>= 1). :param seed: seed of the policy's generator.
     """
 
-    def act(self, observation: dict[str, np.ndarray], trial_start: np.ndarray, tasks: Sequence[Any]) -> np.ndarray:
+    def act(
+        self, observation: dict[str, np.ndarray], trial_start: np.ndarray, tasks: Sequence[Any]
+    ) -> np.ndarray:
         belief = self._observe(observation, trial_start)
         return np.argmax(belief.sample(self.rng), axis=1)
 
@@ -553,7 +643,9 @@ class BanditGreedyPosteriorMean(_BanditBeliefPolicy):
     noise of ~1e-3, i.e. effectively uniformly at random among them.
     """
 
-    def act(self, observation: dict[str, np.ndarray], trial_start: np.ndarray, tasks: Sequence[Any]) -> np.ndarray:
+    def act(
+        self, observation: dict[str, np.ndarray], trial_start: np.ndarray, tasks: Sequence[Any]
+    ) -> np.ndarray:
         belief = self._observe(observation, trial_start)
         return np.argmax(belief.posterior_mean(), axis=1)
 
@@ -566,7 +658,9 @@ class BanditOracle(ReferencePolicy):
     def __init__(self, n_arms: int = 5) -> None:
         self.n_arms = check_int("n_arms", n_arms, 2)
 
-    def act(self, observation: dict[str, np.ndarray], trial_start: np.ndarray, tasks: Sequence[Any]) -> np.ndarray:
+    def act(
+        self, observation: dict[str, np.ndarray], trial_start: np.ndarray, tasks: Sequence[Any]
+    ) -> np.ndarray:
         probs = np.stack([np.asarray(task.probs, np.float64) for task in tasks])
         if probs.ndim != 2 or probs.shape[1] != self.n_arms:
             raise ValueError(f"tasks must hold probs of shape [{self.n_arms}], got {probs.shape[1:]}")
@@ -643,7 +737,9 @@ def _dp_value(n_arms: int, horizon: int, alpha: Fraction, policy: Any) -> float:
         def q_value(arm: int) -> float:
             won = tuple((s + 1, f) if k == arm else (s, f) for k, (s, f) in enumerate(state))
             lost = tuple((s, f + 1) if k == arm else (s, f) for k, (s, f) in enumerate(state))
-            return means[arm] * (1.0 + value(won, remaining - 1)) + (1.0 - means[arm]) * value(lost, remaining - 1)
+            return means[arm] * (1.0 + value(won, remaining - 1)) + (1.0 - means[arm]) * value(
+                lost, remaining - 1
+            )
 
         if policy is None:
             # Only one representative per group of identical arms needs to be tried.

@@ -36,3 +36,20 @@ class ReferencePolicy(ABC):
         :param tasks: the ``B`` current hidden tasks; only privileged policies may read them.
         :return: actions ``[B]`` (discrete) or ``[B, action_dim]`` (continuous).
         """
+
+
+class UniformRandomPolicy(ReferencePolicy):
+    """Uniformly random actions: the floor every learned agent should clear."""
+
+    def __init__(self, action_space: Any, seed: int | None = None) -> None:
+        self.action_space = action_space
+        self.rng = np.random.default_rng(seed)
+
+    def act(
+        self, observation: dict[str, np.ndarray], trial_start: np.ndarray, tasks: Sequence[Any]
+    ) -> np.ndarray:
+        space = self.action_space
+        batch = len(trial_start)
+        if hasattr(space, "n"):
+            return self.rng.integers(space.n, size=batch)
+        return self.rng.uniform(space.low, space.high, (batch, *space.shape)).astype(np.float32)

@@ -1,0 +1,488 @@
+"""Laplace-VRNN belief: the RL² recurrence with a Laplace-approximated Gaussian posterior.
+
+Model (Laplace-VRNN paper, section 4 and appendix A.3, with the conventions of DESIGN.md §2):
+
+* ``h_t`` is the recurrent carry after processing ``x_t`` and ``φ_t = W h_t + b`` the RL² latent.
+  The "hidden state" the Jacobians are taken with respect to is the full Markov state of the cell:
+  ``(h_t, c_t)`` for the LSTM (``J ∈ R^{L×2H}``; ``c`` carries information ``h`` alone does not),
+  ``h_t`` for the GRU (``J ∈ R^{L×H}``).
+* Window ``k``: ``J_i = ∂ μ(f(s, x_i)) / ∂s |_{s = s_t}`` for the last ``k`` inputs
+  ``x_{t-k+1..t}`` since the last reset, where ``f`` is the cell and ``μ(s) = W h(s) + b``.
+  ``P_t = Σ_i J_i J_i^T`` (``[L, L]``), or its diagonal for ``covariance="diag"``; ``P_t`` is computed
+  without gradient (stop-gradient). The Jacobian is in closed form (no autograd): see
+  :meth:`LaplaceBelief.next_step_jacobian`.
+* Variants (``Λ`` is the precision, ``damping·I`` the prior precision, ``0`` the prior mean):
+
+  - ``stationary``:    ``Λ_t = damping·I + P_t``,           ``μ_t = φ_t``
+  - ``sum_precision``: ``Λ_t = Λ_{t-1} + P_t``,             ``μ_t = φ_t``
+  - ``markov``:        ``Λ_t = Λ_{t-1} + P_t``,             ``μ_t = φ_t + sg(μ_{t-1})``
+
+  with ``Λ_{-1} = damping·I`` and ``μ_{-1} = 0`` at a reset (the prior). Only ``stationary`` and
+  ``sum_precision`` keep the RL² mean, so only they are exact post-hoc conversions of an RL² agent.
+* For a full covariance the reported precision includes a numerical floor: ``precision =
+  Λ_t + jitter·I`` (``jitter = 1e-6``, so ``L = cholesky(Λ_t + 1e-6·I)`` as in the paper's sampler)
+  and sampling, entropy and KL all use that matrix; a diagonal precision is ``Λ_t`` itself. Since
+  ``damping > 0`` every precision is positive definite by construction.
+  ``kl_to_previous = KL(q_t || q_{t-1})`` with ``q_{t-1}`` the prior ``N(0, prior_precision^{-1}·I)``
+  at a reset; it is differentiable through ``μ_t`` only (``q_{t-1}`` and ``Λ_t`` are constants), so
+  :meth:`LaplaceBelief.aux_loss` is ``β·mean KL(q_t || sg q_{t-1})``.
+* Cost: the Jacobians are formed as ``W_out ∂h'/∂h`` from the gate derivatives (one batched matrix
+  product), in cache-sized blocks of rows of at most ``jacobian_block_elements`` floats of scratch.
+
+State layout (all zeros = prior): ``hidden [H]``, ``cell [H]`` (LSTM), ``window_inputs [k-1, D]``
+(the previous raw inputs, oldest first), ``window_count [1]`` (how many of the last ``k`` inputs,
+current one included, belong to the current episode), ``data_precision [L, L]`` or ``[L]``
+(``Λ_t`` without the prior precision) and ``mean [L]`` (``μ_t``, detached).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from .base import BeliefOutput, StateLayout, _check_n_samples, check_choice, check_positive_int
+from .rl2 import RL2Belief
+
+VARIANTS = ("stationary", "sum_precision", "markov")
+COVARIANCES = ("full", "diag")
+
+
+def segmented_cumsum(values: Tensor, starts: Tensor, carry: Tensor, block_steps: int = 128) -> Tensor:
+    """``out_t = values_t + (0 if starts_t else out_{t-1})`` with ``out_{-1} = carry``, batched over time.
+
+    Each block of ``block_steps`` steps is one batched product with the ``[B, T, T]`` indicator of
+    "same episode segment and not later", which on CPU is several times faster than
+    ``torch.cumsum`` over a leading dim of large ``[.., L, L]`` entries plus a gather, and has no
+    cancellation error; blocks keep the cost linear in ``T``.
+
+    :param values: ``[T, B, *E]``; :param starts: ``[T, B]`` bool; :param carry: ``[B, *E]``.
+    :return: ``[T, B, *E]``.
+    """
+    steps, batch = starts.shape
+    flat_values = values.reshape(steps, batch, -1)
+    running = carry.reshape(batch, -1)
+    blocks = []
+    for begin in range(0, steps, block_steps):
+        block_values = flat_values[begin : begin + block_steps]
+        segment = torch.cumsum(starts[begin : begin + block_steps].long(), dim=0).t()  # [B, n]
+        time_index = torch.arange(segment.shape[1], device=values.device)
+        same_segment = (segment.unsqueeze(2) == segment.unsqueeze(1)) & (time_index[:, None] >= time_index)
+        block_sum = torch.einsum("bts,sbe->tbe", same_segment.to(values.dtype), block_values)
+        # Rows before the first start of the block continue the running sum.
+        block_sum.addcmul_((segment.t() == 0).to(values.dtype).unsqueeze(-1), running.unsqueeze(0))
+        running = block_sum[-1]
+        blocks.append(block_sum)
+    summed = blocks[0] if len(blocks) == 1 else torch.cat(blocks)
+    return summed.reshape(values.shape)
+
+
+def _shift_in(sequence: Tensor, carry: Tensor, starts: Tensor, reset_value: float) -> Tensor:
+    """Previous element of ``sequence`` ``[T, B, *E]``: ``carry`` at ``t=0``, ``reset_value`` at starts."""
+    previous = torch.cat([carry.unsqueeze(0), sequence[:-1]], dim=0)
+    return torch.where(starts.view(*starts.shape, *(1,) * (sequence.dim() - 2)), reset_value, previous)
+
+
+class LaplaceBelief(RL2Belief):
+    """Laplace-VRNN belief (see the module docstring for the exact model).
+
+    Parameters as :class:`~bayes_agents.beliefs.rl2.RL2Belief` (identical parameter names, so an RL²
+    state dict loads unchanged), plus:
+
+    :param window: number ``k >= 1`` of most recent inputs whose Jacobians form ``P_t`` (paper: 15).
+    :param covariance: ``"full"`` (``[L, L]`` precision) or ``"diag"``.
+    :param variant: ``"stationary"``, ``"sum_precision"`` or ``"markov"``.
+    :param damping: prior precision ``> 0`` added on the diagonal at a reset.
+    :param beta: weight ``>= 0`` of the KL penalty in :meth:`aux_loss`.
+    :param jitter: ``>= 0`` added to the diagonal of a full precision (a numerical floor for its
+        Cholesky factorisation); part of the reported ``precision``.
+    :param jacobian_block_elements: scratch size (floats) of the blocked Jacobian products: rows are
+        processed in blocks of ``jacobian_block_elements / (k·H·(H + L))`` (at least 1). The default
+        2**22 (16 MB) stays below glibc's mmap threshold, so the scratch is not page-faulted in afresh,
+        and bounds memory for large windows (blocks of ~170 rows for k = 1, ~11 for k = 15).
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        hidden_size: int = 128,
+        latent_dim: int = 64,
+        rnn: str = "lstm",
+        embed_sizes: Sequence[int] = (256, 256),
+        negative_slope: float = 0.01,
+        *,
+        window: int = 15,
+        covariance: str = "full",
+        variant: str = "stationary",
+        damping: float = 1.0,
+        beta: float = 1e-2,
+        jitter: float = 1e-6,
+        jacobian_block_elements: int = 2**22,
+    ):
+        check_positive_int("window", window)
+        check_choice("covariance", covariance, COVARIANCES)
+        check_choice("variant", variant, VARIANTS)
+        for name, value, allowed in (
+            ("damping", damping, "> 0"),
+            ("beta", beta, ">= 0"),
+            ("jitter", jitter, ">= 0"),
+        ):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name} must be a real number {allowed}, got {value!r}")
+        if not damping > 0:
+            raise ValueError(f"damping must be a real number > 0, got {damping!r}")
+        if not beta >= 0:
+            raise ValueError(f"beta must be a real number >= 0, got {beta!r}")
+        if not jitter >= 0:
+            raise ValueError(f"jitter must be a real number >= 0, got {jitter!r}")
+        check_positive_int("jacobian_block_elements", jacobian_block_elements)
+        # Set before RL2Belief.__init__, which builds the state layout through _make_state_layout.
+        self.window = window
+        self.covariance = covariance
+        self.variant = variant
+        self.damping = float(damping)
+        self.beta = float(beta)
+        self.jitter = float(jitter)
+        self.jacobian_block_elements = jacobian_block_elements
+        super().__init__(input_dim, hidden_size, latent_dim, rnn, embed_sizes, negative_slope)
+
+    @classmethod
+    def from_rl2(cls, rl2_belief: RL2Belief, **laplace_kwargs) -> LaplaceBelief:
+        """A Laplace belief on the recurrence of a trained ``rl2_belief`` (weights copied, same
+        device and dtype). With ``variant`` ``"stationary"`` or ``"sum_precision"`` its ``mean`` equals
+        the RL² latent exactly. ``laplace_kwargs``: ``window``, ``covariance``, ``variant``, ...
+        """
+        if not isinstance(rl2_belief, RL2Belief):
+            raise TypeError(f"rl2_belief must be an RL2Belief, got {type(rl2_belief).__name__}")
+        architecture = {
+            "input_dim": rl2_belief.input_dim,
+            "hidden_size": rl2_belief.hidden_size,
+            "latent_dim": rl2_belief.latent_dim,
+            "rnn": rl2_belief.rnn,
+            "embed_sizes": rl2_belief.embed_sizes,
+            "negative_slope": rl2_belief.negative_slope,
+        }
+        clashes = set(architecture) & set(laplace_kwargs)
+        if clashes:
+            raise TypeError(f"from_rl2 takes the architecture from rl2_belief; do not pass {sorted(clashes)}")
+        reference = next(rl2_belief.parameters())
+        belief = cls(**architecture, **laplace_kwargs).to(device=reference.device, dtype=reference.dtype)
+        belief.load_state_dict(rl2_belief.state_dict())
+        return belief
+
+    # ----------------------------------------------------------------------------------------------
+    def _make_state_layout(self) -> StateLayout:
+        parts = list(super()._make_state_layout().shapes.items())
+        precision_shape = (
+            (self.latent_dim, self.latent_dim) if self.covariance == "full" else (self.latent_dim,)
+        )
+        parts += [
+            ("window_inputs", (self.window - 1, self.input_dim)),
+            ("window_count", (1,)),
+            ("data_precision", precision_shape),
+            ("mean", (self.latent_dim,)),
+        ]
+        return StateLayout(parts)
+
+    def _cell_derivatives(
+        self, hidden: Tensor, cell: Tensor | None, window_gates: Tensor, mask: Tensor
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Derivative factors of one cell step from carry ``(hidden, cell)`` ``[N, H]`` on each of
+        ``k`` inputs (input gate pre-activations ``window_gates`` ``[N, k, G·H]``), zeroed where
+        ``mask`` ``[N, k]`` is false.
+
+        ``∂h'/∂h = diag(hidden_diagonal) + Σ_g diag(gate_factors[:, :, g]) W_hh[g]`` and, for the LSTM,
+        ``∂h'/∂c = diag(cell_diagonal)``.
+
+        :return: ``gate_factors`` ``[N, k, G, H]``, ``hidden_diagonal`` ``[N, k, H]`` (GRU) or None,
+            ``cell_diagonal`` ``[N, k, H]`` (LSTM) or None.
+        """
+        weight = mask.to(hidden.dtype).unsqueeze(-1)
+        if self.rnn == "lstm":
+            gates = window_gates + (hidden @ self.cell.weight_hh.t()).unsqueeze(1)
+            in_gate, forget_gate, cell_gate, out_gate = gates.chunk(4, dim=-1)
+            in_gate, forget_gate, out_gate = in_gate.sigmoid(), forget_gate.sigmoid(), out_gate.sigmoid()
+            cell_gate = cell_gate.tanh()
+            new_cell_tanh = torch.tanh(forget_gate * cell.unsqueeze(1) + in_gate * cell_gate)
+            # h' = o ⊙ tanh(c'), c' = f ⊙ c + i ⊙ g: chain rule through each gate's pre-activation.
+            through_cell = out_gate * (1 - new_cell_tanh.square()) * weight
+            gate_factors = torch.stack(
+                [
+                    through_cell * cell_gate * in_gate * (1 - in_gate),
+                    through_cell * cell.unsqueeze(1) * forget_gate * (1 - forget_gate),
+                    through_cell * in_gate * (1 - cell_gate.square()),
+                    new_cell_tanh * out_gate * (1 - out_gate) * weight,
+                ],
+                dim=2,
+            )
+            return gate_factors, None, through_cell * forget_gate
+        hidden_gates = torch.addmm(self.cell.bias_hh, hidden, self.cell.weight_hh.t()).unsqueeze(1)
+        reset_x, update_x, new_x = window_gates.chunk(3, dim=-1)
+        reset_h, update_h, new_h = hidden_gates.chunk(3, dim=-1)
+        reset = torch.sigmoid(reset_x + reset_h)
+        update = torch.sigmoid(update_x + update_h)
+        candidate = torch.tanh(new_x + reset * new_h)
+        # h' = (1 - z) ⊙ n + z ⊙ h with n = tanh(x_n + r ⊙ (W_hn h + b_hn)).
+        through_candidate = (1 - update) * (1 - candidate.square()) * weight
+        gate_factors = torch.stack(
+            [
+                through_candidate * new_h * reset * (1 - reset),
+                (hidden.unsqueeze(1) - candidate) * update * (1 - update) * weight,
+                through_candidate * reset,
+            ],
+            dim=2,
+        )
+        return gate_factors, update * weight, None
+
+    def _hidden_jacobian(
+        self, gate_factors: Tensor, hidden_diagonal: Tensor | None, buffer: Tensor | None = None
+    ) -> Tensor:
+        """``W_out ∂h'/∂h`` for ``M`` rows of factors ``[M, G, H]`` (+ diagonal ``[M, H]``): ``[L, M, H]``.
+
+        :param buffer: optional scratch space of at least ``M·H·(H + L)`` elements (reused across blocks).
+        """
+        rows, n_gates, size = gate_factors.shape
+        if buffer is None:
+            buffer = gate_factors.new_empty(rows * size * (size + self.latent_dim))
+        state_jacobian = buffer[: size * rows * size].view(size, rows, size)
+        mean_jacobian = buffer[size * rows * size : rows * size * (size + self.latent_dim)]
+        weight_hh = self.cell.weight_hh.view(n_gates, size, size).permute(1, 0, 2)  # [H_out, G, H_in]
+        # One batched product over the output unit a: K[a, m, :] = Σ_g factor[m, g, a] W_hh[g, a, :].
+        torch.bmm(gate_factors.permute(2, 0, 1), weight_hh, out=state_jacobian)
+        if hidden_diagonal is not None:
+            state_jacobian.diagonal(dim1=0, dim2=2).add_(hidden_diagonal)
+        mean_jacobian = mean_jacobian.view(self.latent_dim, rows * size)
+        torch.mm(self.latent_head.weight, state_jacobian.view(size, rows * size), out=mean_jacobian)
+        return mean_jacobian.view(self.latent_dim, rows, size)
+
+    @torch.no_grad()
+    def next_step_jacobian(self, carry: Tensor, inputs: Tensor) -> Tensor:
+        """``∂ μ(f(s, x)) / ∂s`` at ``s = carry``: ``[N, L, carry_size]`` (no gradient, like ``P_t``).
+
+        :param carry: ``[N, carry_size]``, ``[h, c]`` for the LSTM (as in the state), ``h`` for the GRU.
+        :param inputs: raw inputs ``x`` ``[N, input_dim]``.
+        """
+        hidden = carry[:, : self.hidden_size]
+        cell = carry[:, self.hidden_size :] if self.rnn == "lstm" else None
+        window_gates = self.input_gates(inputs).unsqueeze(1)
+        mask = torch.ones(window_gates.shape[:2], dtype=torch.bool, device=carry.device)
+        gate_factors, hidden_diagonal, cell_diagonal = self._cell_derivatives(
+            hidden, cell, window_gates, mask
+        )
+        hidden_part = self._hidden_jacobian(
+            gate_factors[:, 0], None if hidden_diagonal is None else hidden_diagonal[:, 0]
+        ).transpose(0, 1)
+        if cell_diagonal is None:
+            return hidden_part
+        cell_part = self.latent_head.weight.unsqueeze(0) * cell_diagonal[:, 0].unsqueeze(1)
+        return torch.cat([hidden_part, cell_part], dim=-1)
+
+    def _window_precision(
+        self, hiddens: Tensor, cells: Tensor | None, window_gates: Tensor, mask: Tensor
+    ) -> Tensor:
+        """``P = Σ_i m_i J_i J_i^T`` for ``[T, B]`` rows: ``[T, B, L, L]`` (full) or ``[T, B, L]`` (diag).
+
+        :param hiddens: ``[T, B, H]``; :param cells: ``[T, B, H]`` (LSTM) or None;
+        :param window_gates: ``[T, B, k, G·H]``; :param mask: ``[T, B, k]`` (false: not in the window).
+        """
+        leading, window = mask.shape[:2], mask.shape[2]
+        size, latent = self.hidden_size, self.latent_dim
+        gate_factors, hidden_diagonal, cell_diagonal = self._cell_derivatives(
+            hiddens.flatten(0, 1),
+            None if cells is None else cells.flatten(0, 1),
+            window_gates.flatten(0, 1),
+            mask.flatten(0, 1),
+        )
+        rows = gate_factors.shape[0]
+        head = self.latent_head.weight
+        full = self.covariance == "full"
+        # The LSTM cell-state block J_c = W_out diag(e) contributes W_out diag(Σ_i e_i²) W_out^T: one
+        # matrix product for all rows (with the outer products of W_out's columns for the full case).
+        if cell_diagonal is None:
+            precision = head.new_zeros((rows, latent, latent) if full else (rows, latent))
+        elif full:
+            column_outer = (head.t().unsqueeze(2) * head.t().unsqueeze(1)).flatten(1)
+            precision = (cell_diagonal.square().sum(1) @ column_outer).view(rows, latent, latent)
+        else:
+            precision = cell_diagonal.square().sum(1) @ head.square().t()
+        # The hidden-state block is formed in row blocks whose scratch space stays cache-sized: the
+        # products are memory-bound otherwise (~2x slower on CPU for T·B = 2048, H = 128).
+        block = max(1, min(rows, self.jacobian_block_elements // (window * size * (size + latent))))
+        buffer = head.new_empty(block * window * size * (size + latent))
+        for start in range(0, rows, block):
+            stop = min(start + block, rows)
+            hidden_jacobian = self._hidden_jacobian(
+                gate_factors[start:stop].flatten(0, 1),
+                None if hidden_diagonal is None else hidden_diagonal[start:stop].flatten(0, 1),
+                buffer,
+            ).view(latent, stop - start, window * size)  # the k window entries side by side
+            if full:
+                stacked = hidden_jacobian.transpose(0, 1)  # [rows, L, k·H]
+                precision[start:stop].baddbmm_(stacked, stacked.transpose(1, 2))
+            else:
+                precision[start:stop] += hidden_jacobian.square().sum(-1).t()
+        return precision.view(*leading, *precision.shape[1:])
+
+    def _windows(
+        self, inputs: Tensor, input_gates: Tensor, parts: dict[str, Tensor], starts: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Window gate pre-activations ``[T, B, k, G·H]``, validity mask ``[T, B, k]`` and the next
+        ``window_inputs`` ``[B, k-1, D]`` and ``window_count`` ``[B, 1]``."""
+        window = self.window
+        steps = inputs.shape[0]
+        if window > 1:
+            past_inputs = parts["window_inputs"].transpose(0, 1)  # [k-1, B, D]
+            all_gates = torch.cat([self.input_gates(past_inputs), input_gates], dim=0)
+            window_gates = all_gates.unfold(0, window, 1).transpose(-1, -2)  # [T, B, k, G·H]
+            next_window = torch.cat([past_inputs, inputs], dim=0)[-(window - 1) :].transpose(0, 1)
+        else:
+            window_gates = input_gates.unsqueeze(2)
+            next_window = parts["window_inputs"]
+        time_index = torch.arange(steps, device=inputs.device).unsqueeze(1)
+        last_start = torch.cummax(torch.where(starts, time_index, -1), dim=0).values
+        counts = torch.where(
+            last_start >= 0,
+            (time_index - last_start + 1).to(inputs.dtype),
+            parts["window_count"][:, 0] + time_index + 1,
+        ).clamp(max=window)
+        slot = torch.arange(window, device=inputs.device, dtype=inputs.dtype)  # 0 = oldest, k-1 = x_t
+        mask = slot >= (window - counts).unsqueeze(-1)
+        return window_gates, mask, next_window, counts[-1].unsqueeze(-1)
+
+    def sequence(self, inputs: Tensor, state: Tensor, episode_starts: Tensor) -> tuple[BeliefOutput, Tensor]:
+        """See :meth:`Belief.sequence`. Outputs ``[T, B, ..]``: ``mean``, ``precision``,
+        ``precision_cholesky`` (full), ``entropy``, ``kl_to_previous``."""
+        inputs, starts = self._prepare_sequence(inputs, state, episode_starts)
+        parts = self.state_layout.unpack(state)
+        hidden, cell = self._unpack_carry(parts)
+        input_gates = self.input_gates(inputs)
+        hiddens, cells = self.recurrence(input_gates, hidden, cell, starts)
+        features = self.latent_head(hiddens)
+
+        with torch.no_grad():
+            window_gates, mask, next_window, next_count = self._windows(
+                inputs, input_gates.detach(), parts, starts
+            )
+            data_precision = self._window_precision(
+                hiddens.detach(), None if cells is None else cells.detach(), window_gates, mask
+            )
+            carried_data_precision = parts["data_precision"]
+            if self.variant != "stationary":
+                data_precision = segmented_cumsum(data_precision, starts, carried_data_precision)
+            next_data_precision = data_precision[-1].clone()
+            # data_precision is a fresh tensor: add the prior precision in place (it is large).
+            precision = self._add_prior_precision_(data_precision)
+            carried_precision = self._add_prior_precision_(carried_data_precision.clone())
+            if self.variant == "markov":
+                mean_values = segmented_cumsum(features.detach(), starts, parts["mean"])
+            else:
+                mean_values = features.detach()
+            previous_mean = _shift_in(mean_values, parts["mean"], starts, 0.0)
+        mean = features + previous_mean if self.variant == "markov" else features
+
+        output = self._posterior_output(mean, precision, previous_mean, carried_precision, starts)
+        next_parts = {
+            "hidden": hiddens[-1],
+            "window_inputs": next_window,
+            "window_count": next_count,
+            "data_precision": next_data_precision,
+            "mean": mean[-1].detach(),
+        }
+        if cells is not None:
+            next_parts["cell"] = cells[-1]
+        return output, self.state_layout.pack(next_parts)
+
+    @property
+    def prior_precision(self) -> float:
+        """Diagonal of the precision before any data: ``damping`` (+ ``jitter`` for a full covariance)."""
+        return self.damping + self.jitter if self.covariance == "full" else self.damping
+
+    def _add_prior_precision_(self, data_precision: Tensor) -> Tensor:
+        """In place: ``data_precision + prior_precision·I`` (full ``[.., L, L]``) or ``+ prior`` (diag)."""
+        if self.covariance == "full":
+            data_precision.diagonal(dim1=-2, dim2=-1).add_(self.prior_precision)
+            return data_precision
+        return data_precision.add_(self.prior_precision)
+
+    def _posterior_output(
+        self,
+        mean: Tensor,
+        precision: Tensor,
+        previous_mean: Tensor,
+        carried_precision: Tensor,
+        starts: Tensor,
+    ) -> BeliefOutput:
+        """Cholesky factor, entropy and ``KL(q_t || q_{t-1})`` from the precisions ``[T, B, ..]``, the one
+        carried in from before the sequence ``[B, ..]`` and the resets ``[T, B]``."""
+        latent = self.latent_dim
+        log_normaliser = 0.5 * latent * (1.0 + math.log(2 * math.pi))
+        difference = mean - previous_mean
+        if self.covariance == "diag":
+            with torch.no_grad():
+                previous_precision = _shift_in(precision, carried_precision, starts, self.prior_precision)
+                log_precision = precision.log()
+                entropy = log_normaliser - 0.5 * log_precision.sum(-1)
+                constant_terms = (
+                    previous_precision / precision - 1 + log_precision - previous_precision.log()
+                ).sum(-1)
+            kl = 0.5 * (constant_terms + (previous_precision * difference.square()).sum(-1))
+            return BeliefOutput(mean=mean, precision=precision, entropy=entropy, kl_to_previous=kl)
+
+        with torch.no_grad():
+            cholesky = torch.linalg.cholesky_ex(precision).L
+            # Λ_{t-1} is Λ_t shifted by one step, so its factor is too; only the carried one is new.
+            previous_cholesky = torch.cat(
+                [torch.linalg.cholesky_ex(carried_precision).L.unsqueeze(0), cholesky[:-1]]
+            )
+            previous_cholesky.mul_((~starts).to(mean.dtype)[..., None, None])
+            previous_cholesky.diagonal(dim1=-2, dim2=-1).add_(
+                starts.to(mean.dtype).unsqueeze(-1) * math.sqrt(self.prior_precision)
+            )
+            log_det_half = cholesky.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # ½ log det Λ_t
+            previous_log_det_half = previous_cholesky.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+            entropy = log_normaliser - log_det_half
+            # tr(Λ_{t-1} Λ_t^{-1}) = ||L_t^{-1} L_{t-1}||_F²
+            trace = (
+                torch.linalg.solve_triangular(cholesky, previous_cholesky, upper=False)
+                .square_()
+                .sum((-2, -1))
+            )
+            constant_terms = trace - latent + 2 * (log_det_half - previous_log_det_half)
+        # (μ_t - μ_{t-1})^T Λ_{t-1} (μ_t - μ_{t-1}) = ||L_{t-1}^T δ||²
+        mahalanobis = (previous_cholesky.transpose(-2, -1) @ difference.unsqueeze(-1)).square().sum((-2, -1))
+        kl = 0.5 * (constant_terms + mahalanobis)
+        return BeliefOutput(
+            mean=mean, precision=precision, precision_cholesky=cholesky, entropy=entropy, kl_to_previous=kl
+        )
+
+    # ----------------------------------------------------------------------------------------------
+    def sample(
+        self, output: BeliefOutput, n_samples: int, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """``z = μ + L^{-T} ε`` (full, ``L L^T = precision``) or ``z = μ + ε / sqrt(precision)`` (diag).
+
+        :return: ``[n_samples, .., latent_dim]``; differentiable through ``output.mean``.
+        """
+        _check_n_samples(n_samples)
+        mean = output.mean
+        if output.precision is None:
+            raise ValueError("output has no precision; pass an output of this belief's step/sequence")
+        if output.precision_cholesky is None:  # diagonal covariance
+            noise = torch.randn(
+                (n_samples, *mean.shape), generator=generator, device=mean.device, dtype=mean.dtype
+            )
+            return mean + noise * output.precision.detach().rsqrt()
+        noise = torch.randn(
+            (*mean.shape, n_samples), generator=generator, device=mean.device, dtype=mean.dtype
+        )
+        upper = output.precision_cholesky.detach().transpose(-2, -1)
+        offsets = torch.linalg.solve_triangular(upper, noise, upper=True)  # [.., L, n]
+        return mean + offsets.movedim(-1, 0)
+
+    def aux_loss(self, output: BeliefOutput) -> Tensor:
+        """``beta · mean(KL(q_t || sg q_{t-1}))`` over all leading dims (a scalar)."""
+        if output.kl_to_previous is None:
+            raise ValueError("output has no kl_to_previous; pass an output of this belief's step/sequence")
+        return self.beta * output.kl_to_previous.mean()

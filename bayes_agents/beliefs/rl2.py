@@ -1,0 +1,150 @@
+"""RL² belief: a recurrent network whose output, projected affinely, is a point estimate of the task.
+
+Architecture (Laplace-VRNN paper, appendix B.1): MLP embedding of ``x_t`` with leaky-ReLU
+activations → LSTM (or GRU) cell → ``mean_t = W h_t + b`` (the cell *output* ``h_t``, not the LSTM
+cell state, is projected).
+
+The recurrence uses the parameters of a ``torch.nn.LSTMCell`` / ``torch.nn.GRUCell`` (submodule
+``cell``) with the same gate equations, but projects the inputs of all ``T`` steps in one matrix
+product before the time loop; only ``h_{t-1} W_hh^T`` runs inside the loop.
+:class:`~bayes_agents.beliefs.laplace.LaplaceBelief` subclasses this module, so a trained RL² state
+dict loads into it unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import Belief, BeliefOutput, StateLayout, check_choice, check_positive_int
+
+RNN_TYPES = ("lstm", "gru")
+
+
+class RL2Belief(Belief):
+    """RL² point-estimate belief.
+
+    :param input_dim: size of the flat per-step input ``x_t``.
+    :param hidden_size: recurrent cell size (paper: LSTM 128).
+    :param latent_dim: size of the latent point estimate (paper: 64).
+    :param rnn: ``"lstm"`` or ``"gru"``.
+    :param embed_sizes: hidden widths of the input MLP, leaky-ReLU after each layer; ``()`` feeds
+        ``x_t`` to the cell directly. Default ``(256, 256)`` as in the paper (B.1): for the small
+        inputs of this package's envs the embedding costs a few percent of a ``sequence`` call (the
+        time loop and, for Laplace, the Jacobians dominate), so there is no speed reason to shrink it.
+    :param negative_slope: leaky-ReLU slope (Flax's and PyTorch's default 0.01).
+
+    State layout (``[B, state_size]``): ``hidden`` ``[H]``, then for the LSTM ``cell`` ``[H]``.
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        hidden_size: int = 128,
+        latent_dim: int = 64,
+        rnn: str = "lstm",
+        embed_sizes: Sequence[int] = (256, 256),
+        negative_slope: float = 0.01,
+    ):
+        super().__init__()
+        check_positive_int("input_dim", input_dim)
+        check_positive_int("hidden_size", hidden_size)
+        check_positive_int("latent_dim", latent_dim)
+        check_choice("rnn", rnn, RNN_TYPES)
+        embed_sizes = tuple(embed_sizes)
+        for width in embed_sizes:
+            check_positive_int("embed_sizes entries", width)
+        self.input_dim = input_dim
+        self.hidden_size = hidden_size
+        self.latent_dim = latent_dim
+        self.rnn = rnn
+        self.embed_sizes = embed_sizes
+        self.negative_slope = float(negative_slope)
+
+        layers: list[nn.Module] = []
+        width_in = input_dim
+        for width in embed_sizes:
+            layers += [nn.Linear(width_in, width), nn.LeakyReLU(negative_slope)]
+            width_in = width
+        self.embedding = nn.Sequential(*layers)
+        cell_type = nn.LSTMCell if rnn == "lstm" else nn.GRUCell
+        self.cell = cell_type(width_in, hidden_size)
+        self.latent_head = nn.Linear(hidden_size, latent_dim)
+
+        self.state_layout = self._make_state_layout()
+        self.state_size = self.state_layout.size
+
+    # ----------------------------------------------------------------------------------------------
+    @property
+    def carry_size(self) -> int:
+        """Size of the recurrent carry: ``2H`` (``[h, c]``) for the LSTM, ``H`` for the GRU."""
+        return 2 * self.hidden_size if self.rnn == "lstm" else self.hidden_size
+
+    @property
+    def n_gates(self) -> int:
+        return 4 if self.rnn == "lstm" else 3
+
+    def _make_state_layout(self) -> StateLayout:
+        parts = [("hidden", (self.hidden_size,))]
+        if self.rnn == "lstm":
+            parts.append(("cell", (self.hidden_size,)))
+        return StateLayout(parts)
+
+    def input_gates(self, inputs: Tensor) -> Tensor:
+        """Input contribution to the gate pre-activations, ``[.., n_gates * H]`` for ``[.., input_dim]``.
+
+        LSTM: ``embed(x) W_ih^T + b_ih + b_hh`` (both biases are outside any nonlinearity);
+        GRU: ``embed(x) W_ih^T + b_ih`` (``b_hn`` sits inside ``r ⊙ (.)`` and is added per step).
+        """
+        bias = self.cell.bias_ih + self.cell.bias_hh if self.rnn == "lstm" else self.cell.bias_ih
+        return F.linear(self.embedding(inputs), self.cell.weight_ih, bias)
+
+    def recurrence(
+        self, input_gates: Tensor, hidden: Tensor, cell: Tensor | None, episode_starts: Tensor
+    ) -> tuple[Tensor, Tensor | None]:
+        """Run the cell over time from ``(hidden, cell)`` ``[B, H]`` (``cell`` None for the GRU).
+
+        :param input_gates: ``[T, B, n_gates * H]`` from :meth:`input_gates`.
+        :param episode_starts: ``[T, B]`` bool; the carry is zeroed before steps where it is true.
+        :return: hidden outputs ``[T, B, H]`` and (LSTM) cell states ``[T, B, H]`` after each step.
+        """
+        keep = (~episode_starts).to(input_gates.dtype).unsqueeze(-1)
+        weight_hh_t = self.cell.weight_hh.t()
+        hiddens, cells = [], []
+        # unbind, not input_gates[t]: backward of indexing allocates a [T, B, G·H] zero tensor per step.
+        for step_gates, step_keep in zip(input_gates.unbind(0), keep.unbind(0), strict=True):
+            hidden = hidden * step_keep
+            if self.rnn == "lstm":
+                cell = cell * step_keep
+                gates = torch.addmm(step_gates, hidden, weight_hh_t)
+                in_gate, forget_gate, cell_gate, out_gate = gates.chunk(4, dim=-1)
+                cell = torch.sigmoid(forget_gate) * cell + torch.sigmoid(in_gate) * torch.tanh(cell_gate)
+                hidden = torch.sigmoid(out_gate) * torch.tanh(cell)
+                cells.append(cell)
+            else:
+                hidden_gates = torch.addmm(self.cell.bias_hh, hidden, weight_hh_t)
+                reset_x, update_x, new_x = step_gates.chunk(3, dim=-1)
+                reset_h, update_h, new_h = hidden_gates.chunk(3, dim=-1)
+                reset = torch.sigmoid(reset_x + reset_h)
+                update = torch.sigmoid(update_x + update_h)
+                candidate = torch.tanh(new_x + reset * new_h)
+                hidden = candidate + update * (hidden - candidate)
+            hiddens.append(hidden)
+        return torch.stack(hiddens), (torch.stack(cells) if cells else None)
+
+    def _unpack_carry(self, parts: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
+        return parts["hidden"], parts.get("cell")
+
+    def sequence(self, inputs: Tensor, state: Tensor, episode_starts: Tensor) -> tuple[BeliefOutput, Tensor]:
+        """See :meth:`Belief.sequence`; ``mean`` is ``W h_t + b`` ``[T, B, latent_dim]``."""
+        inputs, starts = self._prepare_sequence(inputs, state, episode_starts)
+        parts = self.state_layout.unpack(state)
+        hidden, cell = self._unpack_carry(parts)
+        hiddens, cells = self.recurrence(self.input_gates(inputs), hidden, cell, starts)
+        next_parts = {"hidden": hiddens[-1]}
+        if cells is not None:
+            next_parts["cell"] = cells[-1]
+        return BeliefOutput(mean=self.latent_head(hiddens)), self.state_layout.pack(next_parts)

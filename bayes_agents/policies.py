@@ -1,0 +1,312 @@
+"""sb3-contrib ``RecurrentActorCriticPolicy`` adapters over belief modules.
+
+A :class:`BeliefPolicy` replaces the policy's LSTMs by one belief module
+(:mod:`bayes_agents.beliefs`) shared by actor and critic:
+
+* observation → :class:`RL2InputExtractor` → ``x_t`` = [obs, prev_action, prev_reward, new_episode];
+* ``x_t`` → belief → task latent ``z_t`` (point estimate, or ``n_samples`` posterior samples);
+* [``z_t``, obs] → SB3's ``MlpExtractor`` → action / value heads. With several posterior samples
+  the action-distribution parameters (logits, or Gaussian means) are averaged over the samples
+  (the Laplace-VRNN paper's ensemble averaging, B.3); the value uses the posterior mean.
+
+The flat belief state ``[B, S]`` is stored in the two ``(1, B, ceil(S/2))`` recurrent-state slots
+that ``RecurrentPPO``'s buffer keeps for an LSTM, and whole minibatch sequences go through
+``belief.sequence`` in one call, so the policies work with the *stock* ``sb3_contrib.RecurrentPPO``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import torch
+from gymnasium import spaces
+from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
+from sb3_contrib.common.recurrent.type_aliases import RNNStates
+from stable_baselines3.common.distributions import (
+    CategoricalDistribution,
+    DiagGaussianDistribution,
+    Distribution,
+)
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.preprocessing import get_flattened_obs_dim
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, MlpExtractor
+from stable_baselines3.common.type_aliases import Schedule
+from torch import Tensor, nn
+
+from bayes_agents.beliefs import Belief, BeliefOutput, LaplaceBelief, RL2Belief
+
+RL2_KEYS = ("obs", "prev_action", "prev_reward", "new_episode")
+
+
+class RL2InputExtractor(BaseFeaturesExtractor):
+    """Flattens an observation into the belief input ``x_t``.
+
+    For the RL²-input Dict observation of :mod:`bayes_envs` the output is
+    ``[obs, prev_action, prev_reward, new_episode]`` (in that order, ``obs`` first so that the
+    policy head can take the current state as ``x_t[:, :state_dim]``); any other Box observation
+    is flattened as is (it must then carry the previous reward itself).
+    """
+
+    def __init__(self, observation_space: gym.Space) -> None:
+        if isinstance(observation_space, spaces.Dict):
+            missing = [key for key in RL2_KEYS if key not in observation_space.spaces]
+            if missing:
+                raise ValueError(
+                    f"Dict observations must have the RL² keys {RL2_KEYS}, missing {missing}: build the "
+                    "env with rl2_inputs=True (the default of bayes_envs)"
+                )
+            sizes = [get_flattened_obs_dim(observation_space[key]) for key in RL2_KEYS]
+            super().__init__(observation_space, sum(sizes))
+            self.keys: tuple[str, ...] | None = RL2_KEYS
+            self.state_dim = sizes[0]
+        else:
+            size = get_flattened_obs_dim(observation_space)
+            super().__init__(observation_space, size)
+            self.keys = None
+            self.state_dim = size
+
+    def forward(self, observations: Tensor | dict[str, Tensor]) -> Tensor:
+        if self.keys is None:
+            return observations.flatten(1)
+        return torch.cat([observations[key].flatten(1) for key in self.keys], dim=1)
+
+
+@dataclass(frozen=True)
+class RecurrentStateSlots:
+    """What ``RecurrentPPO`` reads from ``policy.lstm_actor`` to size its recurrent-state buffers."""
+
+    num_layers: int
+    hidden_size: int
+
+
+class BeliefPolicy(RecurrentActorCriticPolicy):
+    """Actor-critic policy whose memory is a belief module; see the module docstring.
+
+    :param n_samples: posterior samples ``n_Z`` averaged in the action head; 0 uses the posterior
+        mean (and is what point-estimate beliefs always do).
+    :param detach_critic: stop the value loss from training the belief.
+    :param belief_kwargs: the belief's own hyper-parameters (e.g. ``hidden_size``, ``latent_dim``).
+
+    The remaining parameters are Stable-Baselines3's ``ActorCriticPolicy`` ones; ``net_arch``
+    shapes the MLP heads on ``[z, obs]`` (default ``[64, 64]`` for both).
+    """
+
+    belief_class: ClassVar[type[Belief]]
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        lr_schedule: Schedule,
+        net_arch: list[int] | dict[str, list[int]] | None = None,
+        activation_fn: type[nn.Module] = nn.Tanh,
+        ortho_init: bool = True,
+        use_sde: bool = False,
+        log_std_init: float = 0.0,
+        full_std: bool = True,
+        use_expln: bool = False,
+        squash_output: bool = False,
+        features_extractor_class: type[BaseFeaturesExtractor] = RL2InputExtractor,
+        features_extractor_kwargs: dict[str, Any] | None = None,
+        share_features_extractor: bool = True,
+        normalize_images: bool = True,
+        optimizer_class: type[torch.optim.Optimizer] = torch.optim.Adam,
+        optimizer_kwargs: dict[str, Any] | None = None,
+        n_samples: int = 0,
+        detach_critic: bool = False,
+        **belief_kwargs: Any,
+    ) -> None:
+        if not isinstance(action_space, (spaces.Discrete, spaces.Box)):
+            raise TypeError(
+                f"{type(self).__name__} supports Discrete and Box action spaces, got {action_space}"
+            )
+        if use_sde:
+            raise ValueError("use_sde is not supported by belief policies")
+        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 0:
+            raise ValueError(f"n_samples must be an int >= 0 (0: posterior mean), got {n_samples!r}")
+        if not share_features_extractor:
+            raise ValueError(
+                "belief policies share one belief (and features extractor) between actor and critic"
+            )
+        if not (
+            isinstance(observation_space, spaces.Dict) and set(RL2_KEYS) <= set(observation_space.spaces)
+        ):
+            warnings.warn(
+                f"{type(self).__name__}: the observation is not the RL²-input Dict, so the belief sees no "
+                "previous reward unless the observation carries it (bayes_envs: rl2_inputs=True)",
+                stacklevel=2,
+            )
+        self.n_samples = n_samples
+        self.detach_critic = bool(detach_critic)
+        self.belief_kwargs = dict(belief_kwargs)
+        self._last_output: BeliefOutput | None = None
+        self._loss_mask: Tensor | None = None
+        self._pending_aux_loss: Tensor | None = None
+        # The belief is built in _build_mlp_extractor (it needs the features size, and must exist
+        # before ActorCriticPolicy creates the optimizer). RecurrentActorCriticPolicy.__init__ is
+        # skipped on purpose: it would build two LSTMs that the belief replaces.
+        ActorCriticPolicy.__init__(
+            self,
+            observation_space,
+            action_space,
+            lr_schedule,
+            net_arch,
+            activation_fn,
+            ortho_init,
+            use_sde,
+            log_std_init,
+            full_std,
+            use_expln,
+            squash_output,
+            features_extractor_class,
+            features_extractor_kwargs,
+            share_features_extractor,
+            normalize_images,
+            optimizer_class,
+            optimizer_kwargs,
+        )
+        slot = math.ceil(self.belief.state_size / 2)
+        self.lstm_actor = RecurrentStateSlots(num_layers=1, hidden_size=slot)
+        self.lstm_hidden_state_shape = (1, 1, slot)
+        self.lstm_critic = None
+        self.critic = None
+        self.shared_lstm = True
+        self.enable_critic_lstm = False
+        self.lstm_kwargs: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------------------ construction
+    def make_belief(self, input_dim: int) -> Belief:
+        return self.belief_class(input_dim, **self.belief_kwargs)
+
+    def _build_mlp_extractor(self) -> None:
+        self.belief = self.make_belief(self.features_dim)
+        self.state_dim = getattr(self.features_extractor, "state_dim", self.features_dim)
+        self.lstm_output_dim = self.belief.latent_dim + self.state_dim
+        self.mlp_extractor = MlpExtractor(
+            self.lstm_output_dim, net_arch=self.net_arch, activation_fn=self.activation_fn, device=self.device
+        )
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data.update(n_samples=self.n_samples, detach_critic=self.detach_critic, **self.belief_kwargs)
+        return data
+
+    # ------------------------------------------------------------------------------ state slots
+    def pack_state(self, state: Tensor) -> tuple[Tensor, Tensor]:
+        """Belief state ``[B, S]`` → the ``(1, B, slot)`` hidden and cell slots of SB3's buffer."""
+        slot = self.lstm_actor.hidden_size
+        padded = nn.functional.pad(state, (0, 2 * slot - state.shape[1]))
+        return padded[:, :slot].unsqueeze(0), padded[:, slot:].unsqueeze(0)
+
+    def unpack_state(self, slots: tuple[Tensor, Tensor]) -> Tensor:
+        """Inverse of :meth:`pack_state`: ``(1, B, slot)`` ×2 → ``[B, S]``."""
+        return torch.cat([slots[0][0], slots[1][0]], dim=1)[:, : self.belief.state_size]
+
+    # ------------------------------------------------------------------------------ belief pass
+    def _process_sequence(  # type: ignore[override]
+        self, features: Tensor, lstm_states: tuple[Tensor, Tensor], episode_starts: Tensor, lstm: Any = None
+    ) -> tuple[BeliefOutput, tuple[Tensor, Tensor]]:
+        """Run the belief over SB3's batch of ``n_seq`` padded sequences.
+
+        :param features: ``[n_seq * T, D]`` (sequence-major, as the buffer lays it out).
+        :param episode_starts: ``[n_seq * T]``.
+        :return: the belief output flattened back to ``[n_seq * T, ..]`` and the new state slots.
+        """
+        n_seq = lstm_states[0].shape[1]
+        inputs = features.reshape(n_seq, -1, features.shape[-1]).swapaxes(0, 1)
+        starts = episode_starts.reshape(n_seq, -1).swapaxes(0, 1)
+        output, state = self.belief.sequence(inputs, self.unpack_state(lstm_states), starts)
+        output = output.apply(lambda value: value.swapaxes(0, 1).flatten(0, 1))
+        self._last_output = output.apply(Tensor.detach)
+        return output, self.pack_state(state)
+
+    def _head_inputs(self, latent: Tensor, features: Tensor) -> Tensor:
+        state = features[..., : self.state_dim]
+        return torch.cat([latent, state.expand(*latent.shape[:-1], state.shape[-1])], dim=-1)
+
+    def _action_distribution(self, output: BeliefOutput, features: Tensor) -> Distribution:
+        if self.n_samples > 0 and output.is_distribution:
+            latents = self.belief.sample(output, self.n_samples)  # [n_Z, N, L]
+        else:
+            latents = output.mean.unsqueeze(0)
+        latent_pi = self.mlp_extractor.forward_actor(self._head_inputs(latents, features))
+        parameters = self.action_net(latent_pi).mean(dim=0)  # ensemble averaging over samples
+        if isinstance(self.action_dist, CategoricalDistribution):
+            return self.action_dist.proba_distribution(action_logits=parameters)
+        assert isinstance(self.action_dist, DiagGaussianDistribution)
+        return self.action_dist.proba_distribution(parameters, self.log_std)
+
+    def _values(self, output: BeliefOutput, features: Tensor) -> Tensor:
+        mean = output.mean.detach() if self.detach_critic else output.mean
+        return self.value_net(self.mlp_extractor.forward_critic(self._head_inputs(mean, features)))
+
+    # ------------------------------------------------------------------------------ SB3 entry points
+    def forward(
+        self, obs: Tensor, lstm_states: RNNStates, episode_starts: Tensor, deterministic: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor, RNNStates]:
+        features = self.extract_features(obs)
+        output, slots = self._process_sequence(features, lstm_states.pi, episode_starts)
+        distribution = self._action_distribution(output, features)
+        actions = distribution.get_actions(deterministic=deterministic)
+        log_prob = distribution.log_prob(actions)
+        values = self._values(output, features)
+        actions = actions.reshape((-1, *self.action_space.shape))
+        return actions, values, log_prob, RNNStates(slots, slots)
+
+    def get_distribution(
+        self, obs: Tensor, lstm_states: tuple[Tensor, Tensor], episode_starts: Tensor
+    ) -> tuple[Distribution, tuple[Tensor, ...]]:
+        features = self.extract_features(obs)
+        output, slots = self._process_sequence(features, lstm_states, episode_starts)
+        return self._action_distribution(output, features), slots
+
+    def predict_values(
+        self, obs: Tensor, lstm_states: tuple[Tensor, Tensor], episode_starts: Tensor
+    ) -> Tensor:
+        features = self.extract_features(obs)
+        output, _ = self._process_sequence(features, lstm_states, episode_starts)
+        return self._values(output, features)
+
+    def evaluate_actions(
+        self, obs: Tensor, actions: Tensor, lstm_states: RNNStates, episode_starts: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        features = self.extract_features(obs)
+        output, _ = self._process_sequence(features, lstm_states.pi, episode_starts)
+        distribution = self._action_distribution(output, features)
+        if self._loss_mask is not None:
+            # Only BayesPPO sets a mask; it then adds this loss to the PPO loss (see BayesPPO.train).
+            self._pending_aux_loss = self.belief.aux_loss(output.apply(lambda value: value[self._loss_mask]))
+        return self._values(output, features), distribution.log_prob(actions), distribution.entropy()
+
+    # ------------------------------------------------------------------------------ belief statistics
+    @property
+    def last_belief_output(self) -> BeliefOutput | None:
+        """The (detached) belief output of the last forward pass, flattened to ``[N, ..]``."""
+        return self._last_output
+
+
+class RL2Policy(BeliefPolicy):
+    """RL²: the policy conditions on a recurrent point estimate of the task.
+
+    Belief keywords (``policy_kwargs``): ``hidden_size`` (128), ``latent_dim`` (64), ``rnn``
+    (``"lstm"``/``"gru"``), ``embed_sizes`` — see :class:`~bayes_agents.beliefs.RL2Belief`.
+    """
+
+    belief_class = RL2Belief
+
+
+class LaplacePolicy(BeliefPolicy):
+    """Laplace-VRNN: RL²'s recurrence with a Laplace-approximated Gaussian task posterior.
+
+    Belief keywords (``policy_kwargs``): those of :class:`RL2Policy` plus ``window`` (k),
+    ``covariance`` (``"full"``/``"diag"``), ``variant`` (``"stationary"``, ``"sum_precision"``,
+    ``"markov"``), ``damping`` and ``beta`` (KL penalty, applied by :class:`~bayes_agents.BayesPPO`);
+    ``n_samples`` posterior samples are averaged in the action head (0: posterior mean). See
+    :class:`~bayes_agents.beliefs.LaplaceBelief`.
+    """
+
+    belief_class = LaplaceBelief

@@ -1,0 +1,105 @@
+"""Learning on BayesBandit-v0: expected cumulative regret at t = 50 of RL² and Laplace-VRNN.
+
+Trains on the train split (α = 0.2) and evaluates the final models on 1,000 fixed tasks of the
+train split and of the harder test split (α = 0.3), next to Thompson sampling with the exact
+posterior, greedy posterior mean and uniform random (see benchmarks/references.py).
+
+    python benchmarks/learning_bandit.py [--timesteps 1000000] [--seeds 3] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import gymnasium as gym
+from learning import Job, aggregate, run_jobs, save
+
+from bayes_envs.evaluation import evaluate
+from bayes_envs.references import BanditGreedyPosteriorMean, BanditThompsonSampling, UniformRandomPolicy
+
+#: The Laplace-VRNN paper's PPO settings (γ = λ = 0.9, entropy 0.1, large batches), 16 envs.
+PPO = dict(
+    n_steps=100, batch_size=800, n_epochs=4, learning_rate=1e-3, ent_coef=0.1, gamma=0.9, gae_lambda=0.9
+)
+BELIEF = dict(hidden_size=128, latent_dim=64, embed_sizes=(64,), net_arch=[64])
+METHODS = {
+    "rl2": BELIEF,
+    "laplace": {**BELIEF, "window": 1, "covariance": "full", "variant": "sum_precision", "n_samples": 1},
+}
+SPLITS = {"train": {"split": "train"}, "test": {"split": "test"}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--timesteps", type=int, default=1_000_000)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--eval-every", type=int, default=100_000)
+    args = parser.parse_args()
+
+    jobs = [
+        Job(
+            "BayesBandit-v0",
+            method,
+            seed,
+            args.timesteps,
+            16,
+            PPO,
+            METHODS[method],
+            args.eval_every,
+            200,
+            1000,
+            final_evals=SPLITS,
+        )
+        for method in args.methods
+        for seed in range(args.seeds)
+    ]
+    results = run_jobs(jobs, args.workers)
+    learned = {split: aggregate(results, split, "final_regret_mean") for split in SPLITS}
+    references = {}
+    for split, alpha in (("train", 0.2), ("test", 0.3)):
+        policies = {
+            "Thompson sampling": BanditThompsonSampling(n_arms=5, alpha=alpha, seed=0),
+            "greedy posterior mean": BanditGreedyPosteriorMean(n_arms=5, alpha=alpha, seed=0),
+            "uniform random": UniformRandomPolicy(gym.make("BayesBandit-v0").action_space, seed=0),
+        }
+        for name, policy in policies.items():
+            summary = evaluate(policy, "BayesBandit-v0", n_tasks=1000, seed=10_000, split=split).summary()
+            references.setdefault(name, {})[split] = (
+                summary["final_regret_mean"],
+                summary["final_regret_ci95"],
+            )
+
+    print(
+        f"\nBayesBandit-v0: expected cumulative regret at t=50 after {args.timesteps:,} env steps, "
+        f"{args.seeds} seeds (mean ± 95% CI)"
+    )
+    print(f"{'agent':<24}{'alpha=0.2 (train)':>20}{'alpha=0.3 (test)':>20}{'minutes':>9}")
+    for method in learned["train"]:
+        cells = "".join(
+            f"{learned[s][method]['mean'][0]:>13.2f} ± {learned[s][method]['ci95'][0]:<4.2f}" for s in SPLITS
+        )
+        minutes = sum(learned["train"][method]["minutes"]) / args.seeds
+        print(f"{method:<24}{cells}{minutes:>9.1f}")
+    for name, cells in references.items():
+        print(f"{name:<24}" + "".join(f"{cells[s][0]:>13.2f} ± {cells[s][1]:<4.2f}" for s in SPLITS))
+    path = save(
+        "learning_bandit",
+        {
+            "benchmark": "learning_bandit",
+            "settings": vars(args),
+            "ppo": PPO,
+            "methods": METHODS,
+            "regret": learned,
+            "references": references,
+            "runs": results,
+        },
+    )
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""Learning on BayesGrid-v0: RL² and Laplace-VRNN (sum_precision, full) vs the references.
+
+Trains each method for ``--timesteps`` env steps on ``--seeds`` seeds (in parallel processes)
+with VariBAD's gridworld PPO settings, then reports the return per inner episode on 420 fixed
+test tasks next to the exact oracle and Bayes-optimal values and posterior sampling, and the
+fraction of the Bayes-optimal trial return reached (target: ≥ 90%).
+
+    python benchmarks/learning_grid.py [--timesteps 1000000] [--seeds 3] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from learning import Job, aggregate, run_jobs, save
+
+from bayes_envs.evaluation import evaluate
+from bayes_envs.references import (
+    GridPosteriorSampling,
+    bayes_optimal_episode_returns,
+    oracle_return_per_episode,
+)
+
+#: VariBAD's gridworld PPO settings (16 envs × 60 steps, 2 epochs × 4 minibatches, clip 0.05,
+#: lr 7e-4, entropy 0.01, γ = λ = 0.95), policy MLP [32] after the belief.
+PPO = dict(
+    n_steps=60,
+    batch_size=240,
+    n_epochs=2,
+    clip_range=0.05,
+    learning_rate=7e-4,
+    ent_coef=0.01,
+    vf_coef=0.5,
+    gamma=0.95,
+    gae_lambda=0.95,
+)
+BELIEF = dict(hidden_size=128, latent_dim=64, embed_sizes=(32,), net_arch=[32])
+METHODS = {
+    "rl2": BELIEF,
+    "laplace": {**BELIEF, "window": 1, "covariance": "full", "variant": "sum_precision", "n_samples": 1},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--timesteps", type=int, default=1_000_000)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--eval-every", type=int, default=100_000)
+    args = parser.parse_args()
+
+    jobs = [
+        Job("BayesGrid-v0", method, seed, args.timesteps, 16, PPO, METHODS[method], args.eval_every, 105, 420)
+        for method in args.methods
+        for seed in range(args.seeds)
+    ]
+    results = run_jobs(jobs, args.workers)
+    per_episode = aggregate(results, "test", "episode_return_mean")
+    trial = aggregate(results, "test", "trial_return_mean")
+    optimal = bayes_optimal_episode_returns().tolist()
+    sampling = evaluate(GridPosteriorSampling(seed=0), "BayesGrid-v0", n_tasks=420, seed=10_000).summary()
+    references = {
+        "oracle (exact)": [oracle_return_per_episode()] * 4,
+        "Bayes-optimal (exact)": optimal,
+        "posterior sampling": sampling["episode_return_mean"],
+    }
+
+    print(f"\nBayesGrid-v0 after {args.timesteps:,} env steps, {args.seeds} seeds (mean ± 95% CI over seeds)")
+    print(
+        f"{'agent':<24}" + "".join(f"{'ep ' + str(e + 1):>14}" for e in range(4)) + f"{'trial':>15}"
+        f"{'% Bayes-opt':>13}{'minutes':>9}"
+    )
+    for method, stats in per_episode.items():
+        cells = "".join(f"{m:>8.2f} ± {c:<3.2f}" for m, c in zip(stats["mean"], stats["ci95"], strict=True))
+        total, total_ci = trial[method]["mean"][0], trial[method]["ci95"][0]
+        minutes = sum(stats["minutes"]) / len(stats["minutes"])
+        print(
+            f"{method:<24}{cells}{total:>9.2f} ± {total_ci:<3.2f}{100 * total / sum(optimal):>12.1f}%"
+            f"{minutes:>9.1f}"
+        )
+    for name, values in references.items():
+        print(
+            f"{name:<24}" + "".join(f"{v:>14.2f}" for v in values) + f"{sum(values):>15.2f}"
+            f"{100 * sum(values) / sum(optimal):>12.1f}%"
+        )
+    path = save(
+        "learning_grid",
+        {
+            "benchmark": "learning_grid",
+            "settings": vars(args),
+            "ppo": PPO,
+            "methods": METHODS,
+            "per_episode": per_episode,
+            "trial": trial,
+            "references": references,
+            "runs": results,
+        },
+    )
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""Training throughput of ``learn()`` on BayesGrid-v0: stock MlpLstmPolicy vs the belief policies.
+
+Every row uses the same env batch (16 native envs), n_steps, batch size, epochs and recurrent
+hidden size, in one run (the machines are shared and noisy: compare the ratios). Reports env
+steps/s of the whole ``learn()`` and the seconds per PPO update (``train()``) alone.
+
+    python benchmarks/train_throughput.py [--timesteps 8192] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from sb3_contrib import RecurrentPPO
+
+import bayes_envs
+from bayes_agents import BayesPPO, LaplacePolicy, RL2Policy
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def configurations(hidden_size: int, latent_dim: int) -> list[tuple[str, type, Any, dict[str, Any]]]:
+    """(name, algorithm, policy, policy_kwargs) rows; extended by later belief methods."""
+    belief = {"hidden_size": hidden_size, "latent_dim": latent_dim}
+    rows: list[tuple[str, type, Any, dict[str, Any]]] = [
+        (
+            "stock MultiInputLstmPolicy",
+            RecurrentPPO,
+            "MultiInputLstmPolicy",
+            {"lstm_hidden_size": hidden_size},
+        ),
+        ("RL2Policy", RecurrentPPO, RL2Policy, belief),
+    ]
+    for window in (1, 15):
+        for covariance in ("full", "diag"):
+            rows.append(
+                (
+                    f"LaplacePolicy k={window} {covariance}",
+                    BayesPPO,
+                    LaplacePolicy,
+                    {
+                        **belief,
+                        "window": window,
+                        "covariance": covariance,
+                        "variant": "sum_precision",
+                        "n_samples": 1,
+                    },
+                )
+            )
+    return rows
+
+
+class TimedTrain:
+    """Accumulates the wall time spent in ``model.train()`` (the PPO update)."""
+
+    def __init__(self, model: Any) -> None:
+        self.seconds, self.updates = 0.0, 0
+        stock_train = model.train
+
+        def timed() -> None:
+            start = time.perf_counter()
+            stock_train()
+            self.seconds += time.perf_counter() - start
+            self.updates += 1
+
+        model.train = timed
+
+
+def measure(
+    name: str, algorithm: type, policy: Any, policy_kwargs: dict[str, Any], args: argparse.Namespace
+) -> dict:
+    venv = bayes_envs.make_vec("BayesGrid-v0", args.n_envs, seed=0)
+    model = algorithm(
+        policy,
+        venv,
+        n_steps=args.n_steps,
+        batch_size=args.batch_size,
+        n_epochs=args.n_epochs,
+        policy_kwargs=policy_kwargs,
+        seed=0,
+        device="cpu",
+    )
+    model.learn(args.n_steps * args.n_envs)  # warm-up rollout + update
+    timer = TimedTrain(model)
+    start = time.perf_counter()
+    model.learn(args.timesteps, reset_num_timesteps=False)
+    seconds = time.perf_counter() - start
+    return {
+        "policy": name,
+        "env_steps_per_s": args.timesteps / seconds,
+        "seconds_per_update": timer.seconds / max(timer.updates, 1),
+        "updates": timer.updates,
+        "parameters": sum(p.numel() for p in model.policy.parameters()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--timesteps", type=int, default=8192)
+    parser.add_argument("--n-envs", type=int, default=16)
+    parser.add_argument("--n-steps", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--n-epochs", type=int, default=4)
+    parser.add_argument("--hidden-size", type=int, default=128)
+    parser.add_argument("--latent-dim", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", default=None, help="substring: run only the matching rows")
+    parser.add_argument("--out", type=Path, default=RESULTS / "train_throughput.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    rows = []
+    for name, algorithm, policy, kwargs in configurations(args.hidden_size, args.latent_dim):
+        if args.only and args.only not in name:
+            continue
+        rows.append(measure(name, algorithm, policy, kwargs, args))
+        print(f"  measured {name}", flush=True)
+    reference = {row["policy"]: row for row in rows}
+    stock, rl2 = reference.get("stock MultiInputLstmPolicy"), reference.get("RL2Policy")
+    print(
+        f"\n{'policy':<30}{'env steps/s':>12}{'s/update':>10}{'vs stock':>10}"
+        f"{'update vs RL2':>15}{'params':>10}"
+    )
+    for row in rows:
+        row["speedup_vs_stock"] = row["env_steps_per_s"] / stock["env_steps_per_s"] if stock else None
+        row["update_cost_vs_rl2"] = row["seconds_per_update"] / rl2["seconds_per_update"] if rl2 else None
+        vs_stock = f"{row['speedup_vs_stock']:.1f}x" if stock else "-"
+        vs_rl2 = f"{row['update_cost_vs_rl2']:.2f}x" if rl2 else "-"
+        print(
+            f"{row['policy']:<30}{row['env_steps_per_s']:>12,.0f}{row['seconds_per_update']:>10.2f}"
+            f"{vs_stock:>10}{vs_rl2:>15}{row['parameters']:>10,}"
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    settings = {key: value for key, value in vars(args).items() if key != "out"}
+    args.out.write_text(
+        json.dumps(
+            {"benchmark": "train_throughput", "env_id": "BayesGrid-v0", "settings": settings, "rows": rows},
+            indent=2,
+        )
+    )
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

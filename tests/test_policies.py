@@ -1,0 +1,213 @@
+"""Belief policies under the stock sb3-contrib RecurrentPPO and under BayesPPO."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from sb3_contrib import RecurrentPPO
+
+import bayes_envs
+from bayes_agents import BayesPPO, LaplacePolicy, RL2Policy, laplace_from_rl2
+
+SMALL = {"hidden_size": 16, "latent_dim": 8, "embed_sizes": (16,)}
+LAPLACE = {**SMALL, "window": 2, "covariance": "full", "variant": "sum_precision"}
+PPO_KWARGS = {"n_steps": 32, "batch_size": 64, "n_epochs": 2, "seed": 0, "device": "cpu"}
+
+
+def rollout_actions(model, env_id: str, n_envs: int = 3, seed: int = 5, **env_kwargs) -> np.ndarray:
+    torch.manual_seed(seed)  # posterior samples are drawn from torch's generator
+    venv = bayes_envs.make_vec(env_id, n_envs, seed=seed, monitor=False, **env_kwargs)
+    obs = venv.reset()
+    state, start, actions = None, np.ones(n_envs, bool), []
+    for _ in range(70):
+        action, state = model.predict(obs, state=state, episode_start=start, deterministic=True)
+        obs, _, dones, _ = venv.step(action)
+        start = dones
+        actions.append(action)
+    return np.array(actions)
+
+
+@pytest.mark.parametrize("env_id", ["BayesGrid-v0", "BayesBandit-v0", "FourierRegression-v0"])
+@pytest.mark.parametrize(
+    ("policy", "kwargs"), [(RL2Policy, SMALL), (LaplacePolicy, {**LAPLACE, "n_samples": 2})]
+)
+def test_stock_recurrent_ppo_learn_save_load_predict(env_id, policy, kwargs, tmp_path) -> None:
+    model = RecurrentPPO(policy, gym.make(env_id), policy_kwargs=kwargs, **PPO_KWARGS)
+    model.learn(96)
+    before = rollout_actions(model, env_id)
+    model.save(tmp_path / "model.zip")
+    loaded = RecurrentPPO.load(tmp_path / "model.zip", device="cpu")
+    assert type(loaded.policy) is policy
+    np.testing.assert_array_equal(rollout_actions(loaded, env_id), before)
+    # single-env predict with recurrent state (no batch dim)
+    env = gym.make(env_id)
+    obs, _ = env.reset(seed=0)
+    action, state = loaded.predict(obs, episode_start=np.array([True]), deterministic=True)
+    assert env.action_space.contains(action if np.ndim(action) else int(action))
+    assert state[0].shape == (1, 1, loaded.policy.lstm_actor.hidden_size)
+
+
+@pytest.mark.parametrize(
+    ("policy", "kwargs"), [(RL2Policy, {**SMALL, "rnn": "gru"}), (LaplacePolicy, LAPLACE)]
+)
+def test_minibatch_replay_reproduces_rollout_log_probs(policy, kwargs) -> None:
+    """The training path (whole padded sequences through belief.sequence, states from SB3's buffer)
+    must give the rollout's log-probabilities and values: the state packing and the sequence path
+    agree with the step-by-step rollout."""
+    venv = bayes_envs.make_vec("BayesGrid-v0", 4, seed=1)
+    model = RecurrentPPO(policy, venv, policy_kwargs=kwargs, n_steps=90, batch_size=100, n_epochs=1, seed=0)
+    model.train = lambda: None  # collect only
+    model.learn(360)
+    checked = 0
+    for data in model.rollout_buffer.get(100):
+        mask = data.mask > 0
+        with torch.no_grad():
+            values, log_prob, _ = model.policy.evaluate_actions(
+                data.observations, data.actions.long().flatten(), data.lstm_states, data.episode_starts
+            )
+        torch.testing.assert_close(log_prob[mask], data.old_log_prob[mask], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(values.flatten()[mask], data.old_values[mask], atol=1e-5, rtol=1e-5)
+        checked += int(mask.sum())
+    assert checked == 360
+
+
+def test_bayes_ppo_adds_exactly_the_auxiliary_gradient() -> None:
+    """BayesPPO's gradient = stock RecurrentPPO's gradient + ∇(β·KL) on the same minibatch."""
+    venv = bayes_envs.make_vec("BayesGrid-v0", 4, seed=2)
+    kwargs = {**LAPLACE, "beta": 0.5}
+    model = BayesPPO(
+        LaplacePolicy,
+        venv,
+        policy_kwargs=kwargs,
+        n_steps=60,
+        batch_size=240,
+        n_epochs=1,
+        max_grad_norm=1e9,
+        seed=0,
+    )
+    real_train = model.train
+    model.train = lambda: None
+    model.learn(240)
+    del model.train
+    optimizer = model.policy.optimizer
+    params = list(model.policy.belief.parameters())
+
+    def gradients(train) -> list[torch.Tensor]:
+        recorded = []
+
+        def record_instead_of_step(*args, **kwargs) -> None:
+            if not recorded:
+                recorded.extend(p.grad.clone() for p in params)
+
+        optimizer.step = record_instead_of_step
+        np.random.seed(0)
+        train()
+        del optimizer.step
+        return recorded
+
+    with_aux = gradients(real_train)
+    stock = gradients(lambda: RecurrentPPO.train(model))
+    np.random.seed(0)
+    data = next(model.rollout_buffer.get(240))
+    optimizer.zero_grad()
+    model.policy._loss_mask = data.mask > 0
+    model.policy.evaluate_actions(
+        data.observations, data.actions.long().flatten(), data.lstm_states, data.episode_starts
+    )
+    aux = model.policy._pending_aux_loss
+    model.policy._loss_mask = model.policy._pending_aux_loss = None
+    assert aux.item() > 0
+    aux.backward()
+    for p, g_aux, g_stock, g_bayes in zip(params, [p.grad for p in params], stock, with_aux, strict=True):
+        torch.testing.assert_close(g_bayes - g_stock, g_aux, atol=1e-6, rtol=1e-4, msg=str(p.shape))
+    assert any(g.abs().sum() > 0 for g in [p.grad for p in params])
+
+
+def test_bayes_ppo_logs_belief_statistics() -> None:
+    venv = bayes_envs.make_vec("BayesGrid-v0", 4, seed=3)
+    model = BayesPPO(LaplacePolicy, venv, policy_kwargs=LAPLACE, **PPO_KWARGS)
+    model.learn(128)
+    logged = model.logger.name_to_value
+    assert np.isfinite(logged["belief/entropy"]) and logged["belief/kl_to_previous"] >= 0
+    assert logged["belief/aux_loss"] > 0
+
+
+def test_posthoc_laplace_keeps_rl2_actions_and_reports_posterior() -> None:
+    venv = bayes_envs.make_vec("BayesGrid-v0", 4, seed=4)
+    rl2 = RecurrentPPO(RL2Policy, venv, policy_kwargs=SMALL, **PPO_KWARGS)
+    rl2.learn(128)
+    laplace = laplace_from_rl2(rl2, window=3, covariance="full", variant="sum_precision")
+    assert isinstance(laplace.policy, LaplacePolicy) and laplace.policy.n_samples == 0
+    np.testing.assert_array_equal(
+        rollout_actions(laplace, "BayesGrid-v0"), rollout_actions(rl2, "BayesGrid-v0")
+    )
+    # the posterior over one trial: entropy falls as precision accumulates, KL is finite and >= 0
+    venv = bayes_envs.make_vec("BayesGrid-v0", 2, seed=0, monitor=False)
+    obs, state, start, entropies, kls = venv.reset(), None, np.ones(2, bool), [], []
+    for _ in range(60):
+        action, state = laplace.predict(obs, state=state, episode_start=start, deterministic=True)
+        output = laplace.policy.last_belief_output
+        entropies.append(output.entropy.numpy())
+        kls.append(output.kl_to_previous.numpy())
+        obs, _, start, _ = venv.step(action)
+    entropies, kls = np.array(entropies), np.array(kls)
+    assert np.all(np.isfinite(entropies)) and np.all(kls >= -1e-5)
+    assert np.all(np.diff(entropies, axis=0) <= 1e-4)  # sum_precision only adds precision within a trial
+    with pytest.raises(TypeError, match="RL2Policy"):
+        laplace_from_rl2(laplace)
+    with pytest.raises(ValueError, match="hidden_size"):
+        laplace_from_rl2(rl2, hidden_size=32)
+
+
+def test_laplace_policy_rollout_stays_finite_and_positive_definite() -> None:
+    venv = bayes_envs.make_vec("BayesGrid-v0", 4, seed=6, monitor=False)
+    model = RecurrentPPO(LaplacePolicy, venv, policy_kwargs={**LAPLACE, "n_samples": 3}, **PPO_KWARGS)
+    obs, state, start = venv.reset(), None, np.ones(4, bool)
+    for _ in range(2500):  # 10,000 env steps, 166 trials
+        action, state = model.predict(obs, state=state, episode_start=start)
+        obs, _, start, _ = venv.step(action)
+    output = model.policy.last_belief_output
+    assert np.all(np.isfinite(state[0])) and np.all(np.isfinite(state[1]))
+    assert torch.linalg.eigvalsh(output.precision).min() > 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"window": -1}, "window"),
+        ({"window": 0}, "window"),
+        ({"variant": "ema"}, "variant"),
+        ({"covariance": "low-rank"}, "covariance"),
+        ({"n_samples": -1}, "n_samples"),
+        ({"damping": 0.0}, "damping"),
+        ({"beta": -1.0}, "beta"),
+    ],
+)
+def test_bad_policy_kwargs_raise_value_error(kwargs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        RecurrentPPO(LaplacePolicy, gym.make("BayesGrid-v0"), policy_kwargs={**SMALL, **kwargs})
+
+
+def test_rl2_policy_rejects_unknown_rnn_and_bad_sizes() -> None:
+    with pytest.raises(ValueError, match="rnn"):
+        RecurrentPPO(RL2Policy, gym.make("BayesGrid-v0"), policy_kwargs={"rnn": "transformer"})
+    with pytest.raises(ValueError, match="hidden_size"):
+        RecurrentPPO(RL2Policy, gym.make("BayesGrid-v0"), policy_kwargs={"hidden_size": 0})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_cuda_learn_and_predict() -> None:
+    model = BayesPPO(
+        LaplacePolicy,
+        bayes_envs.make_vec("BayesGrid-v0", 4, seed=0),
+        policy_kwargs=LAPLACE,
+        n_steps=32,
+        batch_size=64,
+        n_epochs=1,
+        device="cuda",
+    )
+    model.learn(128)
+    assert next(model.policy.belief.parameters()).is_cuda
+    rollout_actions(model, "BayesGrid-v0")
