@@ -140,20 +140,16 @@ class FourierBatch(TrialBatch):
         self.amplitudes[index] = task.amplitudes
         self.shifts[index] = task.shift
         self.phases[index] = task.phases
-        self.ys[index] = fourier_values(
-            self.amplitudes[index, None],
-            self.shifts[index, None],
-            self.phases[index, None],
-            self.xs[index, None],
-        )[0]
+        self._evaluate_targets(index)
 
     def _begin_trial(self, index: int, rng: np.random.Generator) -> None:
         self.xs[index] = rng.uniform(-1.0, 1.0, self.xs.shape[1])
+        self._evaluate_targets(index)
+
+    def _evaluate_targets(self, index: int) -> None:
+        rows = slice(index, index + 1)
         self.ys[index] = fourier_values(
-            self.amplitudes[index, None],
-            self.shifts[index, None],
-            self.phases[index, None],
-            self.xs[index, None],
+            self.amplitudes[rows], self.shifts[rows], self.phases[rows], self.xs[rows]
         )[0]
 
     def _begin_episode(self, mask: np.ndarray) -> None:

@@ -8,6 +8,7 @@ each; results aggregate over seeds as mean ± 95% CI (normal approximation over 
 
 from __future__ import annotations
 
+import argparse
 import json
 import multiprocessing
 import time
@@ -89,6 +90,17 @@ def run_job(job: Job) -> dict[str, Any]:
         "curve": callback.curve,
         "final": final,
     }
+
+
+def parse_args(doc: str, methods: list[str]) -> argparse.Namespace:
+    """The command line shared by the learning benchmarks."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--timesteps", type=int, default=1_000_000)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--methods", nargs="+", default=methods, choices=methods)
+    parser.add_argument("--eval-every", type=int, default=100_000)
+    return parser.parse_args()
 
 
 def run_jobs(jobs: list[Job], workers: int) -> list[dict[str, Any]]:

@@ -9,10 +9,8 @@ posterior, greedy posterior mean and uniform random (see benchmarks/references.p
 
 from __future__ import annotations
 
-import argparse
-
 import gymnasium as gym
-from learning import Job, aggregate, run_jobs, save
+from learning import Job, aggregate, parse_args, run_jobs, save
 
 from bayes_envs.evaluation import evaluate
 from bayes_envs.references import BanditGreedyPosteriorMean, BanditThompsonSampling, UniformRandomPolicy
@@ -30,15 +28,7 @@ SPLITS = {"train": {"split": "train"}, "test": {"split": "test"}}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--timesteps", type=int, default=1_000_000)
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--methods", nargs="+", default=list(METHODS))
-    parser.add_argument("--eval-every", type=int, default=100_000)
-    args = parser.parse_args()
+    args = parse_args(__doc__, list(METHODS))
 
     jobs = [
         Job(

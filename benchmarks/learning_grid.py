@@ -10,9 +10,7 @@ fraction of the Bayes-optimal trial return reached (target: ≥ 90%).
 
 from __future__ import annotations
 
-import argparse
-
-from learning import Job, aggregate, run_jobs, save
+from learning import Job, aggregate, parse_args, run_jobs, save
 
 from bayes_envs.evaluation import evaluate
 from bayes_envs.references import (
@@ -34,7 +32,7 @@ PPO = dict(
     gamma=0.95,
     gae_lambda=0.95,
 )
-BELIEF = dict(hidden_size=128, latent_dim=64, embed_sizes=(32,), net_arch=[32])
+BELIEF = dict(hidden_size=128, latent_dim=32, embed_sizes=(32,), net_arch=[32])
 METHODS = {
     "rl2": BELIEF,
     "laplace": {**BELIEF, "window": 1, "covariance": "full", "variant": "sum_precision", "n_samples": 1},
@@ -42,15 +40,7 @@ METHODS = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--timesteps", type=int, default=1_000_000)
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--methods", nargs="+", default=list(METHODS))
-    parser.add_argument("--eval-every", type=int, default=100_000)
-    args = parser.parse_args()
+    args = parse_args(__doc__, list(METHODS))
 
     jobs = [
         Job("BayesGrid-v0", method, seed, args.timesteps, 16, PPO, METHODS[method], args.eval_every, 105, 420)

@@ -25,8 +25,13 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def configurations(hidden_size: int, latent_dim: int) -> list[tuple[str, type, Any, dict[str, Any]]]:
-    """(name, algorithm, policy, policy_kwargs) rows; extended by later belief methods."""
-    belief = {"hidden_size": hidden_size, "latent_dim": latent_dim}
+    """(name, algorithm, policy, policy_kwargs) rows.
+
+    The stock policy feeds the flattened observation straight into its LSTMs, so the belief rows
+    use no input embedding (``embed_sizes=()``) for an equal-architecture comparison; one RL² row
+    adds the paper's (256, 256) embedding to show its cost.
+    """
+    belief = {"hidden_size": hidden_size, "latent_dim": latent_dim, "embed_sizes": ()}
     rows: list[tuple[str, type, Any, dict[str, Any]]] = [
         (
             "stock MultiInputLstmPolicy",
@@ -35,21 +40,17 @@ def configurations(hidden_size: int, latent_dim: int) -> list[tuple[str, type, A
             {"lstm_hidden_size": hidden_size},
         ),
         ("RL2Policy", RecurrentPPO, RL2Policy, belief),
+        ("RL2Policy embed (256, 256)", RecurrentPPO, RL2Policy, {**belief, "embed_sizes": (256, 256)}),
     ]
     for window in (1, 15):
         for covariance in ("full", "diag"):
+            laplace = {**belief, "window": window, "covariance": covariance, "variant": "sum_precision"}
             rows.append(
                 (
                     f"LaplacePolicy k={window} {covariance}",
                     BayesPPO,
                     LaplacePolicy,
-                    {
-                        **belief,
-                        "window": window,
-                        "covariance": covariance,
-                        "variant": "sum_precision",
-                        "n_samples": 1,
-                    },
+                    {**laplace, "n_samples": 1},
                 )
             )
     return rows

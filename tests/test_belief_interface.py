@@ -225,3 +225,26 @@ def test_call_validation(kind):
     output, _ = belief.sequence(torch.randn(3, 2, INPUT_DIM), state, starts)
     with pytest.raises(ValueError, match="n_samples"):
         belief.sample(output, 0)
+
+
+@pytest.mark.parametrize("rnn", ["lstm", "gru"])
+def test_fused_recurrence_equals_stepped_cell(rnn):
+    """Without episode starts inside the sequence the fused RNN kernel runs; it must give the
+    stepped cell's hidden and cell states (and gradients) exactly."""
+    torch.manual_seed(0)
+    belief = RL2Belief(5, hidden_size=12, latent_dim=4, rnn=rnn, embed_sizes=(8,)).double()
+    embedded = torch.randn(9, 3, 8, dtype=torch.float64, requires_grad=True)
+    hidden = torch.randn(3, 12, dtype=torch.float64)
+    cell = torch.randn(3, 12, dtype=torch.float64) if rnn == "lstm" else None
+    starts = torch.zeros(9, 3, dtype=torch.bool)
+    starts[0, 1] = True  # a reset at the first step keeps the fused path
+    fused = belief.recurrence(embedded, hidden, cell, starts, need_cells=True)
+    stepped = belief._stepped_recurrence(belief.gates_from_embedded(embedded), hidden, cell, starts)
+    for a, b in zip(fused, stepped, strict=True):
+        if a is None:
+            assert b is None
+        else:
+            torch.testing.assert_close(a, b)
+    (grad_fused,) = torch.autograd.grad(fused[0].square().sum(), embedded)
+    (grad_stepped,) = torch.autograd.grad(stepped[0].square().sum(), embedded)
+    torch.testing.assert_close(grad_fused, grad_stepped)

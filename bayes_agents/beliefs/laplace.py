@@ -357,13 +357,15 @@ class LaplaceBelief(RL2Belief):
         inputs, starts = self._prepare_sequence(inputs, state, episode_starts)
         parts = self.state_layout.unpack(state)
         hidden, cell = self._unpack_carry(parts)
-        input_gates = self.input_gates(inputs)
-        hiddens, cells = self.recurrence(input_gates, hidden, cell, starts)
+        embedded = self.embedding(inputs)
+        hiddens, cells, final_hidden, final_cell = self.recurrence(
+            embedded, hidden, cell, starts, need_cells=True
+        )
         features = self.latent_head(hiddens)
 
         with torch.no_grad():
             window_gates, mask, next_window, next_count = self._windows(
-                inputs, input_gates.detach(), parts, starts
+                inputs, self.gates_from_embedded(embedded.detach()), parts, starts
             )
             data_precision = self._window_precision(
                 hiddens.detach(), None if cells is None else cells.detach(), window_gates, mask
@@ -384,14 +386,14 @@ class LaplaceBelief(RL2Belief):
 
         output = self._posterior_output(mean, precision, previous_mean, carried_precision, starts)
         next_parts = {
-            "hidden": hiddens[-1],
+            "hidden": final_hidden,
             "window_inputs": next_window,
             "window_count": next_count,
             "data_precision": next_data_precision,
             "mean": mean[-1].detach(),
         }
-        if cells is not None:
-            next_parts["cell"] = cells[-1]
+        if final_cell is not None:
+            next_parts["cell"] = final_cell
         return output, self.state_layout.pack(next_parts)
 
     @property

@@ -1,0 +1,81 @@
+"""The meta-test protocol: fixed seeded tasks, per-inner-episode returns, regret, JSON."""
+
+from __future__ import annotations
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import bayes_envs
+from bayes_envs.evaluation import evaluate, mean_ci
+from bayes_envs.references import BanditOracle, GridOracle, UniformRandomPolicy
+
+
+def test_grid_oracle_returns_match_the_closed_form_per_task() -> None:
+    result = evaluate(GridOracle(), "BayesGrid-v0", n_tasks=40, seed=3)
+    distances = np.array([sum(task.goal) for task in result.tasks])
+    expected = 16 - distances - 0.1 * (distances - 1)
+    np.testing.assert_allclose(result.episode_returns, np.repeat(expected[:, None], 4, axis=1), atol=1e-9)
+    assert result.step_rewards.shape == (40, 60)
+    np.testing.assert_allclose(result.step_rewards.sum(1), result.trial_returns, atol=1e-5)
+
+
+def test_tasks_are_the_first_tasks_of_envs_seeded_seed_plus_i() -> None:
+    result = evaluate(GridOracle(), "BayesGrid-v0", n_tasks=5, seed=11)
+    for i, task in enumerate(result.tasks):
+        _, info = gym.make("BayesGrid-v0").reset(seed=11 + i)
+        assert info["task"] == task
+
+
+def test_bandit_regret_curves() -> None:
+    oracle = evaluate(BanditOracle(), "BayesBandit-v0", n_tasks=20, seed=0)
+    np.testing.assert_array_equal(oracle.cumulative_regret, 0.0)
+    policy = UniformRandomPolicy(gym.make("BayesBandit-v0").action_space, seed=1)
+    result = evaluate(policy, "BayesBandit-v0", n_tasks=20, seed=0, split="test")
+    # recompute the expected regret of the same pulls by replaying the actions on single envs
+    policy = UniformRandomPolicy(gym.make("BayesBandit-v0").action_space, seed=1)
+    venv = bayes_envs.make_vec("BayesBandit-v0", 20, seed=0, monitor=False, split="test")
+    obs, regrets = venv.reset(), []
+    for t in range(50):
+        actions = policy.act(obs, np.full(20, t == 0), venv.get_attr("task"))
+        obs, _, _, infos = venv.step(actions)
+        regrets.append([info["regret"] for info in infos])
+    np.testing.assert_allclose(result.cumulative_regret, np.cumsum(np.array(regrets).T, axis=1))
+    summary = result.summary()
+    assert summary["final_regret_mean"] == pytest.approx(result.cumulative_regret[:, -1].mean())
+    json.loads(result.to_json())
+
+
+def test_sb3_models_are_evaluated_with_their_recurrent_state() -> None:
+    from sb3_contrib import RecurrentPPO
+
+    from bayes_agents import RL2Policy
+
+    model = RecurrentPPO(
+        RL2Policy,
+        bayes_envs.make_vec("BayesGrid-v0", 2, seed=0),
+        policy_kwargs={"hidden_size": 8, "latent_dim": 4, "embed_sizes": ()},
+        n_steps=8,
+        seed=0,
+    )
+    first = evaluate(model, "BayesGrid-v0", n_tasks=6, seed=2)
+    second = evaluate(model, "BayesGrid-v0", n_tasks=6, seed=2)
+    np.testing.assert_array_equal(first.episode_returns, second.episode_returns)
+    assert np.isfinite(first.episode_returns).all() and first.episode_returns.shape == (6, 4)
+
+
+def test_mean_ci_is_the_normal_interval() -> None:
+    values = np.array([1.0, 2.0, 3.0, 4.0])
+    mean, half_width = mean_ci(values)
+    assert mean == 2.5 and half_width == pytest.approx(1.959964 * np.std(values, ddof=1) / 2)
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="n_tasks"):
+        evaluate(GridOracle(), "BayesGrid-v0", n_tasks=0)
+    with pytest.raises(TypeError, match="predict"):
+        evaluate(object(), "BayesGrid-v0", n_tasks=2)
+    with pytest.raises(gym.error.Error):
+        evaluate(GridOracle(), "NoSuchEnv-v0", n_tasks=2)
