@@ -12,6 +12,12 @@ A :class:`BeliefPolicy` replaces the policy's LSTMs by one belief module
 The flat belief state ``[B, S]`` is stored in the two ``(1, B, ceil(S/2))`` recurrent-state slots
 that ``RecurrentPPO``'s buffer keeps for an LSTM, and whole minibatch sequences go through
 ``belief.sequence`` in one call, so the policies work with the *stock* ``sb3_contrib.RecurrentPPO``.
+
+Posterior samples use *common random numbers*: the standard normal noise of step ``t`` is a hash
+of a per-env noise key carried in the recurrent state (advanced by a fixed LCG every step and
+re-mixed at every episode start). PPO's update then re-evaluates each stored action under the
+very latent sample it was taken with, instead of a fresh one, which would make the probability
+ratio pure noise.
 """
 
 from __future__ import annotations
@@ -40,6 +46,41 @@ from torch import Tensor, nn
 from bayes_agents.beliefs import Belief, BeliefOutput, LaplaceBelief, RL2Belief
 
 RL2_KEYS = ("obs", "prev_action", "prev_reward", "new_episode")
+#: Noise keys are integers below 2**24, so that float32 state slots hold them exactly.
+KEY_MODULUS = 2**24
+_MASK32 = 0xFFFFFFFF
+
+
+def _hash32(values: Tensor) -> Tensor:
+    """A 32-bit integer mix (int64 in, int64 in [0, 2**32) out); inputs below 2**35 never overflow."""
+    for _ in range(3):
+        values = ((values ^ (values >> 16)) * 0x45D9F3B) & _MASK32
+    return values ^ (values >> 16)
+
+
+def next_noise_keys(keys: Tensor, episode_starts: Tensor) -> tuple[Tensor, Tensor]:
+    """Keys used at each step and the key after the last step.
+
+    :param keys: ``[B]`` int64 key stored before the first step.
+    :param episode_starts: ``[T, B]`` bool.
+    :return: the keys of the steps ``[T, B]`` and the next key ``[B]``: at an episode start the key
+        is re-mixed, and after each step it advances by a full-period LCG modulo 2**24.
+    """
+    step_keys = []
+    for starts in episode_starts.unbind(0):
+        keys = torch.where(starts, _hash32(keys + 0x9E3779) % KEY_MODULUS, keys)
+        step_keys.append(keys)
+        keys = (keys * 1664525 + 1013904223) % KEY_MODULUS
+    return torch.stack(step_keys), keys
+
+
+def standard_normal_from_keys(keys: Tensor, count: int, dtype: torch.dtype) -> Tensor:
+    """``count`` standard normal draws per key, ``[*keys.shape, count]``, by Box-Muller on hashes."""
+    counters = torch.arange(2 * count, device=keys.device)
+    bits = _hash32(keys.unsqueeze(-1) * (2 * count) + counters)
+    uniforms = (bits.to(torch.float64) + 0.5) / 2**32
+    radius = torch.sqrt(-2.0 * torch.log(uniforms[..., :count]))
+    return (radius * torch.cos(2 * torch.pi * uniforms[..., count:])).to(dtype)
 
 
 class RL2InputExtractor(BaseFeaturesExtractor):
@@ -169,7 +210,7 @@ class BeliefPolicy(RecurrentActorCriticPolicy):
             optimizer_class,
             optimizer_kwargs,
         )
-        slot = math.ceil(self.belief.state_size / 2)
+        slot = math.ceil((self.belief.state_size + 1) / 2)  # + the noise key
         self.lstm_actor = RecurrentStateSlots(num_layers=1, hidden_size=slot)
         self.lstm_hidden_state_shape = (1, 1, slot)
         self.lstm_critic = None
@@ -196,41 +237,60 @@ class BeliefPolicy(RecurrentActorCriticPolicy):
         return data
 
     # ------------------------------------------------------------------------------ state slots
-    def pack_state(self, state: Tensor) -> tuple[Tensor, Tensor]:
-        """Belief state ``[B, S]`` → the ``(1, B, slot)`` hidden and cell slots of SB3's buffer."""
+    def pack_state(self, state: Tensor, keys: Tensor) -> tuple[Tensor, Tensor]:
+        """Belief state ``[B, S]`` and noise keys ``[B]`` → the ``(1, B, slot)`` hidden and cell slots."""
         slot = self.lstm_actor.hidden_size
-        padded = nn.functional.pad(state, (0, 2 * slot - state.shape[1]))
+        flat = torch.cat([state, keys.to(state.dtype).unsqueeze(1)], dim=1)
+        padded = nn.functional.pad(flat, (0, 2 * slot - flat.shape[1]))
         return padded[:, :slot].unsqueeze(0), padded[:, slot:].unsqueeze(0)
 
-    def unpack_state(self, slots: tuple[Tensor, Tensor]) -> Tensor:
-        """Inverse of :meth:`pack_state`: ``(1, B, slot)`` ×2 → ``[B, S]``."""
-        return torch.cat([slots[0][0], slots[1][0]], dim=1)[:, : self.belief.state_size]
+    def unpack_state(self, slots: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """Inverse of :meth:`pack_state`: ``(1, B, slot)`` ×2 → state ``[B, S]``, keys ``[B]`` int64."""
+        flat = torch.cat([slots[0][0], slots[1][0]], dim=1)
+        size = self.belief.state_size
+        return flat[:, :size], flat[:, size].round().to(torch.int64)
+
+    def randomize_noise_keys(self, slots: tuple[Tensor, Tensor], generator: torch.Generator | None = None):
+        """The same slots with fresh random noise keys (distinct noise streams per env)."""
+        state, keys = self.unpack_state(slots)
+        fresh = torch.randint(KEY_MODULUS, keys.shape, generator=generator).to(keys.device)
+        return self.pack_state(state, fresh)
 
     # ------------------------------------------------------------------------------ belief pass
     def _process_sequence(  # type: ignore[override]
         self, features: Tensor, lstm_states: tuple[Tensor, Tensor], episode_starts: Tensor, lstm: Any = None
-    ) -> tuple[BeliefOutput, tuple[Tensor, Tensor]]:
+    ) -> tuple[tuple[BeliefOutput, Tensor | None], tuple[Tensor, Tensor]]:
         """Run the belief over SB3's batch of ``n_seq`` padded sequences.
 
         :param features: ``[n_seq * T, D]`` (sequence-major, as the buffer lays it out).
         :param episode_starts: ``[n_seq * T]``.
-        :return: the belief output flattened back to ``[n_seq * T, ..]`` and the new state slots.
+        :return: the belief output flattened back to ``[n_seq * T, ..]`` with the posterior-sample
+            noise ``[n_samples, n_seq * T, L]`` (None without sampling), and the new state slots.
         """
         n_seq = lstm_states[0].shape[1]
         inputs = features.reshape(n_seq, -1, features.shape[-1]).swapaxes(0, 1)
-        starts = episode_starts.reshape(n_seq, -1).swapaxes(0, 1)
-        output, state = self.belief.sequence(inputs, self.unpack_state(lstm_states), starts)
+        starts = episode_starts.reshape(n_seq, -1).swapaxes(0, 1) > 0.5
+        state, keys = self.unpack_state(lstm_states)
+        output, state = self.belief.sequence(inputs, state, starts)
+        step_keys, keys = next_noise_keys(keys, starts)
+        noise = None
+        if self.n_samples > 0 and output.is_distribution:
+            latent = self.belief.latent_dim
+            draws = standard_normal_from_keys(step_keys, self.n_samples * latent, output.mean.dtype)
+            noise = draws.view(*step_keys.shape, self.n_samples, latent).permute(2, 1, 0, 3).flatten(1, 2)
         output = output.apply(lambda value: value.swapaxes(0, 1).flatten(0, 1))
         self._last_output = output.apply(Tensor.detach)
-        return output, self.pack_state(state)
+        return (output, noise), self.pack_state(state, keys)
 
     def _head_inputs(self, latent: Tensor, features: Tensor) -> Tensor:
         state = features[..., : self.state_dim]
         return torch.cat([latent, state.expand(*latent.shape[:-1], state.shape[-1])], dim=-1)
 
-    def _action_distribution(self, output: BeliefOutput, features: Tensor) -> Distribution:
-        if self.n_samples > 0 and output.is_distribution:
-            latents = self.belief.sample(output, self.n_samples)  # [n_Z, N, L]
+    def _action_distribution(
+        self, output: BeliefOutput, noise: Tensor | None, features: Tensor
+    ) -> Distribution:
+        if noise is not None:
+            latents = self.belief.sample(output, self.n_samples, noise=noise)  # [n_Z, N, L]
         else:
             latents = output.mean.unsqueeze(0)
         latent_pi = self.mlp_extractor.forward_actor(self._head_inputs(latents, features))
@@ -249,8 +309,8 @@ class BeliefPolicy(RecurrentActorCriticPolicy):
         self, obs: Tensor, lstm_states: RNNStates, episode_starts: Tensor, deterministic: bool = False
     ) -> tuple[Tensor, Tensor, Tensor, RNNStates]:
         features = self.extract_features(obs)
-        output, slots = self._process_sequence(features, lstm_states.pi, episode_starts)
-        distribution = self._action_distribution(output, features)
+        (output, noise), slots = self._process_sequence(features, lstm_states.pi, episode_starts)
+        distribution = self._action_distribution(output, noise, features)
         actions = distribution.get_actions(deterministic=deterministic)
         log_prob = distribution.log_prob(actions)
         values = self._values(output, features)
@@ -261,22 +321,22 @@ class BeliefPolicy(RecurrentActorCriticPolicy):
         self, obs: Tensor, lstm_states: tuple[Tensor, Tensor], episode_starts: Tensor
     ) -> tuple[Distribution, tuple[Tensor, ...]]:
         features = self.extract_features(obs)
-        output, slots = self._process_sequence(features, lstm_states, episode_starts)
-        return self._action_distribution(output, features), slots
+        (output, noise), slots = self._process_sequence(features, lstm_states, episode_starts)
+        return self._action_distribution(output, noise, features), slots
 
     def predict_values(
         self, obs: Tensor, lstm_states: tuple[Tensor, Tensor], episode_starts: Tensor
     ) -> Tensor:
         features = self.extract_features(obs)
-        output, _ = self._process_sequence(features, lstm_states, episode_starts)
+        (output, _), _ = self._process_sequence(features, lstm_states, episode_starts)
         return self._values(output, features)
 
     def evaluate_actions(
         self, obs: Tensor, actions: Tensor, lstm_states: RNNStates, episode_starts: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
         features = self.extract_features(obs)
-        output, _ = self._process_sequence(features, lstm_states.pi, episode_starts)
-        distribution = self._action_distribution(output, features)
+        (output, noise), _ = self._process_sequence(features, lstm_states.pi, episode_starts)
+        distribution = self._action_distribution(output, noise, features)
         if self._loss_mask is not None:
             # Only BayesPPO sets a mask; it then adds this loss to the PPO loss (see BayesPPO.train).
             self._pending_aux_loss = self.belief.aux_loss(output.apply(lambda value: value[self._loss_mask]))

@@ -21,9 +21,10 @@ import io
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import torch
 from sb3_contrib import RecurrentPPO
+from sb3_contrib.common.recurrent.type_aliases import RNNStates
+from torch import Tensor
 
 from bayes_agents.policies import BeliefPolicy, LaplacePolicy, RL2Policy
 
@@ -47,12 +48,16 @@ class BayesPPO(RecurrentPPO):
             raise TypeError(
                 f"BayesPPO needs a BeliefPolicy (e.g. RL2Policy, LaplacePolicy), got {type(self.policy)}"
             )
+        # Distinct posterior-sample noise streams per env (the stock algorithm starts all at key 0).
+        generator = torch.Generator().manual_seed(self.seed if self.seed is not None else 0)
+        slots = self.policy.randomize_noise_keys(self._last_lstm_states.pi, generator)
+        self._last_lstm_states = RNNStates(slots, slots)
 
     def train(self) -> None:
         policy: BeliefPolicy = self.policy  # type: ignore[assignment]
         buffer, optimizer = self.rollout_buffer, policy.optimizer
         stock_get, stock_zero_grad = buffer.get, optimizer.zero_grad
-        aux_losses: list[float] = []
+        aux_losses: list[Tensor] = []
         entropies: list[Tensor] = []
         kls: list[Tensor] = []
 
@@ -70,7 +75,7 @@ class BayesPPO(RecurrentPPO):
             if output is not None and output.entropy is not None and policy._loss_mask is not None:
                 entropies.append(output.entropy[policy._loss_mask].mean())
                 kls.append(output.kl_to_previous[policy._loss_mask].mean())
-            aux_losses.append(float(aux_loss.detach()))
+            aux_losses.append(aux_loss.detach())  # no device sync per minibatch
             if aux_loss.requires_grad:
                 # The PPO loss shares this graph and is back-propagated next.
                 aux_loss.backward(retain_graph=True)
@@ -82,16 +87,13 @@ class BayesPPO(RecurrentPPO):
             del buffer.get, optimizer.zero_grad  # back to the class methods
             policy._loss_mask, policy._pending_aux_loss = None, None
         if aux_losses:
-            self.logger.record("belief/aux_loss", float(np.mean(aux_losses)))
+            self.logger.record("belief/aux_loss", float(torch.stack(aux_losses).mean()))
         if entropies:
             self.logger.record("belief/entropy", float(torch.stack(entropies).mean()))
             self.logger.record("belief/kl_to_previous", float(torch.stack(kls).mean()))
         hook = getattr(policy.belief, "after_policy_update", None)
         if callable(hook):
             hook(self)
-
-
-Tensor = torch.Tensor
 
 
 def laplace_from_rl2(model: RecurrentPPO, **laplace_kwargs: Any) -> RecurrentPPO:

@@ -21,7 +21,7 @@ import torch
 from stable_baselines3.common.callbacks import BaseCallback
 
 import bayes_envs
-from bayes_agents import BayesPPO, LaplacePolicy, RL2Policy
+from bayes_agents import BayesPPO, LaplacePolicy, RL2Policy, laplace_from_rl2
 from bayes_envs.evaluation import evaluate, mean_ci
 
 RESULTS = Path(__file__).parent / "results"
@@ -46,6 +46,10 @@ class Job:
     #: Final evaluations, label → env keywords (e.g. ``{"test": {"split": "test"}}``); the learning
     #: curve uses the first one.
     final_evals: dict[str, dict[str, Any]] = field(default_factory=lambda: {"test": {}})
+    #: For ``rl2`` jobs: Laplace keywords for the post-hoc conversion (empty: none) and the
+    #: fine-tuning budget of the converted model.
+    laplace: dict[str, Any] = field(default_factory=dict)
+    finetune_timesteps: int = 0
 
 
 class PeriodicEvaluation(BaseCallback):
@@ -66,30 +70,53 @@ class PeriodicEvaluation(BaseCallback):
         return True
 
 
-def run_job(job: Job) -> dict[str, Any]:
-    torch.set_num_threads(1)
-    venv = bayes_envs.make_vec(job.env_id, job.n_envs, seed=job.seed * 1000, **job.env_kwargs)
-    model = BayesPPO(
-        POLICIES[job.method], venv, seed=job.seed, device="cpu", policy_kwargs=job.policy_kwargs, **job.ppo
-    )
-    callback = PeriodicEvaluation(job)
-    start = time.perf_counter()
-    model.learn(job.timesteps, callback=callback)
-    minutes = (time.perf_counter() - start) / 60
-    final = {
+def _final_evaluations(model: Any, job: Job) -> dict[str, Any]:
+    return {
         label: evaluate(
             model, job.env_id, n_tasks=job.final_eval_tasks, seed=TEST_SEED, **env_kwargs
         ).summary()
         for label, env_kwargs in job.final_evals.items()
     }
+
+
+def _train(model: Any, job: Job, timesteps: int, method: str) -> dict[str, Any]:
+    callback = PeriodicEvaluation(job)
+    start = time.perf_counter()
+    model.learn(timesteps, callback=callback, reset_num_timesteps=False)
+    minutes = (time.perf_counter() - start) / 60
     return {
-        "method": job.method,
+        "method": method,
         "seed": job.seed,
         "minutes": minutes,
-        "steps_per_s": job.timesteps / minutes / 60,
+        "steps_per_s": timesteps / minutes / 60,
         "curve": callback.curve,
-        "final": final,
+        "final": _final_evaluations(model, job),
     }
+
+
+def run_job(job: Job) -> list[dict[str, Any]]:
+    """Train ``job.method``; for ``rl2`` with ``job.laplace`` set, also convert the trained RL²
+    model to Laplace post hoc (no training) and fine-tune that for ``job.finetune_timesteps``
+    (the Laplace-VRNN paper's post-hoc and fine-tune protocols)."""
+    torch.set_num_threads(1)
+    venv = bayes_envs.make_vec(job.env_id, job.n_envs, seed=job.seed * 1000, **job.env_kwargs)
+    model = BayesPPO(
+        POLICIES[job.method], venv, seed=job.seed, device="cpu", policy_kwargs=job.policy_kwargs, **job.ppo
+    )
+    results = [_train(model, job, job.timesteps, job.method)]
+    if job.method == "rl2" and job.laplace:
+        laplace = laplace_from_rl2(model, **job.laplace)
+        results.append(
+            {
+                "method": "laplace post-hoc",
+                "seed": job.seed,
+                "minutes": 0.0,
+                "final": _final_evaluations(laplace, job),
+            }
+        )
+        if job.finetune_timesteps:
+            results.append(_train(laplace, job, job.finetune_timesteps, "laplace fine-tuned"))
+    return results
 
 
 def parse_args(doc: str, methods: list[str]) -> argparse.Namespace:
@@ -100,14 +127,22 @@ def parse_args(doc: str, methods: list[str]) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--methods", nargs="+", default=methods, choices=methods)
     parser.add_argument("--eval-every", type=int, default=100_000)
+    parser.add_argument(
+        "--finetune-timesteps",
+        type=int,
+        default=200_000,
+        help="rl2 runs: fine-tune the post-hoc Laplace conversion for this many steps",
+    )
     return parser.parse_args()
 
 
 def run_jobs(jobs: list[Job], workers: int) -> list[dict[str, Any]]:
     if workers <= 1:
-        return [run_job(job) for job in jobs]
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        return pool.map(run_job, jobs, chunksize=1)
+        nested = [run_job(job) for job in jobs]
+    else:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            nested = pool.map(run_job, jobs, chunksize=1)
+    return [result for results in nested for result in results]
 
 
 def aggregate(results: list[dict[str, Any]], label: str, key: str) -> dict[str, dict[str, Any]]:

@@ -12,18 +12,13 @@ from __future__ import annotations
 import gymnasium as gym
 from learning import Job, aggregate, parse_args, run_jobs, save
 
+from bayes_agents.defaults import LAPLACE_SETTINGS, belief_settings, ppo_settings
 from bayes_envs.evaluation import evaluate
 from bayes_envs.references import BanditGreedyPosteriorMean, BanditThompsonSampling, UniformRandomPolicy
 
-#: The Laplace-VRNN paper's PPO settings (γ = λ = 0.9, entropy 0.1, large batches), 16 envs.
-PPO = dict(
-    n_steps=100, batch_size=800, n_epochs=4, learning_rate=1e-3, ent_coef=0.1, gamma=0.9, gae_lambda=0.9
-)
-BELIEF = dict(hidden_size=128, latent_dim=64, embed_sizes=(64,), net_arch=[64])
-METHODS = {
-    "rl2": BELIEF,
-    "laplace": {**BELIEF, "window": 1, "covariance": "full", "variant": "sum_precision", "n_samples": 1},
-}
+PPO = ppo_settings("BayesBandit-v0")
+BELIEF = belief_settings("BayesBandit-v0")
+METHODS = {"rl2": BELIEF, "laplace": {**BELIEF, **LAPLACE_SETTINGS}}
 SPLITS = {"train": {"split": "train"}, "test": {"split": "test"}}
 
 
@@ -43,6 +38,8 @@ def main() -> None:
             200,
             1000,
             final_evals=SPLITS,
+            laplace=LAPLACE_SETTINGS,
+            finetune_timesteps=args.finetune_timesteps,
         )
         for method in args.methods
         for seed in range(args.seeds)

@@ -1,9 +1,12 @@
 """Learning on BayesGrid-v0: RL² and Laplace-VRNN (sum_precision, full) vs the references.
 
 Trains each method for ``--timesteps`` env steps on ``--seeds`` seeds (in parallel processes)
-with VariBAD's gridworld PPO settings, then reports the return per inner episode on 420 fixed
-test tasks next to the exact oracle and Bayes-optimal values and posterior sampling, and the
-fraction of the Bayes-optimal trial return reached (target: ≥ 90%).
+with the grid defaults of ``bayes_agents.defaults`` (VariBAD's PPO settings, adjusted). Each RL²
+run is also converted to Laplace post hoc (no training) and fine-tuned for
+``--finetune-timesteps`` (the Laplace-VRNN paper's protocols); ``--methods laplace`` trains
+Laplace from scratch. Reports the return per inner episode on 420 fixed test tasks next to the
+exact oracle and Bayes-optimal values and posterior sampling, and the fraction of the
+Bayes-optimal trial return reached (target: ≥ 90%).
 
     python benchmarks/learning_grid.py [--timesteps 1000000] [--seeds 3] [--workers 2]
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 from learning import Job, aggregate, parse_args, run_jobs, save
 
+from bayes_agents.defaults import LAPLACE_SETTINGS, belief_settings, ppo_settings
 from bayes_envs.evaluation import evaluate
 from bayes_envs.references import (
     GridPosteriorSampling,
@@ -19,31 +23,29 @@ from bayes_envs.references import (
     oracle_return_per_episode,
 )
 
-#: VariBAD's gridworld PPO settings (16 envs × 60 steps, 2 epochs × 4 minibatches, clip 0.05,
-#: lr 7e-4, entropy 0.01, γ = λ = 0.95), policy MLP [32] after the belief.
-PPO = dict(
-    n_steps=60,
-    batch_size=240,
-    n_epochs=2,
-    clip_range=0.05,
-    learning_rate=7e-4,
-    ent_coef=0.01,
-    vf_coef=0.5,
-    gamma=0.95,
-    gae_lambda=0.95,
-)
-BELIEF = dict(hidden_size=128, latent_dim=32, embed_sizes=(32,), net_arch=[32])
-METHODS = {
-    "rl2": BELIEF,
-    "laplace": {**BELIEF, "window": 1, "covariance": "full", "variant": "sum_precision", "n_samples": 1},
-}
+PPO = ppo_settings("BayesGrid-v0")
+BELIEF = belief_settings("BayesGrid-v0")
+METHODS = {"rl2": BELIEF, "laplace": {**BELIEF, **LAPLACE_SETTINGS}}
 
 
 def main() -> None:
     args = parse_args(__doc__, list(METHODS))
 
     jobs = [
-        Job("BayesGrid-v0", method, seed, args.timesteps, 16, PPO, METHODS[method], args.eval_every, 105, 420)
+        Job(
+            "BayesGrid-v0",
+            method,
+            seed,
+            args.timesteps,
+            16,
+            PPO,
+            METHODS[method],
+            args.eval_every,
+            105,
+            420,
+            laplace=LAPLACE_SETTINGS,
+            finetune_timesteps=args.finetune_timesteps,
+        )
         for method in args.methods
         for seed in range(args.seeds)
     ]

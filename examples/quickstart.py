@@ -1,12 +1,14 @@
-"""Quick start: train a Laplace-VRNN agent on BayesGrid-v0 and compare it with the references.
+"""Quick start: meta-train RL² on BayesGrid-v0, put a Laplace posterior on it, compare with the references.
 
 Runs in a few minutes on 2 CPU cores:
 
-    python examples/quickstart.py [--timesteps 300000] [--method laplace|rl2]
+    python examples/quickstart.py [--timesteps 500000]
 
-It evaluates the untrained and the trained agent on the same 210 fixed test tasks and prints the
-return per inner episode next to the known-goal oracle, the exact Bayes-optimal policy and
-posterior sampling (see benchmarks/references.py).
+1. Meta-trains an RL² agent with ``BayesPPO`` on 16 batched grid envs.
+2. Turns it into a Laplace-VRNN agent post hoc (same weights, no training): same actions, but now
+   with a task posterior whose entropy can be read at every step.
+3. Evaluates the untrained agent, the trained agent and the references on the same 210 fixed
+   test tasks and prints the return per inner episode and the posterior entropy over a trial.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from __future__ import annotations
 import argparse
 import time
 
+import numpy as np
 import torch
 
 import bayes_envs
-from bayes_agents import BayesPPO, LaplacePolicy, RL2Policy
+from bayes_agents import BayesPPO, RL2Policy, laplace_from_rl2
+from bayes_agents.defaults import belief_settings, ppo_settings
 from bayes_envs.evaluation import evaluate
 from bayes_envs.references import (
     GridPosteriorSampling,
@@ -25,63 +29,73 @@ from bayes_envs.references import (
     oracle_return_per_episode,
 )
 
-#: PPO settings after VariBAD's gridworld configuration (16 envs, 60-step rollouts, γ = 0.95).
-PPO_SETTINGS = dict(
-    n_steps=60,
-    batch_size=240,
-    n_epochs=2,
-    learning_rate=7e-4,
-    gamma=0.95,
-    gae_lambda=0.95,
-    ent_coef=0.01,
-    clip_range=0.1,
-    policy_kwargs={},
-)
+ENV_ID = "BayesGrid-v0"
+TEST_TASKS, TEST_SEED = 210, 10_000
 
 
-def row(name: str, values) -> str:
-    return f"{name:<28}" + "".join(f"{v:>9.2f}" for v in values) + f"{sum(values):>10.2f}"
+def row(name: str, values: list[float]) -> str:
+    return f"{name:<30}" + "".join(f"{v:>8.2f}" for v in values) + f"{sum(values):>9.2f}"
+
+
+def posterior_entropy_over_a_trial(model, seed: int = 0) -> np.ndarray:
+    """Mean posterior entropy over 16 test trials at each of the 60 steps."""
+    venv = bayes_envs.make_vec(ENV_ID, 16, seed=TEST_SEED + seed, monitor=False)
+    obs, state, start, entropies = venv.reset(), None, np.ones(16, bool), []
+    for _ in range(60):
+        action, state = model.predict(obs, state=state, episode_start=start, deterministic=True)
+        entropies.append(model.policy.last_belief_output.entropy.mean().item())
+        obs, _, start, _ = venv.step(action)
+    return np.array(entropies)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--timesteps", type=int, default=300_000)
-    parser.add_argument("--method", choices=["laplace", "rl2"], default="laplace")
+    parser.add_argument("--timesteps", type=int, default=500_000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(2)
 
-    policy = LaplacePolicy if args.method == "laplace" else RL2Policy
-    policy_kwargs = {"hidden_size": 64, "latent_dim": 32, "embed_sizes": (64,)}
-    if args.method == "laplace":
-        policy_kwargs.update(window=1, covariance="full", variant="sum_precision", n_samples=1)
-    env = bayes_envs.make_vec("BayesGrid-v0", n_envs=16, seed=args.seed)
-    settings = {**PPO_SETTINGS, "policy_kwargs": policy_kwargs}
-    model = BayesPPO(policy, env, seed=args.seed, device="cpu", **settings)
-
-    untrained = evaluate(model, "BayesGrid-v0", n_tasks=210, seed=10_000).summary()
+    env = bayes_envs.make_vec(ENV_ID, n_envs=16, seed=args.seed)
+    model = BayesPPO(
+        RL2Policy,
+        env,
+        seed=args.seed,
+        device="cpu",
+        policy_kwargs=belief_settings(ENV_ID),
+        **ppo_settings(ENV_ID),
+    )
+    untrained = evaluate(model, ENV_ID, n_tasks=TEST_TASKS, seed=TEST_SEED).summary()
     start = time.perf_counter()
-    model.learn(args.timesteps, progress_bar=False)
+    model.learn(args.timesteps)
     minutes = (time.perf_counter() - start) / 60
-    trained = evaluate(model, "BayesGrid-v0", n_tasks=210, seed=10_000).summary()
-    sampling = evaluate(GridPosteriorSampling(seed=0), "BayesGrid-v0", n_tasks=210, seed=10_000).summary()
+    trained = evaluate(model, ENV_ID, n_tasks=TEST_TASKS, seed=TEST_SEED).summary()
+    laplace = laplace_from_rl2(model, window=1, covariance="full", variant="sum_precision")
+    posthoc = evaluate(laplace, ENV_ID, n_tasks=TEST_TASKS, seed=TEST_SEED).summary()
+    sampling = evaluate(GridPosteriorSampling(seed=0), ENV_ID, n_tasks=TEST_TASKS, seed=TEST_SEED).summary()
 
     print(
-        f"\n{policy.__name__} on BayesGrid-v0: {args.timesteps:,} env steps in {minutes:.1f} min "
-        f"({args.timesteps / minutes / 60:,.0f} steps/s)"
+        f"\nRL² on {ENV_ID}: {args.timesteps:,} env steps in {minutes:.1f} min "
+        f"({args.timesteps / minutes / 60:,.0f} steps/s); {TEST_TASKS} fixed test tasks"
     )
     print(
-        f"{'return per inner episode':<28}"
-        + "".join(f"{'ep ' + str(e + 1):>9}" for e in range(4))
-        + f"{'trial':>10}"
+        f"{'return per inner episode':<30}"
+        + "".join(f"{'ep ' + str(e + 1):>8}" for e in range(4))
+        + f"{'trial':>9}"
     )
     print(row("untrained agent", untrained["episode_return_mean"]))
-    print(row("trained agent", trained["episode_return_mean"]))
+    print(row("trained RL² agent", trained["episode_return_mean"]))
+    print(row("  + post-hoc Laplace (mean)", posthoc["episode_return_mean"]))
     print(row("posterior sampling", sampling["episode_return_mean"]))
     print(row("Bayes-optimal (exact)", bayes_optimal_episode_returns().tolist()))
     print(row("oracle, known goal (exact)", [oracle_return_per_episode()] * 4))
+    entropy = posterior_entropy_over_a_trial(laplace)
+    steps = [0, 5, 14, 15, 30, 45, 59]
+    print(
+        "\npost-hoc Laplace posterior entropy (nats) at trial step "
+        + ", ".join(f"t={t}: {entropy[t]:.1f}" for t in steps)
+    )
 
 
 if __name__ == "__main__":

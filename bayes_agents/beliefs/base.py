@@ -141,9 +141,17 @@ class Belief(nn.Module, ABC):
         return output.apply(lambda value: value[0]), next_state
 
     def sample(
-        self, output: BeliefOutput, n_samples: int, generator: torch.Generator | None = None
+        self,
+        output: BeliefOutput,
+        n_samples: int,
+        generator: torch.Generator | None = None,
+        noise: Tensor | None = None,
     ) -> Tensor:
-        """``n_samples`` latents ``[n_samples, .., latent_dim]``; a point estimate repeats its mean."""
+        """``n_samples`` latents ``[n_samples, .., latent_dim]``; a point estimate repeats its mean.
+
+        :param noise: standard normal draws ``[n_samples, .., latent_dim]`` to use instead of drawing
+            them (distributional beliefs); ignored by point estimates.
+        """
         _check_n_samples(n_samples)
         return output.mean.expand(n_samples, *output.mean.shape)
 

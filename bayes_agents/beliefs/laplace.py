@@ -461,26 +461,33 @@ class LaplaceBelief(RL2Belief):
 
     # ----------------------------------------------------------------------------------------------
     def sample(
-        self, output: BeliefOutput, n_samples: int, generator: torch.Generator | None = None
+        self,
+        output: BeliefOutput,
+        n_samples: int,
+        generator: torch.Generator | None = None,
+        noise: Tensor | None = None,
     ) -> Tensor:
         """``z = μ + L^{-T} ε`` (full, ``L L^T = precision``) or ``z = μ + ε / sqrt(precision)`` (diag).
 
+        :param noise: the standard normal ``ε`` ``[n_samples, .., latent_dim]`` to use instead of
+            drawing it (e.g. common random numbers shared by acting and learning).
         :return: ``[n_samples, .., latent_dim]``; differentiable through ``output.mean``.
         """
         _check_n_samples(n_samples)
         mean = output.mean
         if output.precision is None:
             raise ValueError("output has no precision; pass an output of this belief's step/sequence")
-        if output.precision_cholesky is None:  # diagonal covariance
+        if noise is None:
             noise = torch.randn(
                 (n_samples, *mean.shape), generator=generator, device=mean.device, dtype=mean.dtype
             )
+        elif noise.shape != (n_samples, *mean.shape):
+            raise ValueError(f"noise must be {(n_samples, *mean.shape)}, got {tuple(noise.shape)}")
+        noise = noise.to(mean.dtype)
+        if output.precision_cholesky is None:  # diagonal covariance
             return mean + noise * output.precision.detach().rsqrt()
-        noise = torch.randn(
-            (*mean.shape, n_samples), generator=generator, device=mean.device, dtype=mean.dtype
-        )
         upper = output.precision_cholesky.detach().transpose(-2, -1)
-        offsets = torch.linalg.solve_triangular(upper, noise, upper=True)  # [.., L, n]
+        offsets = torch.linalg.solve_triangular(upper, noise.movedim(0, -1), upper=True)  # [.., L, n]
         return mean + offsets.movedim(-1, 0)
 
     def aux_loss(self, output: BeliefOutput) -> Tensor:
