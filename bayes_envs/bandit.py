@@ -61,16 +61,8 @@ class BanditBatch(TrialBatch):
         self.uniforms = np.zeros((batch_size, self.horizon))
         self.successes = np.zeros((batch_size, self.n_arms), np.int64)
         self.failures = np.zeros((batch_size, self.n_arms), np.int64)
-        self._state_space = spaces.Box(0.0, 1.0, (1,), np.float32)
-        self._action_space = spaces.Discrete(self.n_arms)
-
-    @property
-    def state_space(self) -> spaces.Box:
-        return self._state_space
-
-    @property
-    def action_space(self) -> spaces.Discrete:
-        return self._action_space
+        self.state_space = spaces.Box(0.0, 1.0, (1,), np.float32)
+        self.action_space = spaces.Discrete(self.n_arms)
 
     @property
     def reward_range(self) -> tuple[float, float]:

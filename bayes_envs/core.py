@@ -127,20 +127,12 @@ class TrialBatch(ABC):
         self.new_episode = np.ones(b, np.float32)
 
     # ------------------------------------------------------------------ family hooks
-    @property
-    @abstractmethod
-    def state_space(self) -> spaces.Box:
-        """The space of one env's plain observation (its state)."""
-
-    @property
-    @abstractmethod
-    def action_space(self) -> spaces.Space:
-        """The space of one env's action."""
-
-    @property
-    @abstractmethod
-    def reward_range(self) -> tuple[float, float]:
-        """Bounds of one step's reward."""
+    #: The space of one env's plain observation (its state); set by subclasses.
+    state_space: spaces.Box
+    #: The space of one env's action; set by subclasses.
+    action_space: spaces.Space
+    #: Bounds ``(low, high)`` of one step's reward; set by subclasses.
+    reward_range: tuple[float, float]
 
     @abstractmethod
     def sample_task(self, rng: np.random.Generator) -> Any:

@@ -66,16 +66,8 @@ class GridBatch(TrialBatch):
         self.goal = np.zeros((batch_size, 2), np.int64)
         self.visited = np.zeros((batch_size, self.size, self.size), bool)
         self.goal_found = np.zeros(batch_size, bool)
-        self._state_space = spaces.Box(0.0, float(self.size - 1), (2,), np.float32)
-        self._action_space = spaces.Discrete(len(MOVES))
-
-    @property
-    def state_space(self) -> spaces.Box:
-        return self._state_space
-
-    @property
-    def action_space(self) -> spaces.Discrete:
-        return self._action_space
+        self.state_space = spaces.Box(0.0, float(self.size - 1), (2,), np.float32)
+        self.action_space = spaces.Discrete(len(MOVES))
 
     @property
     def reward_range(self) -> tuple[float, float]:

@@ -95,21 +95,13 @@ class FourierBatch(TrialBatch):
         self.phases = np.zeros((batch_size, self.n_components))
         self.xs = np.zeros((batch_size, horizon))
         self.ys = np.zeros((batch_size, horizon))
-        self._state_space = spaces.Box(
+        self.state_space = spaces.Box(
             np.array([-1, -1, -self.y_bound], np.float32),
             np.array([1, 1, self.y_bound], np.float32),
             (3,),
             np.float32,
         )
-        self._action_space = spaces.Box(-self.y_bound, self.y_bound, (1,), np.float32)
-
-    @property
-    def state_space(self) -> spaces.Box:
-        return self._state_space
-
-    @property
-    def action_space(self) -> spaces.Box:
-        return self._action_space
+        self.action_space = spaces.Box(-self.y_bound, self.y_bound, (1,), np.float32)
 
     @property
     def reward_range(self) -> tuple[float, float]:

@@ -79,3 +79,14 @@ def test_bad_arguments() -> None:
         evaluate(object(), "BayesGrid-v0", n_tasks=2)
     with pytest.raises(gym.error.Error):
         evaluate(GridOracle(), "NoSuchEnv-v0", n_tasks=2)
+
+
+def test_training_defaults_cover_the_core_envs_and_reject_others() -> None:
+    from bayes_agents.defaults import belief_settings, ppo_settings
+
+    for env_id in ("BayesGrid-v0", "BayesBandit-v0"):
+        settings = ppo_settings(env_id)
+        settings["n_steps"] = -1  # a fresh dict each call
+        assert ppo_settings(env_id)["n_steps"] > 0 and belief_settings(env_id)["hidden_size"] > 0
+    with pytest.raises(ValueError, match="BayesGrid-v0"):
+        ppo_settings("CartPole-v1")

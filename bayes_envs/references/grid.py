@@ -350,7 +350,7 @@ def _backward_search_values(geometry: _GridGeometry) -> tuple[int, dict[int, np.
     dtype = np.int16 if bound < np.iinfo(np.int16).max else np.int32
     remaining_count = np.zeros(num_sets, dtype)
     for bit in range(geometry.num_candidates):
-        remaining_count[1 << bit: 2 << bit] = remaining_count[: 1 << bit] + 1
+        remaining_count[1 << bit : 2 << bit] = remaining_count[: 1 << bit] + 1
 
     def without_bit(table: np.ndarray, bit: int) -> np.ndarray:
         """View ``[hi, lo]`` of a full-set table at the sets without ``bit``, in compact order."""
@@ -376,7 +376,8 @@ def _backward_search_values(geometry: _GridGeometry) -> tuple[int, dict[int, np.
                 arrival.append(reset_table if reset_table is not None else following[cell])
                 continue
             after = (
-                without_bit(reset_table, bit) if reset_table is not None
+                without_bit(reset_table, bit)
+                if reset_table is not None
                 else following[cell].reshape(num_sets >> (bit + 1), 1 << bit)
             )
             table = np.empty((num_sets >> (bit + 1), 2, 1 << bit), dtype)
@@ -568,8 +569,10 @@ _SOLVED: dict[tuple[int, int, int], tuple[GridBayesOptimalSolution, _SearchValue
 def _load_or_run_backward(
     geometry: _GridGeometry, cache_dir: Path | None
 ) -> tuple[int, dict[int, np.ndarray], int, float]:
-    key = f"grid_bayes_optimal_v{_CACHE_VERSION}_size{geometry.size}_L{geometry.episode_length}" \
-          f"_E{geometry.episodes_per_trial}.npz"
+    key = (
+        f"grid_bayes_optimal_v{_CACHE_VERSION}_size{geometry.size}_L{geometry.episode_length}"
+        f"_E{geometry.episodes_per_trial}.npz"
+    )
     path = None if cache_dir is None else Path(cache_dir) / key
     if path is not None and path.exists():
         try:
@@ -587,7 +590,10 @@ def _load_or_run_backward(
             path.parent.mkdir(parents=True, exist_ok=True)
             partial = path.with_suffix(f".{os.getpid()}.tmp.npz")
             np.savez_compressed(
-                partial, root=root, dp_states=dp_states, dp_seconds=seconds,
+                partial,
+                root=root,
+                dp_states=dp_states,
+                dp_seconds=seconds,
                 **{f"start_{e}": table for e, table in tables.items()},
             )
             os.replace(partial, path)
@@ -629,18 +635,26 @@ def _solve(
         if (step + 1) % length == 0:
             cell = 0
     distances = geometry.candidates.sum(axis=1)
-    per_goal = np.array([
-        _search_episode_returns_tenths(int(d), int(tau), length, episodes_per_trial)
-        for d, tau in zip(distances, first_visit, strict=True)
-    ])  # [G, E] tenths
+    per_goal = np.array(
+        [
+            _search_episode_returns_tenths(int(d), int(tau), length, episodes_per_trial)
+            for d, tau in zip(distances, first_visit, strict=True)
+        ]
+    )  # [G, E] tenths
     if int(per_goal.sum()) != root:
         raise RuntimeError(f"internal error: the extracted plan is worth {per_goal.sum()} != DP value {root}")
     solution = GridBayesOptimalSolution(
-        size=size, episode_length=episode_length, episodes_per_trial=episodes_per_trial,
+        size=size,
+        episode_length=episode_length,
+        episodes_per_trial=episodes_per_trial,
         expected_return=root / 10 / geometry.num_candidates,
         episode_returns=per_goal.mean(axis=0) / 10,
-        plan_actions=plan_actions, plan_positions=plan_positions, plan_remaining=plan_remaining,
-        first_visit_steps=first_visit, dp_states=dp_states, dp_seconds=dp_seconds,
+        plan_actions=plan_actions,
+        plan_positions=plan_positions,
+        plan_remaining=plan_remaining,
+        first_visit_steps=first_visit,
+        dp_states=dp_states,
+        dp_seconds=dp_seconds,
         search_states=search.num_states,
     )
     _SOLVED[key] = (solution, search)
