@@ -272,9 +272,9 @@ class BeliefPolicy(RecurrentActorCriticPolicy):
         starts = episode_starts.reshape(n_seq, -1).swapaxes(0, 1) > 0.5
         state, keys = self.unpack_state(lstm_states)
         output, state = self.belief.sequence(inputs, state, starts)
-        step_keys, keys = next_noise_keys(keys, starts)
         noise = None
-        if self.n_samples > 0 and output.is_distribution:
+        if self.n_samples > 0 and output.is_distribution:  # the keys only matter when sampling
+            step_keys, keys = next_noise_keys(keys, starts)
             latent = self.belief.latent_dim
             draws = standard_normal_from_keys(step_keys, self.n_samples * latent, output.mean.dtype)
             noise = draws.view(*step_keys.shape, self.n_samples, latent).permute(2, 1, 0, 3).flatten(1, 2)

@@ -7,6 +7,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from gymnasium.envs.registration import load_env_creator
 from gymnasium.utils.seeding import np_random
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecMonitor
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvStepReturn
@@ -136,11 +137,8 @@ class BatchedVecEnv(VecEnv):
 
 
 def _env_class(env_id: str) -> tuple[type | None, dict[str, Any]]:
-    spec = gym.spec(env_id.split(":", 1)[-1] if ":" in env_id else env_id)
-    entry = spec.entry_point
-    if isinstance(entry, str):
-        module, _, name = entry.partition(":")
-        entry = getattr(__import__(module, fromlist=[name]), name)
+    spec = gym.spec(env_id.split(":", 1)[-1])
+    entry = load_env_creator(spec.entry_point) if isinstance(spec.entry_point, str) else spec.entry_point
     is_batched = isinstance(entry, type) and issubclass(entry, MetaEnv) and hasattr(entry, "batch_class")
     return (entry if is_batched else None), dict(spec.kwargs)
 
