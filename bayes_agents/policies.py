@@ -43,7 +43,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, MlpExtr
 from stable_baselines3.common.type_aliases import Schedule
 from torch import Tensor, nn
 
-from bayes_agents.beliefs import Belief, BeliefOutput, LaplaceBelief, RL2Belief
+from bayes_agents.beliefs import Belief, BeliefOutput, InputLayout, LaplaceBelief, RL2Belief
 
 RL2_KEYS = ("obs", "prev_action", "prev_reward", "new_episode")
 #: Noise keys are integers below 2**24, so that float32 state slots hold them exactly.
@@ -104,11 +104,13 @@ class RL2InputExtractor(BaseFeaturesExtractor):
             super().__init__(observation_space, sum(sizes))
             self.keys: tuple[str, ...] | None = RL2_KEYS
             self.state_dim = sizes[0]
+            self.part_sizes: tuple[int, ...] | None = tuple(sizes)
         else:
             size = get_flattened_obs_dim(observation_space)
             super().__init__(observation_space, size)
             self.keys = None
             self.state_dim = size
+            self.part_sizes = None
 
     def forward(self, observations: Tensor | dict[str, Tensor]) -> Tensor:
         if self.keys is None:
@@ -137,6 +139,8 @@ class BeliefPolicy(RecurrentActorCriticPolicy):
     """
 
     belief_class: ClassVar[type[Belief]]
+    #: Beliefs that split ``x_t`` into its parts (transition models) get ``input_layout=`` too.
+    needs_input_layout: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -221,12 +225,29 @@ class BeliefPolicy(RecurrentActorCriticPolicy):
 
     # ------------------------------------------------------------------------------ construction
     def make_belief(self, input_dim: int) -> Belief:
-        return self.belief_class(input_dim, **self.belief_kwargs)
+        if not self.needs_input_layout:
+            return self.belief_class(input_dim, **self.belief_kwargs)
+        sizes = getattr(self.features_extractor, "part_sizes", None)
+        if sizes is None:
+            raise ValueError(
+                f"{type(self).__name__} models transitions and needs the RL²-input Dict observation "
+                "{obs, prev_action, prev_reward, new_episode} (bayes_envs: rl2_inputs=True)"
+            )
+        layout = InputLayout(
+            obs_dim=sizes[0],
+            action_dim=sizes[1],
+            discrete_actions=isinstance(self.action_space, spaces.Discrete),
+        )
+        return self.belief_class(input_dim, input_layout=layout, **self.belief_kwargs)
 
     def _build_mlp_extractor(self) -> None:
         self.belief = self.make_belief(self.features_dim)
         self.state_dim = getattr(self.features_extractor, "state_dim", self.features_dim)
-        self.lstm_output_dim = self.belief.latent_dim + self.state_dim
+        if self.n_samples > 0 and self.belief.policy_input_dim != self.belief.latent_dim:
+            raise ValueError(
+                f"n_samples must be 0 for {type(self.belief).__name__}: its policy input is no latent sample"
+            )
+        self.lstm_output_dim = self.belief.policy_input_dim + self.state_dim
         self.mlp_extractor = MlpExtractor(
             self.lstm_output_dim, net_arch=self.net_arch, activation_fn=self.activation_fn, device=self.device
         )
@@ -292,7 +313,7 @@ class BeliefPolicy(RecurrentActorCriticPolicy):
         if noise is not None:
             latents = self.belief.sample(output, self.n_samples, noise=noise)  # [n_Z, N, L]
         else:
-            latents = output.mean.unsqueeze(0)
+            latents = self.belief.policy_input(output).unsqueeze(0)
         latent_pi = self.mlp_extractor.forward_actor(self._head_inputs(latents, features))
         parameters = self.action_net(latent_pi).mean(dim=0)  # ensemble averaging over samples
         if isinstance(self.action_dist, CategoricalDistribution):
@@ -301,8 +322,9 @@ class BeliefPolicy(RecurrentActorCriticPolicy):
         return self.action_dist.proba_distribution(parameters, self.log_std)
 
     def _values(self, output: BeliefOutput, features: Tensor) -> Tensor:
-        mean = output.mean.detach() if self.detach_critic else output.mean
-        return self.value_net(self.mlp_extractor.forward_critic(self._head_inputs(mean, features)))
+        belief = self.belief.policy_input(output)
+        belief = belief.detach() if self.detach_critic else belief
+        return self.value_net(self.mlp_extractor.forward_critic(self._head_inputs(belief, features)))
 
     # ------------------------------------------------------------------------------ SB3 entry points
     def forward(

@@ -8,7 +8,7 @@ All share the :class:`Belief` interface (flat ``[B, state_size]`` state, zeros =
 ``episode_start`` semantics) and return a :class:`BeliefOutput`.
 """
 
-from .base import Belief, BeliefOutput, StateLayout
+from .base import Belief, BeliefOutput, InputLayout, StateLayout
 from .laplace import COVARIANCES, VARIANTS, LaplaceBelief, segmented_cumsum
 from .rl2 import RNN_TYPES, RL2Belief
 
@@ -18,6 +18,7 @@ __all__ = [
     "VARIANTS",
     "Belief",
     "BeliefOutput",
+    "InputLayout",
     "LaplaceBelief",
     "RL2Belief",
     "StateLayout",

@@ -63,6 +63,40 @@ class BeliefOutput:
         return BeliefOutput(**values)
 
 
+@dataclass(frozen=True)
+class InputLayout:
+    """Where each part of the RL² input ``x_t`` = [obs, prev_action, prev_reward, new_episode] lies.
+
+    Beliefs that model transitions (VariBAD, GLiBRL) need to split ``x_t``: the transition observed
+    at step ``t`` is ``(obs_{t-1}, prev_action_t, prev_reward_t, obs_t)``. Where
+    ``new_episode_t == 1`` the env has already put the agent back at an inner episode's start, so
+    ``obs_t`` is *not* the successor of ``obs_{t-1}`` (the reward still is the reward of that step);
+    at a trial start there is no previous step at all.
+
+    :param obs_dim: flat size of ``obs`` (first in ``x_t``).
+    :param action_dim: flat size of ``prev_action`` (one-hot for discrete actions).
+    :param discrete_actions: whether ``prev_action`` is a one-hot of a ``Discrete`` action.
+    """
+
+    obs_dim: int
+    action_dim: int
+    discrete_actions: bool
+
+    @property
+    def input_dim(self) -> int:
+        """Size of ``x_t``: obs + action + reward + new-episode flag."""
+        return self.obs_dim + self.action_dim + 2
+
+    def split(self, inputs: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``inputs`` ``[.., input_dim]`` → ``obs [.., O]``, ``prev_action [.., A]``,
+        ``prev_reward [..]``, ``new_episode [..]`` (views)."""
+        if inputs.shape[-1] != self.input_dim:
+            raise ValueError(f"inputs must end in input_dim={self.input_dim}, got {tuple(inputs.shape)}")
+        obs = inputs[..., : self.obs_dim]
+        action = inputs[..., self.obs_dim : self.obs_dim + self.action_dim]
+        return obs, action, inputs[..., -2], inputs[..., -1]
+
+
 class StateLayout:
     """Named slices of a flat belief state ``[B, size]``.
 
@@ -154,6 +188,21 @@ class Belief(nn.Module, ABC):
         """
         _check_n_samples(n_samples)
         return output.mean.expand(n_samples, *output.mean.shape)
+
+    @property
+    def policy_input_dim(self) -> int:
+        """Size of what the policy head sees of the belief (see :meth:`policy_input`)."""
+        return self.latent_dim
+
+    def policy_input(self, output: BeliefOutput) -> Tensor:
+        """What the policy head conditions on when it does not sample, ``[.., policy_input_dim]``.
+
+        The posterior mean by default; beliefs that hand the policy more of the posterior (VariBAD:
+        ``[mean, log variance]``) or cut the RL gradient to the belief override this. Policies that
+        sample (``n_samples > 0``) use :meth:`sample` instead, which requires
+        ``policy_input_dim == latent_dim``.
+        """
+        return output.mean
 
     def aux_loss(self, output: BeliefOutput) -> Tensor:
         """The auxiliary loss the trainer adds to the RL loss (scalar); zero by default."""
