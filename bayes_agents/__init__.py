@@ -5,9 +5,50 @@ from bayes_agents import LaplacePolicy, BayesPPO
 
 RecurrentPPO(LaplacePolicy, env).learn(10_000)      # stock algorithm
 BayesPPO(LaplacePolicy, env).learn(10_000)          # + the belief's auxiliary loss and statistics
+
+Beliefs for existing SB3 projects (PPO, A2C, SAC, TD3): :mod:`bayes_agents.extractors` over the
+history of :class:`bayes_envs.TrialHistoryWrapper`, trained with :class:`BeliefAuxLossCallback`.
 """
 
-from bayes_agents.policies import BeliefPolicy, LaplacePolicy, RL2InputExtractor, RL2Policy
+from bayes_agents.callbacks import BeliefAuxLossCallback
+from bayes_agents.extractors import (
+    EXTRACTORS,
+    BeliefExtractor,
+    GLiBRLExtractor,
+    HistoryPredictor,
+    LaplaceExtractor,
+    RL2Extractor,
+    VariBADExtractor,
+    VRNNExtractor,
+)
+from bayes_agents.policies import (
+    BeliefPolicy,
+    GLiBRLPolicy,
+    LaplacePolicy,
+    RL2InputExtractor,
+    RL2Policy,
+    VariBADPolicy,
+    VRNNPolicy,
+)
 from bayes_agents.ppo import BayesPPO, laplace_from_rl2
 
-__all__ = ["BayesPPO", "BeliefPolicy", "LaplacePolicy", "RL2InputExtractor", "RL2Policy", "laplace_from_rl2"]
+__all__ = [
+    "EXTRACTORS",
+    "BayesPPO",
+    "BeliefAuxLossCallback",
+    "BeliefExtractor",
+    "BeliefPolicy",
+    "GLiBRLExtractor",
+    "GLiBRLPolicy",
+    "HistoryPredictor",
+    "LaplaceExtractor",
+    "LaplacePolicy",
+    "RL2Extractor",
+    "RL2InputExtractor",
+    "RL2Policy",
+    "VRNNExtractor",
+    "VRNNPolicy",
+    "VariBADExtractor",
+    "VariBADPolicy",
+    "laplace_from_rl2",
+]

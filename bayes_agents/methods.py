@@ -10,8 +10,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from bayes_agents.defaults import LAPLACE_SETTINGS
-from bayes_agents.policies import BeliefPolicy, LaplacePolicy, RL2Policy
+from bayes_agents.defaults import (
+    LAPLACE_SETTINGS,
+    belief_settings,
+    has_defaults,
+    method_env_settings,
+    ppo_settings,
+)
+from bayes_agents.policies import (
+    BeliefPolicy,
+    GLiBRLPolicy,
+    LaplacePolicy,
+    RL2Policy,
+    VariBADPolicy,
+    VRNNPolicy,
+)
 
 
 @dataclass(frozen=True)
@@ -34,6 +47,11 @@ class Method:
 METHODS: dict[str, Method] = {
     "rl2": Method("rl2", RL2Policy),
     "laplace": Method("laplace", LaplacePolicy, dict(LAPLACE_SETTINGS)),
+    # The Laplace-VRNN paper's RL baseline: amortised full-covariance posterior on the RL² recurrence.
+    "vrnn": Method("vrnn", VRNNPolicy, dict(covariance="full", n_samples=1)),
+    # VariBAD and GLiBRL have their own encoders: only the policy-head width is shared.
+    "varibad": Method("varibad", VariBADPolicy, shared_keys=frozenset({"net_arch"})),
+    "glibrl": Method("glibrl", GLiBRLPolicy, shared_keys=frozenset({"net_arch"})),
 }
 
 
@@ -42,3 +60,30 @@ def get_method(name: str) -> Method:
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
     return METHODS[name]
+
+
+def method_names() -> list[str]:
+    """The registered method names, sorted."""
+    return sorted(METHODS)
+
+
+def method_defaults(env_id: str, name: str) -> dict[str, dict[str, Any]]:
+    """The training defaults of method ``name`` on ``env_id``: ``{"ppo": {...}, "policy": {...}}``.
+
+    ``ppo`` holds ``BayesPPO`` keywords, ``policy`` the ``policy_kwargs``: the environment's belief
+    defaults that the method accepts (:attr:`Method.shared_keys`), then the method's own keywords,
+    then the per-(env, method) corrections of :func:`bayes_agents.defaults.method_env_settings`.
+    Environments without tuned defaults get empty dicts before the method's keywords (the
+    policies' and Stable-Baselines3's own defaults then apply).
+    """
+    method = get_method(name)
+    tuned = has_defaults(env_id)
+    ppo = ppo_settings(env_id) if tuned else {}
+    shared = belief_settings(env_id) if tuned else {}
+    if method.shared_keys is not None:
+        shared = {key: value for key, value in shared.items() if key in method.shared_keys}
+    corrections = method_env_settings(env_id, name)
+    return {
+        "ppo": {**ppo, **corrections["ppo"]},
+        "policy": {**shared, **method.policy_kwargs, **corrections["policy"]},
+    }

@@ -44,6 +44,9 @@ from stable_baselines3.common.type_aliases import Schedule
 from torch import Tensor, nn
 
 from bayes_agents.beliefs import Belief, BeliefOutput, InputLayout, LaplaceBelief, RL2Belief
+from bayes_agents.beliefs.glibrl import GLiBRLBelief
+from bayes_agents.beliefs.varibad import VariBADBelief
+from bayes_agents.beliefs.vrnn import VRNNBelief
 
 RL2_KEYS = ("obs", "prev_action", "prev_reward", "new_episode")
 #: Noise keys are integers below 2**24, so that float32 state slots hold them exactly.
@@ -392,3 +395,50 @@ class LaplacePolicy(BeliefPolicy):
     """
 
     belief_class = LaplaceBelief
+
+
+class VariBADPolicy(BeliefPolicy):
+    """VariBAD: the policy conditions on ``[state, μ_t, log σ_t²]`` of a VAE-trained task posterior.
+
+    Belief keywords (``policy_kwargs``): ``latent_dim`` (5), ``hidden_size`` (GRU, 64),
+    ``state_embed_size``/``action_embed_size``/``reward_embed_size`` (8), ``reward_decoder``
+    (``"per_state"`` with ``grid_size`` for the grid, ``"per_action"`` for the bandit, ``"gaussian"``
+    (default) or ``"bernoulli"``), ``reward_decoder_sizes`` ((32, 32)), ``reward_decoder_inputs``,
+    ``reward_threshold``, ``state_decoder``, ``state_decoder_sizes``, ``kl_weight`` (0.01), ``vae_lr``
+    (1e-3), ``vae_updates_per_ppo_update`` (3), ``vae_batch_trials`` (25), ``buffer_trials`` (1000),
+    ``elbo_times``, ``decodes_per_elbo`` and ``backprop_rl_loss`` (False). The VAE trains only under
+    :class:`~bayes_agents.BayesPPO` (its ``after_policy_update`` hook); ``n_samples`` must be 0. See
+    :class:`~bayes_agents.beliefs.varibad.VariBADBelief`.
+    """
+
+    belief_class = VariBADBelief
+    needs_input_layout = True
+
+
+class GLiBRLPolicy(BeliefPolicy):
+    """GLiBRL: the policy conditions on a conjugate Bayesian linear model of the transitions.
+
+    Belief keywords (``policy_kwargs``): ``basis_dim`` (d, 16), ``basis_hidden_sizes`` ((64, 64)),
+    ``prior_precision`` (λ, 1.0), ``prior_noise_concentration`` (a₀, 1.0), ``prior_noise_rate``
+    (b₀, 1.0), ``model_loss_weight`` (1.0; the per-transition negative log marginal likelihood that
+    trains the basis, applied by :class:`~bayes_agents.BayesPPO`) and ``detach_policy_input``
+    (True). The head sees the posterior features and the observation; ``n_samples`` must be 0. See
+    :class:`~bayes_agents.beliefs.glibrl.GLiBRLBelief`.
+    """
+
+    belief_class = GLiBRLBelief
+    needs_input_layout = True
+
+
+class VRNNPolicy(BeliefPolicy):
+    """VRNN (the Laplace-VRNN paper's variational baseline): RL²'s recurrence with an amortised Gaussian
+    task posterior whose mean and covariance are predicted from the cell output.
+
+    Belief keywords (``policy_kwargs``): those of :class:`RL2Policy` plus ``covariance`` (``"full"``:
+    ``Σ = U diag(exp s) Uᵀ`` with ``U`` a Cayley map; ``"diag"``), ``beta`` (KL penalty
+    ``β·KL(q_t ‖ sg q_{t−1})``, applied by :class:`~bayes_agents.BayesPPO`) and ``log_variance_bound``;
+    ``n_samples`` posterior samples are averaged in the action head (0: posterior mean). See
+    :class:`~bayes_agents.beliefs.vrnn.VRNNBelief`.
+    """
+
+    belief_class = VRNNBelief

@@ -26,7 +26,14 @@ from sb3_contrib import RecurrentPPO
 from sb3_contrib.common.recurrent.type_aliases import RNNStates
 from torch import Tensor
 
-from bayes_agents.policies import BeliefPolicy, LaplacePolicy, RL2Policy
+from bayes_agents.policies import (
+    BeliefPolicy,
+    GLiBRLPolicy,
+    LaplacePolicy,
+    RL2Policy,
+    VariBADPolicy,
+    VRNNPolicy,
+)
 
 
 class BayesPPO(RecurrentPPO):
@@ -40,6 +47,9 @@ class BayesPPO(RecurrentPPO):
         **RecurrentPPO.policy_aliases,
         "RL2Policy": RL2Policy,
         "LaplacePolicy": LaplacePolicy,
+        "VariBADPolicy": VariBADPolicy,
+        "GLiBRLPolicy": GLiBRLPolicy,
+        "VRNNPolicy": VRNNPolicy,
     }
 
     def _setup_model(self) -> None:

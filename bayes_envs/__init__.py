@@ -16,17 +16,21 @@ from bayes_envs.core import MetaEnv, TrialBatch
 from bayes_envs.grid import BayesGridEnv, GridTask
 from bayes_envs.regression import FourierRegressionEnv, FourierTask
 from bayes_envs.vec import BatchedVecEnv, make_vec
+from bayes_envs.wrappers import BeliefObservationWrapper, TrialHistory, TrialHistoryWrapper
 
 __all__ = [
     "BanditTask",
     "BatchedVecEnv",
     "BayesBanditEnv",
     "BayesGridEnv",
+    "BeliefObservationWrapper",
     "FourierRegressionEnv",
     "FourierTask",
     "GridTask",
     "MetaEnv",
     "TrialBatch",
+    "TrialHistory",
+    "TrialHistoryWrapper",
     "make_vec",
 ]
 
@@ -34,6 +38,14 @@ _ENVS = {
     "BayesBandit-v0": "bayes_envs.bandit:BayesBanditEnv",
     "BayesGrid-v0": "bayes_envs.grid:BayesGridEnv",
     "FourierRegression-v0": "bayes_envs.regression:FourierRegressionEnv",
+    # MuJoCo (extra [mujoco]) and Meta-World (extra [metaworld]): imported only when made.
+    "HalfCheetahDir-v0": "bayes_envs.mujoco:HalfCheetahDirEnv",
+    "HalfCheetahVel-v0": "bayes_envs.mujoco:HalfCheetahVelEnv",
+    "AntDir-v0": "bayes_envs.mujoco:AntDirEnv",
+    "AntGoal-v0": "bayes_envs.mujoco:AntGoalEnv",
+    "MetaWorld-ML1-v0": "bayes_envs.meta_world:MetaWorldML1Env",
+    "MetaWorld-ML10-v0": "bayes_envs.meta_world:MetaWorldML10Env",
+    "MetaWorld-ML45-v0": "bayes_envs.meta_world:MetaWorldML45Env",
 }
 
 for _env_id, _entry_point in _ENVS.items():

@@ -175,6 +175,10 @@ def make_vec(
     else:
 
         def factory() -> gym.Env:
+            # A SubprocVecEnv worker (spawn/forkserver) starts without this package imported, so
+            # without its registrations: import it there before making the env.
+            import bayes_envs  # noqa: F401
+
             return gym.make(env_id, render_mode=render_mode, rl2_inputs=rl2_inputs, **env_kwargs)
 
         venv = (SubprocVecEnv if parallel else DummyVecEnv)([factory] * n_envs)

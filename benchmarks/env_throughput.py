@@ -2,7 +2,12 @@
 
 Both are measured in the same run (the machines are shared and noisy: compare the ratio).
 
-    python benchmarks/env_throughput.py [--n-envs 256] [--seconds 2]
+The heavy envs (MuJoCo, Meta-World; extras ``[mujoco]``/``[metaworld]``) get their own table, in
+the same run: a single Gymnasium env, ``make_vec`` in process (the batch steps its robots one after
+the other) and ``make_vec(..., parallel=True)`` (``SubprocVecEnv``) with ``--heavy-n-envs`` (2, 8)
+worker processes; each worker builds its own Meta-World benchmark first (not timed).
+
+    python benchmarks/env_throughput.py [--n-envs 256] [--seconds 2] [--heavy-envs ...] [--skip-light]
 """
 
 from __future__ import annotations
@@ -19,6 +24,15 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 import bayes_envs
 
 ENV_IDS = ["BayesGrid-v0", "BayesBandit-v0", "FourierRegression-v0"]
+HEAVY_ENV_IDS = [
+    "HalfCheetahDir-v0",
+    "HalfCheetahVel-v0",
+    "AntDir-v0",
+    "AntGoal-v0",
+    "MetaWorld-ML1-v0",
+    "MetaWorld-ML10-v0",
+    "MetaWorld-ML45-v0",
+]
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -43,6 +57,41 @@ def steps_per_second(venv: VecEnv, seconds: float, seed: int = 0) -> float:
     return n_calls * n_envs / (time.perf_counter() - start)
 
 
+def single_env_steps_per_second(env: gym.Env, seconds: float, seed: int = 0) -> float:
+    """Steps/s of one Gymnasium env with random actions, restarting trials as they end."""
+    env.action_space.seed(seed)
+    env.reset(seed=seed)
+    n_steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        if terminated or truncated:
+            env.reset()
+        n_steps += 1
+    return n_steps / (time.perf_counter() - start)
+
+
+def heavy_rows(env_ids: list[str], n_envs_list: list[int], seconds: float) -> list[dict]:
+    """Single env, in-process ``make_vec`` and ``SubprocVecEnv`` steps/s of each heavy env."""
+    rows = []
+    for env_id in env_ids:
+        try:
+            single = single_env_steps_per_second(gym.make(env_id), seconds)
+        except ImportError as error:
+            print(f"skipping {env_id}: {error}")
+            continue
+        row: dict = {"env_id": env_id, "single_steps_per_s": single}
+        largest = max(n_envs_list)
+        batched = bayes_envs.make_vec(env_id, largest, seed=0, monitor=False)
+        row[f"in_process_{largest}_steps_per_s"] = steps_per_second(batched, seconds)
+        for n_envs in n_envs_list:
+            venv = bayes_envs.make_vec(env_id, n_envs, seed=0, monitor=False, parallel=True)
+            row[f"subproc_{n_envs}_steps_per_s"] = steps_per_second(venv, seconds)
+            venv.close()
+        rows.append(row)
+        print(", ".join(f"{k}={v:,.0f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -50,7 +99,24 @@ def main() -> None:
     parser.add_argument("--n-envs", type=int, default=256)
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--out", type=Path, default=RESULTS / "env_throughput.json")
+    parser.add_argument("--skip-light", action="store_true", help="only the heavy (MuJoCo, Meta-World) table")
+    parser.add_argument("--heavy-envs", nargs="*", default=HEAVY_ENV_IDS, help="none: skip the heavy table")
+    parser.add_argument("--heavy-n-envs", type=int, nargs="+", default=[2, 8])
+    parser.add_argument("--heavy-out", type=Path, default=RESULTS / "env_throughput_heavy.json")
     args = parser.parse_args()
+
+    if args.heavy_envs:
+        heavy = heavy_rows(args.heavy_envs, args.heavy_n_envs, args.seconds)
+        columns = [key for key in heavy[0] if key != "env_id"] if heavy else []
+        print(f"\n{'env':<20}" + "".join(f"{c.removesuffix('_steps_per_s'):>16}" for c in columns))
+        for row in heavy:
+            print(f"{row['env_id']:<20}" + "".join(f"{row[c]:>16,.0f}" for c in columns))
+        args.heavy_out.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"benchmark": "env_throughput_heavy", "seconds": args.seconds, "rows": heavy}
+        args.heavy_out.write_text(json.dumps(payload, indent=2))
+        print(f"wrote {args.heavy_out} (steps/s, random actions)\n")
+    if args.skip_light:
+        return
 
     rows = []
     for env_id in ENV_IDS:

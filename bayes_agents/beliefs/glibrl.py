@@ -1,0 +1,497 @@
+"""GLiBRL belief: Bayesian linear regression of the transitions on a learnable basis.
+
+Model (DESIGN.md §2, "GLiBRL"; the paper gives only the likelihood form, so the exact choices are
+documented here). A learnable basis ``φ_θ(s, a) ∈ R^d`` (an MLP on ``[obs_{t-1}, prev_action_t]``)
+and, per task, a linear model of the targets ``y_t = (s_t − s_{t−1}, r_t) ∈ R^{O+1}``:
+
+    y_{t,j} = w_jᵀ φ_θ(s_{t−1}, a_t) + ε_{t,j},   ε_{t,j} ~ N(0, σ_j²),   j = 0..O
+
+with the conjugate **per-output Normal–Inverse-Gamma** prior
+
+    σ_j² ~ InvGamma(a₀, b₀),   w_j | σ_j² ~ N(0, σ_j² λ⁻¹ I_d)
+
+(``λ = prior_precision``, ``a₀ = prior_noise_concentration``, ``b₀ = prior_noise_rate``), independent
+over outputs. Why per-output NIG rather than Matrix-Normal–Inverse-Wishart: the targets are partly
+missing. At an inner-episode boundary (``new_episode_t = 1``) ``obs_t`` is the next inner episode's
+start, not the successor of ``obs_{t−1}``, so the state-difference targets are invalid while the
+reward target is valid; in ``BayesBandit-v0`` *every* step is such a boundary. A MNIW posterior needs
+whole target vectors, so it would have to drop those transitions and would never fit the bandit's
+rewards; the per-output NIG fits every valid scalar target exactly. The outputs fall into two groups
+with the same missingness — ``dynamics`` (the ``O`` state differences) and ``reward`` — and the
+outputs of a group share one posterior precision, so the belief carries two ``[d, d]`` Gram
+matrices instead of ``O + 1``. The price is independent noise across outputs (a diagonal ``E[Σ]``).
+
+Sufficient statistics (relative to the prior, so all zeros means "no data"), per group
+``g ∈ {dynamics, reward}`` over the valid transitions of the current trial:
+``G_g = Σ φφᵀ`` and ``n_g = Σ 1``; per output ``c_j = Σ φ y_j`` and ``s_j = Σ y_j²``. They are sums,
+hence order-invariant, and :meth:`GLiBRLBelief.sequence` forms them for all ``t`` at once with
+:func:`~bayes_agents.beliefs.laplace.segmented_cumsum` (resets at ``episode_starts``). The posterior
+of output ``j`` in group ``g`` is ``NIG(μ_j, Λ_g, a_j, b_j)`` with
+
+    Λ_g = λI + G_g,   μ_j = Λ_g⁻¹ c_j,   a_j = a₀ + n_g/2,   b_j = b₀ + ½ (s_j − c_jᵀ μ_j)
+
+(``s_j − c_jᵀμ_j = min_w ‖y_j − Φw‖² + λ‖w‖² ≥ 0``; it is clamped at 0 against round-off).
+
+One basis serves both groups (the reward and the dynamics of a task are functions of the same
+``(s, a)``, and one MLP is half the cost); the prior has zero mean, so before any data the model
+predicts ``y = 0`` with the prior predictive's spread.
+
+State layout (``[B, state_size]``, all zeros = prior and no previous observation): ``gram [2, d, d]``,
+``cross [d, O+1]``, ``square [O+1]``, ``count [2]``, ``previous_obs [O]``, ``has_previous [1]``;
+``state_size = 2d² + (d+1)(O+1) + O + 3`` (568 for the grid with ``d = 16``).
+
+Transitions. ``x_t = [obs_t, prev_action_t, prev_reward_t, new_episode_t]``; the transition
+observed at ``t`` is ``(obs_{t−1}, prev_action_t, prev_reward_t, obs_t)``. At a trial start (SB3
+``episode_start``), or when the state holds no previous observation, there is none; where
+``new_episode_t = 1`` only the reward target is fitted. The state carries ``obs_{t−1}``.
+
+Outputs (:class:`GLiBRLOutput`, a :class:`~bayes_agents.beliefs.base.BeliefOutput`):
+
+* ``mean``: the posterior-mean weights ``[μ_0, …, μ_O]`` flattened output-major, ``[.., (O+1)·d]``
+  (``latent_dim = (O+1)·d``, index ``j·d + i``).
+* ``precision`` / ``precision_cholesky``: the precision of the flattened weights is block diagonal
+  (the outputs are independent a posteriori), so it is stored in a compressed form — its diagonal
+  blocks ``(a_j / b_j) Λ_{g(j)}`` and their lower Cholesky factors, ``[.., O+1, d, d]``
+  (:meth:`GLiBRLOutput.dense_precision` gives the ``[.., L, L]`` matrix). Block ``j`` is the inverse
+  scale matrix of the marginal posterior of ``w_j``, a multivariate Student-t with ``2a_j`` degrees
+  of freedom. :meth:`GLiBRLBelief.sample` draws from the Gaussian with this precision.
+* ``entropy``: differential entropy of the joint posterior over all weights *and* noise variances
+  ``q(W, σ²) = Π_j NIG(μ_j, Λ_{g(j)}, a_j, b_j)``; ``kl_to_previous = KL(q_t ‖ q_{t−1})`` of that
+  joint posterior (closed form; ``q_{t−1}`` is the prior at a reset).
+* ``log_marginal_increment``: ``log p(y_t | y_{<t})`` (the Student-t posterior predictive of the
+  valid targets of step ``t``, 0 without a transition). By the chain rule its sum over a trial is
+  the trial's exact log marginal likelihood ``log p(y_{1:T} | φ)`` (weights and noise integrated out),
+  the loss that trains ``φ`` (:meth:`GLiBRLBelief.aux_loss`); ``transition_mask`` marks the steps
+  that have a transition.
+* ``group_precision_cholesky`` (``chol Λ_g``, ``[.., 2, d, d]``), ``log_variance_diagonal``
+  (``log diag Λ_g⁻¹``, ``[.., 2, d]``), ``noise_concentration`` (``a_j``) and ``noise_rate`` (``b_j``),
+  ``[.., O+1]``.
+
+Policy input (:meth:`GLiBRLBelief.policy_input`): ``[mean (L), log diag Λ_g⁻¹ for both groups (2d),
+log(b_j / a_j) (O+1)]`` — the posterior-mean weights, the log posterior variance factors of the
+weights and the log noise scale (``b/a = 1 / E[σ_j⁻²]``, defined for every ``a₀ > 0`` unlike
+``E[σ_j²]``). Detached by default: the basis is trained by the marginal likelihood only.
+
+Minibatch note: in ``BayesPPO`` a sequence that starts mid-trial continues from the statistics
+stored in the rollout buffer (computed with the basis of collection time, no gradient), so the loss
+of such a sequence is the exact log predictive of its transitions given that stored belief.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from .base import Belief, BeliefOutput, InputLayout, StateLayout, _check_n_samples, check_positive_int
+from .laplace import segmented_cumsum
+
+#: Output groups that share a posterior precision: the O state differences, then the reward.
+GROUPS = ("dynamics", "reward")
+
+
+@dataclass
+class GLiBRLOutput(BeliefOutput):
+    """:class:`BeliefOutput` plus the quantities of the NIG posterior (see the module docstring).
+
+    Leading dims ``[..]`` as in :class:`BeliefOutput`; ``d = basis_dim``, ``O = obs_dim``. ``precision``
+    and ``precision_cholesky`` hold the ``O+1`` diagonal blocks, ``[.., O+1, d, d]``, of the
+    block-diagonal precision of ``mean`` (see the module docstring).
+
+    :param group_precision_cholesky: ``chol(Λ_g)`` for the dynamics and reward groups, ``[.., 2, d, d]``.
+    :param log_variance_diagonal: ``log diag Λ_g⁻¹`` (the weights' posterior variances in units of the
+        noise variance), ``[.., 2, d]``.
+    :param noise_concentration: posterior ``a_j`` of each output's noise variance, ``[.., O+1]``.
+    :param noise_rate: posterior ``b_j``, ``[.., O+1]``.
+    :param log_marginal_increment: ``log p(y_t | y_{<t})`` of the valid targets of the step, ``[..]``.
+    :param transition_mask: 1.0 where the step has a transition (a fitted reward target), ``[..]``.
+    """
+
+    group_precision_cholesky: Tensor | None = None
+    log_variance_diagonal: Tensor | None = None
+    noise_concentration: Tensor | None = None
+    noise_rate: Tensor | None = None
+    log_marginal_increment: Tensor | None = None
+    transition_mask: Tensor | None = None
+
+    def dense_precision(self) -> Tensor:
+        """The block-diagonal ``precision`` as one ``[.., L, L]`` matrix (``L = (O+1)·d``)."""
+        blocks = self.precision
+        eye = torch.eye(blocks.shape[-3], dtype=blocks.dtype, device=blocks.device)
+        dense = torch.einsum("...jab,jk->...jakb", blocks, eye)
+        size = blocks.shape[-3] * blocks.shape[-1]
+        return dense.reshape(*blocks.shape[:-3], size, size)
+
+    def apply(self, function: Callable[[Tensor], Tensor]) -> GLiBRLOutput:
+        """As :meth:`BeliefOutput.apply`, keeping the subclass and its extra fields."""
+        values = {}
+        for field in fields(self):
+            value = getattr(self, field.name)
+            values[field.name] = None if value is None else function(value)
+        return GLiBRLOutput(**values)
+
+
+class NIGPosterior(NamedTuple):
+    """Per-output Normal–Inverse-Gamma posterior. Leading dims ``[..]``.
+
+    :param mean: posterior-mean weights ``μ_j``, ``[.., O+1, d]``.
+    :param group_precision_cholesky: ``chol(Λ_g)``, ``[.., 2, d, d]`` (prior ``λI`` included).
+    :param log_det_precision: ``log det Λ_g``, ``[.., 2]``.
+    :param concentration: ``a_j``, ``[.., O+1]``.
+    :param rate: ``b_j``, ``[.., O+1]``.
+    """
+
+    mean: Tensor
+    group_precision_cholesky: Tensor
+    log_det_precision: Tensor
+    concentration: Tensor
+    rate: Tensor
+
+
+def _check_real(name: str, value: float, allow_zero: bool) -> float:
+    allowed = ">= 0" if allow_zero else "> 0"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite real number {allowed}, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be a finite real number {allowed}, got {value!r}")
+    return float(value)
+
+
+class GLiBRLBelief(Belief):
+    """GLiBRL belief (see the module docstring for the exact model).
+
+    :param input_dim: size of ``x_t``; must equal ``input_layout.input_dim``.
+    :param input_layout: where obs, previous action, previous reward and the new-episode flag lie in
+        ``x_t`` (given by :class:`~bayes_agents.policies.BeliefPolicy`).
+    :param basis_dim: ``d``, the number of basis functions.
+    :param basis_hidden_sizes: hidden layer sizes of the basis MLP (Tanh); ``()`` is a linear basis.
+    :param prior_precision: ``λ > 0``, prior precision of the weights in units of the noise variance.
+    :param prior_noise_concentration: ``a₀ > 0`` of the inverse-gamma noise prior.
+    :param prior_noise_rate: ``b₀ > 0`` of the inverse-gamma noise prior.
+    :param model_loss_weight: ``>= 0``, factor of the per-transition negative log marginal likelihood
+        in :meth:`aux_loss`.
+    :param detach_policy_input: stop the RL loss from reaching the basis through the policy input.
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        *,
+        input_layout: InputLayout,
+        basis_dim: int = 16,
+        basis_hidden_sizes: Sequence[int] = (64, 64),
+        prior_precision: float = 1.0,
+        prior_noise_concentration: float = 1.0,
+        prior_noise_rate: float = 1.0,
+        model_loss_weight: float = 1.0,
+        detach_policy_input: bool = True,
+    ):
+        super().__init__()
+        if not isinstance(input_layout, InputLayout):
+            raise TypeError(f"input_layout must be an InputLayout, got {type(input_layout).__name__}")
+        check_positive_int("input_dim", input_dim)
+        if input_dim != input_layout.input_dim:
+            raise ValueError(
+                f"input_dim must equal input_layout.input_dim = {input_layout.input_dim}, got {input_dim}"
+            )
+        check_positive_int("basis_dim", basis_dim)
+        if isinstance(basis_hidden_sizes, (str, bytes)) or not isinstance(basis_hidden_sizes, Sequence):
+            raise ValueError(
+                f"basis_hidden_sizes must be a sequence of ints >= 1, got {basis_hidden_sizes!r}"
+            )
+        for size in basis_hidden_sizes:
+            check_positive_int("basis_hidden_sizes entries", size)
+        if not isinstance(detach_policy_input, bool):
+            raise ValueError(f"detach_policy_input must be a bool, got {detach_policy_input!r}")
+        self.input_layout = input_layout
+        self.input_dim = input_dim
+        self.basis_dim = basis_dim
+        self.basis_hidden_sizes = tuple(basis_hidden_sizes)
+        self.prior_precision = _check_real("prior_precision", prior_precision, allow_zero=False)
+        self.prior_noise_concentration = _check_real(
+            "prior_noise_concentration", prior_noise_concentration, allow_zero=False
+        )
+        self.prior_noise_rate = _check_real("prior_noise_rate", prior_noise_rate, allow_zero=False)
+        self.model_loss_weight = _check_real("model_loss_weight", model_loss_weight, allow_zero=True)
+        self.detach_policy_input = detach_policy_input
+
+        obs_dim = input_layout.obs_dim
+        self.n_outputs = obs_dim + 1
+        self.latent_dim = self.n_outputs * basis_dim
+        layers: list[nn.Module] = []
+        width = obs_dim + input_layout.action_dim
+        for size in self.basis_hidden_sizes:
+            layers += [nn.Linear(width, size), nn.Tanh()]
+            width = size
+        layers.append(nn.Linear(width, basis_dim))
+        self.basis = nn.Sequential(*layers)
+        # Group of each output: the state differences share the dynamics precision, the reward its own.
+        self.register_buffer(
+            "output_group", torch.tensor([0] * obs_dim + [1], dtype=torch.long), persistent=False
+        )
+        self.statistics_layout = StateLayout(
+            [
+                ("gram", (2, basis_dim, basis_dim)),
+                ("cross", (basis_dim, self.n_outputs)),
+                ("square", (self.n_outputs,)),
+                ("count", (2,)),
+            ]
+        )
+        self.state_layout = StateLayout(
+            [
+                *((name, shape) for name, shape in self.statistics_layout.shapes.items()),
+                ("previous_obs", (obs_dim,)),
+                ("has_previous", (1,)),
+            ]
+        )
+        self.state_size = self.state_layout.size
+
+    # ------------------------------------------------------------------------------ posterior
+    def posterior(self, statistics: dict[str, Tensor]) -> NIGPosterior:
+        """The NIG posterior of sufficient statistics (``statistics_layout`` parts, leading dims ``[..]``)."""
+        gram, cross = statistics["gram"], statistics["cross"]
+        eye = torch.eye(self.basis_dim, dtype=gram.dtype, device=gram.device)
+        cholesky = torch.linalg.cholesky(gram + self.prior_precision * eye)  # [.., 2, d, d]
+        obs_dim = self.n_outputs - 1
+        mean = torch.cat(
+            [
+                torch.cholesky_solve(cross[..., :obs_dim], cholesky[..., 0, :, :]),
+                torch.cholesky_solve(cross[..., obs_dim:], cholesky[..., 1, :, :]),
+            ],
+            dim=-1,
+        ).transpose(-1, -2)  # [.., O+1, d]
+        explained = (cross.transpose(-1, -2) * mean).sum(-1)
+        residual = (statistics["square"] - explained).clamp(min=0.0)
+        rate = self.prior_noise_rate + 0.5 * residual
+        concentration = self.prior_noise_concentration + 0.5 * statistics["count"][..., self.output_group]
+        log_det = 2.0 * torch.diagonal(cholesky, dim1=-2, dim2=-1).log().sum(-1)
+        return NIGPosterior(mean, cholesky, log_det, concentration, rate)
+
+    def _prior(self, dtype: torch.dtype, device: torch.device) -> NIGPosterior:
+        """The prior as a posterior with leading dim ``[1]``: ``Λ = λI``, ``μ = 0``, ``a₀``, ``b₀``."""
+        d, outputs = self.basis_dim, self.n_outputs
+        cholesky = math.sqrt(self.prior_precision) * torch.eye(d, dtype=dtype, device=device).expand(
+            1, 2, d, d
+        )
+        return NIGPosterior(
+            mean=torch.zeros(1, outputs, d, dtype=dtype, device=device),
+            group_precision_cholesky=cholesky,
+            log_det_precision=torch.full(
+                (1, 2), d * math.log(self.prior_precision), dtype=dtype, device=device
+            ),
+            concentration=torch.full(
+                (1, outputs), self.prior_noise_concentration, dtype=dtype, device=device
+            ),
+            rate=torch.full((1, outputs), self.prior_noise_rate, dtype=dtype, device=device),
+        )
+
+    def posterior_from_state(self, state: Tensor) -> NIGPosterior:
+        """The posterior held by a belief state ``[B, state_size]`` (leading dim ``[B]``)."""
+        parts = self.state_layout.unpack(state)
+        return self.posterior({name: parts[name] for name in self.statistics_layout.shapes})
+
+    def log_marginal_likelihood(self, state: Tensor) -> Tensor:
+        """Closed-form ``log p(all targets in the state's statistics | φ)``, ``[B]`` (0 for no data)."""
+        parts = self.state_layout.unpack(state)
+        posterior = self.posterior({name: parts[name] for name in self.statistics_layout.shapes})
+        count = parts["count"][..., self.output_group]
+        a0, b0 = self.prior_noise_concentration, self.prior_noise_rate
+        per_output = (
+            -0.5 * count * math.log(2 * math.pi)
+            + 0.5 * self.basis_dim * math.log(self.prior_precision)
+            - 0.5 * posterior.log_det_precision[..., self.output_group]
+            + a0 * math.log(b0)
+            - posterior.concentration * posterior.rate.log()
+            + torch.lgamma(posterior.concentration)
+            - math.lgamma(a0)
+        )
+        return per_output.sum(-1)
+
+    def _entropy(self, posterior: NIGPosterior) -> Tensor:
+        a, b, d = posterior.concentration, posterior.rate, self.basis_dim
+        digamma = torch.digamma(a)
+        inverse_gamma = a + b.log() + torch.lgamma(a) - (1 + a) * digamma
+        gaussian = (
+            0.5 * d * math.log(2 * math.pi * math.e)
+            - 0.5 * posterior.log_det_precision[..., self.output_group]
+            + 0.5 * d * (b.log() - digamma)
+        )
+        return (inverse_gamma + gaussian).sum(-1)
+
+    def _kl(self, current: NIGPosterior, previous: NIGPosterior, current_inverse_cholesky: Tensor) -> Tensor:
+        """``KL(current ‖ previous)`` of the joint NIG posteriors, summed over outputs.
+
+        :param current_inverse_cholesky: ``chol(Λ_g)⁻¹`` of ``current``, ``[.., 2, d, d]``.
+        """
+        a1, b1, a2, b2 = current.concentration, current.rate, previous.concentration, previous.rate
+        inverse_gamma = (
+            (a1 - a2) * torch.digamma(a1)
+            - torch.lgamma(a1)
+            + torch.lgamma(a2)
+            + a2 * (b1.log() - b2.log())
+            + a1 * (b2 - b1) / b1
+        )
+        # tr(Λ_prev Λ_cur⁻¹) = ‖L_cur⁻¹ L_prev‖_F²
+        trace = (current_inverse_cholesky @ previous.group_precision_cholesky).square().sum((-2, -1))
+        gaussian_group = 0.5 * (
+            trace - self.basis_dim + current.log_det_precision - previous.log_det_precision
+        )
+        difference = current.mean - previous.mean
+        mahalanobis = self._times_group_matrix(difference, previous.group_precision_cholesky).square().sum(-1)
+        # E_q[1/σ²] = a/b turns the conditional Gaussian KL into its expectation over σ².
+        per_output = inverse_gamma + gaussian_group[..., self.output_group] + 0.5 * (a1 / b1) * mahalanobis
+        return per_output.sum(-1)
+
+    def _times_group_matrix(self, vectors: Tensor, group_matrices: Tensor) -> Tensor:
+        """``M_{g(j)}ᵀ v_j`` for per-output vectors ``[.., O+1, d]`` and group matrices ``[.., 2, d, d]``."""
+        obs_dim = self.n_outputs - 1
+        return torch.cat(
+            [
+                vectors[..., :obs_dim, :] @ group_matrices[..., 0, :, :],
+                vectors[..., obs_dim:, :] @ group_matrices[..., 1, :, :],
+            ],
+            dim=-2,
+        )
+
+    def _log_predictive(self, previous: NIGPosterior, features: Tensor, targets: Tensor) -> Tensor:
+        """Student-t ``log p(y_{t,j} | y_{<t})`` per output, ``[.., O+1]``."""
+        whitened = torch.linalg.solve_triangular(
+            previous.group_precision_cholesky,
+            features.unsqueeze(-2).unsqueeze(-1).expand(*features.shape[:-1], 2, self.basis_dim, 1),
+            upper=False,
+        )
+        leverage = whitened.squeeze(-1).square().sum(-1)[..., self.output_group]  # φᵀΛ⁻¹φ
+        location = (previous.mean * features.unsqueeze(-2)).sum(-1)
+        a, b = previous.concentration, previous.rate
+        spread = 2.0 * b * (1.0 + leverage)  # ν·scale² with ν = 2a, scale² = (b/a)(1 + φᵀΛ⁻¹φ)
+        return (
+            torch.lgamma(a + 0.5)
+            - torch.lgamma(a)
+            - 0.5 * torch.log(math.pi * spread)
+            - (a + 0.5) * torch.log1p((targets - location).square() / spread)
+        )
+
+    # ------------------------------------------------------------------------------ belief pass
+    def sequence(self, inputs: Tensor, state: Tensor, episode_starts: Tensor) -> tuple[GLiBRLOutput, Tensor]:
+        inputs, starts = self._prepare_sequence(inputs, state, episode_starts)
+        steps, batch = starts.shape
+        obs, action, reward, new_episode = self.input_layout.split(inputs)
+        carried = self.state_layout.unpack(state)
+        previous_obs = torch.cat([carried["previous_obs"].unsqueeze(0), obs[:-1]])
+        has_previous = torch.cat(
+            [carried["has_previous"][:, 0].unsqueeze(0) > 0.5, starts.new_ones(steps - 1, batch)]
+        )
+        has_transition = has_previous & ~starts
+        dynamics_valid = has_transition & (new_episode < 0.5)
+        dtype = inputs.dtype
+        group_mask = torch.stack([dynamics_valid, has_transition], dim=-1).to(dtype)  # [T, B, 2]
+        target_mask = group_mask[..., self.output_group]  # [T, B, O+1]
+        features = self.basis(torch.cat([previous_obs, action], dim=-1))  # [T, B, d]
+        targets = torch.cat([obs - previous_obs, reward.unsqueeze(-1)], dim=-1) * target_mask
+
+        outer = features.unsqueeze(-1) * features.unsqueeze(-2)
+        increments = self.statistics_layout.pack(
+            {
+                "gram": (group_mask[..., None, None] * outer.unsqueeze(-3)).flatten(0, 1),
+                "cross": (features.unsqueeze(-1) * targets.unsqueeze(-2)).flatten(0, 1),
+                "square": targets.square().flatten(0, 1),
+                "count": group_mask.flatten(0, 1),
+            }
+        ).view(steps, batch, -1)
+        carry = state[:, : self.statistics_layout.size]
+        cumulative = segmented_cumsum(increments, starts, carry)  # [T, B, S_stats]
+
+        # One factorisation per step: the posterior before step t is that of step t-1 (or the carry).
+        all_statistics = torch.cat([carry.unsqueeze(0), cumulative]).flatten(0, 1)
+        every = self.posterior(self.statistics_layout.unpack(all_statistics))
+        every = NIGPosterior(*(value.view(steps + 1, batch, *value.shape[1:]) for value in every))
+        current = NIGPosterior(*(value[1:] for value in every))
+        prior = self._prior(dtype, inputs.device)
+        previous = NIGPosterior(
+            *(
+                torch.where(starts.view(steps, batch, *(1,) * (value.dim() - 2)), prior_value, value[:-1])
+                for value, prior_value in zip(every, prior, strict=True)
+            )
+        )
+
+        increment = (self._log_predictive(previous, features, targets) * target_mask).sum(-1)
+        cholesky = current.group_precision_cholesky
+        identity = torch.eye(self.basis_dim, dtype=dtype, device=inputs.device).expand_as(cholesky)
+        inverse_cholesky = torch.linalg.solve_triangular(cholesky, identity, upper=False)
+        scale = (current.concentration / current.rate).sqrt()[..., None, None]  # [T, B, O+1, 1, 1]
+        block_cholesky = scale * current.group_precision_cholesky[..., self.output_group, :, :]
+        output = GLiBRLOutput(
+            mean=current.mean.flatten(-2),
+            precision=block_cholesky @ block_cholesky.transpose(-1, -2),
+            precision_cholesky=block_cholesky,
+            entropy=self._entropy(current),
+            kl_to_previous=self._kl(current, previous, inverse_cholesky),
+            group_precision_cholesky=current.group_precision_cholesky,
+            log_variance_diagonal=inverse_cholesky.square().sum(-2).log(),  # diag(L⁻ᵀL⁻¹) = diag Λ⁻¹
+            noise_concentration=current.concentration,
+            noise_rate=current.rate,
+            log_marginal_increment=increment,
+            transition_mask=has_transition.to(dtype),
+        )
+        next_state = self.state_layout.pack(
+            {
+                **self.statistics_layout.unpack(cumulative[-1]),
+                "previous_obs": obs[-1],
+                "has_previous": obs.new_ones(batch, 1),
+            }
+        )
+        return output, next_state
+
+    # ------------------------------------------------------------------------------ consumers
+    @property
+    def policy_input_dim(self) -> int:
+        """``L + 2d + (O+1)``: mean weights, log-diagonal of ``Λ_g⁻¹``, log noise scales."""
+        return self.latent_dim + 2 * self.basis_dim + self.n_outputs
+
+    def policy_input(self, output: BeliefOutput) -> Tensor:
+        """``[mean, log diag Λ_dyn⁻¹, log diag Λ_rew⁻¹, log(b/a)]``, ``[.., policy_input_dim]``."""
+        output = _require_glibrl_output(output)
+        log_noise_scale = output.noise_rate.log() - output.noise_concentration.log()
+        features = torch.cat([output.mean, output.log_variance_diagonal.flatten(-2), log_noise_scale], dim=-1)
+        return features.detach() if self.detach_policy_input else features
+
+    def aux_loss(self, output: BeliefOutput) -> Tensor:
+        """``model_loss_weight ·`` the negative log marginal likelihood per transition (scalar).
+
+        ``output`` holds the steps to use (e.g. a minibatch's unpadded steps, any leading shape);
+        the sum of their ``log p(y_t | y_{<t})`` is divided by the number of steps with a transition.
+        """
+        output = _require_glibrl_output(output)
+        transitions = output.transition_mask.sum().clamp(min=1.0)
+        return -self.model_loss_weight * output.log_marginal_increment.sum() / transitions
+
+    def sample(
+        self,
+        output: BeliefOutput,
+        n_samples: int,
+        generator: torch.Generator | None = None,
+        noise: Tensor | None = None,
+    ) -> Tensor:
+        """Weights from ``N(mean, precision⁻¹)`` (the Gaussian with the Student-t's scale), ``[n, .., L]``."""
+        _check_n_samples(n_samples)
+        output = _require_glibrl_output(output)
+        shape = (n_samples, *output.mean.shape)
+        if noise is None:
+            noise = torch.randn(
+                shape, generator=generator, dtype=output.mean.dtype, device=output.mean.device
+            )
+        elif noise.shape != shape:
+            raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
+        noise = noise.unflatten(-1, (self.n_outputs, self.basis_dim)).unsqueeze(-1)
+        cholesky = output.precision_cholesky.transpose(-1, -2)
+        return output.mean + torch.linalg.solve_triangular(cholesky, noise, upper=True).flatten(-3)
+
+
+def _require_glibrl_output(output: BeliefOutput) -> GLiBRLOutput:
+    if not isinstance(output, GLiBRLOutput):
+        raise TypeError(f"expected a GLiBRLOutput from GLiBRLBelief, got {type(output).__name__}")
+    return output

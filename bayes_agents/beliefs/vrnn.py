@@ -1,0 +1,287 @@
+"""VRNN belief: the RL² recurrence with an amortised Gaussian posterior head (the Laplace-VRNN paper's
+VRNN baseline, appendix B.2).
+
+Model (``h_t`` the cell output after ``x_t``, exactly as in :class:`~bayes_agents.beliefs.RL2Belief`):
+
+* ``μ_t = W h_t + b`` — the RL² latent head (``latent_head``), so a trained RL² state dict loads
+  into this module and only the covariance heads are new (:meth:`VRNNBelief.from_rl2`).
+* ``s_t = bound · tanh((V h_t + c) / bound)`` — log-variances ``[L]``; the smooth bound (default 8)
+  keeps ``exp(±s)`` finite without cutting gradients.
+* ``covariance="full"``: ``Σ_t = U_t diag(exp s_t) U_tᵀ`` with ``U_t = cayley(A_t) = (I − A_t)(I + A_t)^{-1}``
+  orthogonal, ``A_t = L_t − L_tᵀ`` skew-symmetric and ``L_t`` strictly lower triangular with its
+  ``L(L−1)/2`` entries an affine function of ``h_t`` (``skew_head``).
+  ``covariance="diag"``: ``Σ_t = diag(exp s_t)``.
+* ``q_t = N(μ_t, Σ_t)``; at a reset the previous posterior is the prior ``N(0, I)``. As in the paper
+  the VRNN does not accumulate means or covariances: the recurrence can learn that itself.
+
+Reported (``BeliefOutput``): ``precision = U diag(exp −s) Uᵀ`` ``[.., L, L]`` (or ``exp −s`` ``[.., L]``),
+``precision_cholesky`` (lower; factorised in float64, as the precision's condition number reaches
+``exp(2·bound)``),
+``entropy`` and ``kl_to_previous = KL(q_t ‖ q_{t−1})`` in closed form in the eigenbases. Unlike the
+Laplace belief every field is differentiable through all posterior parameters (mean, rotation and
+log-variances); only ``q_{t−1}`` is a constant, so :meth:`VRNNBelief.aux_loss` is ``β·KL(q_t ‖ sg q_{t−1})``.
+
+State layout (``[B, state_size]``, zeros = prior): the RL² carry (``hidden [H]``, ``cell [H]``) and
+``started [1]`` (1 once the current episode has a step, so that ``q_{t−1}`` is ``heads(h_{t−1})``
+rather than the prior). ``q_{t−1}`` needs no storage of its own: it is the head of the carried ``h``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from .base import BeliefOutput, StateLayout, _check_n_samples, check_choice
+from .laplace import COVARIANCES, LaplaceBelief
+from .rl2 import RL2Belief
+
+
+def cayley(skew: Tensor) -> Tensor:
+    """The Cayley map ``U = (I − A)(I + A)^{-1}`` of skew-symmetric ``A`` ``[.., n, n]``: orthogonal
+    ``[.., n, n]``.
+
+    ``I + A`` is invertible for every real skew-symmetric ``A`` (its eigenvalues are ``1 + iλ``), and
+    ``(I − A)`` commutes with ``(I + A)^{-1}``, so ``U`` is one linear solve. Differentiable.
+    """
+    if skew.dim() < 2 or skew.shape[-1] != skew.shape[-2]:
+        raise ValueError(f"skew must be [.., n, n], got {tuple(skew.shape)}")
+    identity = torch.eye(skew.shape[-1], dtype=skew.dtype, device=skew.device)
+    return torch.linalg.solve(identity + skew, identity - skew)
+
+
+def skew_from_lower(entries: Tensor, size: int) -> Tensor:
+    """``A = L − Lᵀ`` ``[.., size, size]`` from the ``size(size−1)/2`` strictly-lower entries ``[.., E]``
+    of ``L`` (row-major order of ``torch.tril_indices(size, size, -1)``)."""
+    expected = size * (size - 1) // 2
+    if entries.shape[-1] != expected:
+        raise ValueError(f"entries must end in size*(size-1)/2 = {expected}, got {tuple(entries.shape)}")
+    rows, columns = torch.tril_indices(size, size, -1, device=entries.device)
+    lower = entries.new_zeros(*entries.shape[:-1], size, size)
+    lower[..., rows, columns] = entries
+    return lower - lower.transpose(-2, -1)
+
+
+class SpectralGaussian(NamedTuple):
+    """``N(mean, rotation diag(exp log_variance) rotationᵀ)``; ``rotation`` is None for a diagonal covariance.
+
+    Shapes: ``mean`` and ``log_variance`` ``[.., L]``, ``rotation`` ``[.., L, L]``.
+    """
+
+    mean: Tensor
+    log_variance: Tensor
+    rotation: Tensor | None
+
+
+def spectral_gaussian_kl(posterior: SpectralGaussian, reference: SpectralGaussian) -> Tensor:
+    """``KL(posterior ‖ reference)`` ``[..]`` in closed form for spectral Gaussians (both full or both
+    diagonal).
+
+    With ``M = U_refᵀ U_post`` and ``d = U_refᵀ (μ_post − μ_ref)``:
+    ``2 KL = Σ_ij e^{−s_ref,i} M_ij² e^{s_post,j} + Σ_i e^{−s_ref,i} d_i² − L + Σ s_ref − Σ s_post``.
+    """
+    difference = posterior.mean - reference.mean
+    reference_precision = torch.exp(-reference.log_variance)
+    posterior_variance = torch.exp(posterior.log_variance)
+    if posterior.rotation is None or reference.rotation is None:
+        if posterior.rotation is not None or reference.rotation is not None:
+            raise ValueError("both Gaussians must be full or both diagonal")
+        trace = (reference_precision * posterior_variance).sum(-1)
+    else:
+        overlap = reference.rotation.transpose(-2, -1) @ posterior.rotation
+        trace = (
+            (reference_precision.unsqueeze(-1) * overlap.square()) * posterior_variance.unsqueeze(-2)
+        ).sum((-2, -1))
+        difference = (reference.rotation.transpose(-2, -1) @ difference.unsqueeze(-1)).squeeze(-1)
+    mahalanobis = (reference_precision * difference.square()).sum(-1)
+    log_det_ratio = (reference.log_variance - posterior.log_variance).sum(-1)
+    return 0.5 * (trace + mahalanobis - posterior.mean.shape[-1] + log_det_ratio)
+
+
+def gaussian_samples(
+    mean: Tensor,
+    precision: Tensor,
+    precision_cholesky: Tensor | None,
+    n_samples: int,
+    generator: torch.Generator | None = None,
+    noise: Tensor | None = None,
+) -> Tensor:
+    """``z = μ + L^{-T} ε`` (``L Lᵀ = precision``) or ``z = μ + ε / sqrt(precision)`` (diagonal, ``L`` None).
+
+    Differentiable through every argument that carries gradient (detach the precision first for a
+    stop-gradient posterior such as the Laplace one).
+
+    :param mean: ``[.., L]``; :param precision: ``[.., L, L]`` or ``[.., L]``;
+    :param noise: standard normal ``ε`` ``[n_samples, .., L]`` to use instead of drawing it.
+    :return: ``[n_samples, .., L]``.
+    """
+    _check_n_samples(n_samples)
+    if noise is None:
+        noise = torch.randn(
+            (n_samples, *mean.shape), generator=generator, device=mean.device, dtype=mean.dtype
+        )
+    elif noise.shape != (n_samples, *mean.shape):
+        raise ValueError(f"noise must be {(n_samples, *mean.shape)}, got {tuple(noise.shape)}")
+    noise = noise.to(mean.dtype)
+    if precision_cholesky is None:
+        return mean + noise * precision.rsqrt()
+    upper = precision_cholesky.transpose(-2, -1)
+    offsets = torch.linalg.solve_triangular(upper, noise.movedim(0, -1), upper=True)  # [.., L, n]
+    return mean + offsets.movedim(-1, 0)
+
+
+class VRNNBelief(RL2Belief):
+    """VRNN baseline belief: RL² recurrence + amortised Gaussian posterior (see the module docstring).
+
+    :param input_dim, hidden_size, latent_dim, rnn, embed_sizes, negative_slope: as
+        :class:`~bayes_agents.beliefs.RL2Belief`.
+    :param covariance: ``"full"`` (spectral/Cayley) or ``"diag"``.
+    :param beta: weight of the KL penalty in :meth:`aux_loss` (paper: 1e-2).
+    :param log_variance_bound: the log-variances lie in ``(−bound, bound)`` (``> 0``).
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        hidden_size: int = 128,
+        latent_dim: int = 64,
+        rnn: str = "lstm",
+        embed_sizes: Sequence[int] = (256, 256),
+        negative_slope: float = 0.01,
+        *,
+        covariance: str = "full",
+        beta: float = 1e-2,
+        log_variance_bound: float = 8.0,
+    ):
+        check_choice("covariance", covariance, COVARIANCES)
+        for name, value in (("beta", beta), ("log_variance_bound", log_variance_bound)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite real number, got {value!r}")
+        if beta < 0:
+            raise ValueError(f"beta must be a real number >= 0, got {beta!r}")
+        if log_variance_bound <= 0:
+            raise ValueError(f"log_variance_bound must be a real number > 0, got {log_variance_bound!r}")
+        self.covariance = covariance
+        self.beta = float(beta)
+        self.log_variance_bound = float(log_variance_bound)
+        super().__init__(input_dim, hidden_size, latent_dim, rnn, embed_sizes, negative_slope)
+        self.log_variance_head = nn.Linear(hidden_size, latent_dim)
+        self.skew_head = (
+            nn.Linear(hidden_size, latent_dim * (latent_dim - 1) // 2) if covariance == "full" else None
+        )
+
+    @classmethod
+    def from_rl2(cls, rl2_belief: RL2Belief, **vrnn_kwargs) -> VRNNBelief:
+        """A VRNN belief on the recurrence and latent head of a trained ``rl2_belief`` (weights copied, same
+        device and dtype; the covariance heads keep their fresh initialisation, so fine-tune them).
+        ``vrnn_kwargs``: ``covariance``, ``beta``, ``log_variance_bound``."""
+        if not isinstance(rl2_belief, RL2Belief) or isinstance(rl2_belief, (VRNNBelief, LaplaceBelief)):
+            raise TypeError(f"rl2_belief must be a plain RL2Belief, got {type(rl2_belief).__name__}")
+        architecture = {
+            "input_dim": rl2_belief.input_dim,
+            "hidden_size": rl2_belief.hidden_size,
+            "latent_dim": rl2_belief.latent_dim,
+            "rnn": rl2_belief.rnn,
+            "embed_sizes": rl2_belief.embed_sizes,
+            "negative_slope": rl2_belief.negative_slope,
+        }
+        clashes = set(architecture) & set(vrnn_kwargs)
+        if clashes:
+            raise TypeError(f"from_rl2 takes the architecture from rl2_belief; do not pass {sorted(clashes)}")
+        reference = next(rl2_belief.parameters())
+        belief = cls(**architecture, **vrnn_kwargs).to(device=reference.device, dtype=reference.dtype)
+        missing, unexpected = belief.load_state_dict(rl2_belief.state_dict(), strict=False)
+        assert not unexpected and all(name.startswith(("log_variance_head", "skew_head")) for name in missing)
+        return belief
+
+    def _make_state_layout(self) -> StateLayout:
+        return StateLayout([*super()._make_state_layout().shapes.items(), ("started", (1,))])
+
+    # ----------------------------------------------------------------------------------------------
+    def posterior(self, hiddens: Tensor) -> SpectralGaussian:
+        """The posterior parameters of cell outputs ``hiddens`` ``[.., H]``."""
+        bound = self.log_variance_bound
+        log_variance = bound * torch.tanh(self.log_variance_head(hiddens) / bound)
+        rotation = None
+        if self.skew_head is not None:
+            rotation = cayley(skew_from_lower(self.skew_head(hiddens), self.latent_dim))
+        return SpectralGaussian(self.latent_head(hiddens), log_variance, rotation)
+
+    def sequence(self, inputs: Tensor, state: Tensor, episode_starts: Tensor) -> tuple[BeliefOutput, Tensor]:
+        """See :meth:`Belief.sequence`. Outputs ``[T, B, ..]``: ``mean``, ``precision``,
+        ``precision_cholesky`` (full), ``entropy``, ``kl_to_previous``."""
+        inputs, starts = self._prepare_sequence(inputs, state, episode_starts)
+        parts = self.state_layout.unpack(state)
+        hidden, cell = self._unpack_carry(parts)
+        hiddens, _, final_hidden, final_cell = self.recurrence(
+            self.embedding(inputs), hidden, cell, starts, need_cells=False
+        )
+        current = self.posterior(hiddens)
+
+        with torch.no_grad():
+            carried = self.posterior(hidden)  # q_{t-1} of the first step, unless it is the prior
+            use_prior = starts.clone()
+            use_prior[0] |= parts["started"][:, 0] < 0.5
+            previous = SpectralGaussian(
+                *(
+                    None if now is None else _shift_in_prior(now.detach(), before, use_prior, prior)
+                    for now, before, prior in zip(current, carried, self._prior_values(), strict=True)
+                )
+            )
+        kl = spectral_gaussian_kl(current, previous)
+        latent = self.latent_dim
+        entropy = 0.5 * latent * (1.0 + math.log(2 * math.pi)) + 0.5 * current.log_variance.sum(-1)
+        precision_diagonal = torch.exp(-current.log_variance)
+        if current.rotation is None:
+            output = BeliefOutput(current.mean, precision_diagonal, None, entropy, kl)
+        else:
+            rotation = current.rotation
+            precision = (rotation * precision_diagonal.unsqueeze(-2)) @ rotation.transpose(-2, -1)
+            # In float64: the condition number of Λ reaches exp(2·bound), beyond float32's precision.
+            cholesky = torch.linalg.cholesky_ex(precision.double()).L.to(precision.dtype)
+            output = BeliefOutput(current.mean, precision, cholesky, entropy, kl)
+
+        next_parts = {"hidden": final_hidden, "started": torch.ones_like(parts["started"])}
+        if final_cell is not None:
+            next_parts["cell"] = final_cell
+        return output, self.state_layout.pack(next_parts)
+
+    def _prior_values(self) -> tuple[float, float, Tensor | None]:
+        """The prior ``N(0, I)``'s mean, log-variance and rotation (as broadcastable fill values)."""
+        reference = self._reference_parameter()
+        identity = torch.eye(self.latent_dim, dtype=reference.dtype, device=reference.device)
+        return 0.0, 0.0, (identity if self.covariance == "full" else None)
+
+    # ----------------------------------------------------------------------------------------------
+    def sample(
+        self,
+        output: BeliefOutput,
+        n_samples: int,
+        generator: torch.Generator | None = None,
+        noise: Tensor | None = None,
+    ) -> Tensor:
+        """Reparameterised samples ``z = μ + Σ^{1/2} ε`` ``[n_samples, .., L]``, differentiable through the
+        mean and the covariance (the VRNN learns its covariance through them).
+
+        :param noise: the standard normal ``ε`` ``[n_samples, .., latent_dim]`` to use instead of drawing it.
+        """
+        if output.precision is None:
+            raise ValueError("output has no precision; pass an output of this belief's step/sequence")
+        return gaussian_samples(
+            output.mean, output.precision, output.precision_cholesky, n_samples, generator, noise
+        )
+
+    # The same penalty as the Laplace belief: β · mean KL(q_t ‖ sg q_{t−1}).
+    aux_loss = LaplaceBelief.aux_loss
+
+
+def _shift_in_prior(sequence: Tensor, carry: Tensor, use_prior: Tensor, prior: float | Tensor) -> Tensor:
+    """Previous element of ``sequence`` ``[T, B, *E]`` (``carry`` ``[B, *E]`` before ``t = 0``), replaced by
+    ``prior`` (a scalar or a ``[*E]`` tensor) where ``use_prior`` ``[T, B]``."""
+    shifted = torch.cat([carry.unsqueeze(0), sequence[:-1]], dim=0)
+    mask = use_prior.reshape(*use_prior.shape, *([1] * (sequence.dim() - 2)))
+    prior = torch.as_tensor(prior, dtype=sequence.dtype, device=sequence.device)
+    return torch.where(mask, prior, shifted)

@@ -1,0 +1,299 @@
+"""Stable-Baselines3 features extractors that add a Bayesian task belief to any stock algorithm.
+
+A stock algorithm (``PPO``, ``A2C``, ``SAC``, ``TD3``) has no memory, so the belief is recomputed
+at every step from the trial's recent history, which :class:`~bayes_envs.wrappers.TrialHistoryWrapper`
+puts into the observation::
+
+    import gymnasium as gym
+    from stable_baselines3 import PPO
+    from bayes_envs.wrappers import TrialHistoryWrapper
+    from bayes_agents.extractors import LaplaceExtractor
+
+    env = TrialHistoryWrapper(gym.make("BayesGrid-v0"))          # window = the whole trial
+    PPO("MultiInputPolicy", env, policy_kwargs=dict(
+        features_extractor_class=LaplaceExtractor,
+        features_extractor_kwargs=dict(hidden_size=64, latent_dim=16, window=1),
+    )).learn(10_000)
+
+:class:`BeliefExtractor` runs ``belief.sequence`` over the valid history entries from the belief's
+prior state and outputs ``[observation, belief.policy_input(q_t)]``: the very input the recurrent
+:class:`~bayes_agents.policies.BeliefPolicy` gives its MLP heads, and, while the trial is at most
+``window`` steps old, the very same belief (same weights ⇒ same numbers). Auxiliary belief losses
+(Laplace KL, VariBAD ELBO, GLiBRL marginal likelihood) are trained by
+:class:`~bayes_agents.callbacks.BeliefAuxLossCallback`.
+
+Cost: a step's belief costs ``O(window)`` recurrent steps instead of one; the extractor trims
+each batch to its longest valid history.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.preprocessing import get_flattened_obs_dim
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from torch import Tensor
+
+from bayes_agents.beliefs import Belief, BeliefOutput, InputLayout, LaplaceBelief, RL2Belief
+from bayes_agents.beliefs.glibrl import GLiBRLBelief
+from bayes_agents.beliefs.varibad import VariBADBelief
+from bayes_agents.beliefs.vrnn import VRNNBelief
+from bayes_envs.core import RL2_KEYS
+from bayes_envs.wrappers import HISTORY_KEYS, HISTORY_MASK_KEY, TrialHistory
+
+OBS_KEY = "obs"
+
+
+def _looks_one_hot(space: spaces.Box) -> bool:
+    return space.shape[-1] >= 2 and bool((space.low == 0).all() and (space.high == 1).all())
+
+
+class BeliefExtractor(BaseFeaturesExtractor):
+    """Generic belief extractor; subclasses set :attr:`belief_class` (see the module docstring).
+
+    :param observation_space: the Dict space of :class:`~bayes_envs.wrappers.TrialHistoryWrapper`:
+        ``"obs"``, the ``history_*`` parts of the last ``K`` RL² inputs (valid entries first,
+        zero padding after) and ``"history_mask"`` ``[K]``.
+    :param belief: use this (trained) belief instead of building a fresh one, e.g.
+        ``model.policy.belief`` of a recurrent model; it is deep-copied (SB3 builds one extractor per
+        actor/critic/target network, which must not share modules), and must accept the env's inputs.
+    :param detach_belief: stop the RL gradient at the belief (train it by auxiliary losses only).
+    :param freeze_belief: no gradients for the belief's parameters at all (a fixed, trained belief).
+    :param discrete_actions: whether ``prev_action`` is a one-hot of a ``Discrete`` action; only used
+        by transition-model beliefs (:attr:`needs_input_layout`). ``None`` guesses it from the space
+        (``[0, 1]`` bounds and at least 2 entries); pass it for Box actions bounded in ``[0, 1]``.
+    :param belief_kwargs: the belief's hyper-parameters (``hidden_size``, ``latent_dim``, ...), when
+        ``belief`` is not given.
+
+    ``features_dim = obs_dim + belief.policy_input_dim``.
+    """
+
+    belief_class: ClassVar[type[Belief]]
+    #: Beliefs that split ``x_t`` into its parts (transition models) get ``input_layout=`` too.
+    needs_input_layout: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        belief: Belief | None = None,
+        detach_belief: bool = False,
+        freeze_belief: bool = False,
+        discrete_actions: bool | None = None,
+        **belief_kwargs: Any,
+    ) -> None:
+        if not isinstance(observation_space, spaces.Dict):
+            raise TypeError(
+                f"{type(self).__name__} needs the Dict observation of "
+                f"bayes_envs.wrappers.TrialHistoryWrapper, got {type(observation_space).__name__}"
+            )
+        missing = [
+            key for key in (OBS_KEY, *HISTORY_KEYS, HISTORY_MASK_KEY) if key not in observation_space.spaces
+        ]
+        if missing:
+            raise ValueError(
+                f"the observation lacks the keys {missing}: wrap the env in "
+                "bayes_envs.wrappers.TrialHistoryWrapper"
+            )
+        window = observation_space[HISTORY_MASK_KEY].shape[0]
+        part_sizes = []
+        for key in HISTORY_KEYS:
+            shape = observation_space[key].shape
+            if shape[0] != window:
+                raise ValueError(f"observation_space[{key!r}] must have {window} entries, got shape {shape}")
+            part_sizes.append(int(torch.Size(shape[1:]).numel()))
+        obs_dim = get_flattened_obs_dim(observation_space[OBS_KEY])
+        input_dim = sum(part_sizes)
+        if belief is None:
+            if self.needs_input_layout:
+                if discrete_actions is None:
+                    discrete_actions = _looks_one_hot(observation_space["history_prev_action"])
+                layout = InputLayout(part_sizes[0], part_sizes[1], bool(discrete_actions))
+                belief = self.belief_class(input_dim, input_layout=layout, **belief_kwargs)
+            else:
+                belief = self.belief_class(input_dim, **belief_kwargs)
+        else:
+            if belief_kwargs:
+                raise TypeError(
+                    f"pass either belief or belief keywords, not both (got {sorted(belief_kwargs)})"
+                )
+            if not isinstance(belief, Belief):
+                raise TypeError(f"belief must be a bayes_agents Belief, got {type(belief).__name__}")
+            if belief.input_dim != input_dim:
+                raise ValueError(
+                    f"belief.input_dim must be {input_dim} (the env's RL² input), got {belief.input_dim}"
+                )
+            belief = copy.deepcopy(belief)
+        super().__init__(observation_space, obs_dim + belief.policy_input_dim)
+        self.belief = belief
+        self.window = window
+        self.obs_dim = obs_dim
+        self.input_dim = input_dim
+        self.detach_belief = bool(detach_belief)
+        self.freeze_belief = bool(freeze_belief)
+        if self.freeze_belief:
+            self.belief.requires_grad_(False)
+        #: The (detached) belief of the last forward pass, leading dim ``[N]``.
+        self.last_belief_output: BeliefOutput | None = None
+
+    def history_inputs(self, observations: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """The RL² inputs ``[T, N, input_dim]`` of the histories (time-major, trimmed to the longest
+        valid history ``T <= K``) and the number of valid entries per row ``[N]`` (int64, >= 1)."""
+        mask = observations[HISTORY_MASK_KEY]
+        lengths = (mask > 0.5).sum(dim=1).clamp(min=1)
+        longest = int(lengths.max())
+        parts = [observations[key][:, :longest].flatten(2) for key in HISTORY_KEYS]
+        return torch.cat(parts, dim=2).swapaxes(0, 1), lengths
+
+    def belief_sequence(self, observations: dict[str, Tensor]) -> tuple[BeliefOutput, Tensor]:
+        """Run the belief over each row's history from the prior state.
+
+        :return: the output at every history entry, leading dims ``[T, N]`` (entries past a row's
+            length are padding: ignore them), and the valid-entry mask ``[T, N]`` bool.
+        """
+        inputs, lengths = self.history_inputs(observations)
+        steps, batch = inputs.shape[:2]
+        starts = torch.zeros(steps, batch, dtype=torch.bool, device=inputs.device)
+        starts[0] = True  # valid entries come first, so one reset at entry 0 covers every row
+        state = self.belief.initial_state(batch, device=inputs.device)
+        output, _ = self.belief.sequence(inputs, state, starts)
+        valid = torch.arange(steps, device=inputs.device)[:, None] < lengths[None, :]
+        return output, valid
+
+    def current_inputs(self, observations: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """The RL² input of the current step (each row's last valid entry) ``[N, input_dim]`` and
+        whether that step starts a trial (a history of one entry) ``[N]`` bool."""
+        inputs, lengths = self.history_inputs(observations)
+        rows = torch.arange(lengths.shape[0], device=lengths.device)
+        return inputs[lengths - 1, rows], lengths == 1
+
+    def current_belief(self, observations: dict[str, Tensor]) -> BeliefOutput:
+        """The belief after each row's last valid entry (the current step), leading dim ``[N]``."""
+        output, valid = self.belief_sequence(observations)
+        last = valid.sum(dim=0) - 1
+        rows = torch.arange(last.shape[0], device=last.device)
+        return output.apply(lambda value: value[last, rows])
+
+    def forward(self, observations: dict[str, Tensor]) -> Tensor:
+        """``[N, obs_dim + policy_input_dim]``: the flattened current observation and the belief features."""
+        output = self.current_belief(observations)
+        self.last_belief_output = output.apply(Tensor.detach)
+        belief = self.belief.policy_input(output)
+        if self.detach_belief:
+            belief = belief.detach()
+        return torch.cat([observations[OBS_KEY].flatten(1), belief.to(observations[OBS_KEY].dtype)], dim=1)
+
+
+class RL2Extractor(BeliefExtractor):
+    """RL² belief (recurrent point estimate); keywords of :class:`~bayes_agents.beliefs.RL2Belief`."""
+
+    belief_class = RL2Belief
+
+
+class LaplaceExtractor(BeliefExtractor):
+    """Laplace-VRNN belief (posterior mean as features); keywords of
+    :class:`~bayes_agents.beliefs.LaplaceBelief` (``window`` there is the Jacobian window k, not the
+    history length)."""
+
+    belief_class = LaplaceBelief
+
+
+class VariBADExtractor(BeliefExtractor):
+    """VariBAD belief (features ``[μ_t, log σ_t²]``); keywords of
+    :class:`~bayes_agents.beliefs.varibad.VariBADBelief` (its ``input_layout`` comes from the
+    observation space). Its VAE is trained by :class:`~bayes_agents.callbacks.BeliefAuxLossCallback`."""
+
+    belief_class = VariBADBelief
+    needs_input_layout = True
+
+
+class GLiBRLExtractor(BeliefExtractor):
+    """GLiBRL belief (posterior features of the Bayesian linear regression); keywords of
+    :class:`~bayes_agents.beliefs.glibrl.GLiBRLBelief` (its ``input_layout`` comes from the
+    observation space). Its basis is trained on the marginal likelihood by
+    :class:`~bayes_agents.callbacks.BeliefAuxLossCallback`."""
+
+    belief_class = GLiBRLBelief
+    needs_input_layout = True
+
+
+class VRNNExtractor(BeliefExtractor):
+    """VRNN belief (posterior mean as features); keywords of
+    :class:`~bayes_agents.beliefs.vrnn.VRNNBelief`."""
+
+    belief_class = VRNNBelief
+
+
+class HistoryPredictor:
+    """Recurrent-style ``predict`` for a model trained on :class:`~bayes_envs.wrappers.TrialHistoryWrapper`
+    observations, fed with the plain RL² Dict observations of a ``VecEnv`` (``bayes_envs.make_vec``).
+
+    The "recurrent state" is the batched :class:`~bayes_envs.wrappers.TrialHistory` of the envs, so
+    the model runs on the fast batched envs and fits :func:`bayes_envs.evaluation.evaluate`::
+
+        evaluate(HistoryPredictor(model), "BayesGrid-v0", n_tasks=100)
+
+    :param model: an SB3 model whose observation space is a ``TrialHistoryWrapper`` Dict space.
+    :param name: the name reported by ``evaluate`` (default: the extractor's class name).
+    """
+
+    def __init__(self, model: Any, name: str | None = None) -> None:
+        space = model.observation_space
+        if not isinstance(space, spaces.Dict) or HISTORY_MASK_KEY not in space.spaces:
+            raise TypeError(f"model must be trained on TrialHistoryWrapper observations, got {space}")
+        self.model = model
+        self.window = int(space[HISTORY_MASK_KEY].shape[0])
+        self.part_shapes = {key: tuple(space[f"history_{key}"].shape[1:]) for key in RL2_KEYS}
+        # The extractor that acts: the actor's for SAC/TD3, the shared (or policy) one for PPO/A2C.
+        actor = getattr(model.policy, "actor", None)
+        owner = actor if actor is not None else model.policy
+        extractor = getattr(owner, "pi_features_extractor", None) or getattr(
+            owner, "features_extractor", None
+        )
+        self.extractor = extractor
+        self.name = name or type(extractor).__name__
+
+    @property
+    def last_belief_output(self) -> BeliefOutput | None:
+        """The belief of the last :meth:`predict` (read by :func:`bayes_envs.evaluation.evaluate`)."""
+        return getattr(self.extractor, "last_belief_output", None)
+
+    def predict(
+        self,
+        observation: dict[str, np.ndarray],
+        state: TrialHistory | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, TrialHistory]:
+        """Actions for a batch of RL² Dict observations ``[B, ..]``.
+
+        :param state: the histories returned by the previous call (``None`` at the first call).
+        :param episode_start: ``[B]``; rows where it is set start a new trial (SB3 semantics).
+        :return: the actions and the updated histories.
+        """
+        missing = [key for key in RL2_KEYS if key not in observation]
+        if missing:
+            raise ValueError(
+                f"observation must be the RL² Dict of bayes_envs (rl2_inputs=True), missing {missing}"
+            )
+        batch = np.asarray(observation["obs"]).shape[0]
+        restart = np.ones(batch, bool) if episode_start is None else np.asarray(episode_start, bool)
+        if state is None:
+            state = TrialHistory(batch, self.window, self.part_shapes)
+            restart = np.ones(batch, bool)
+        state.append({key: np.asarray(observation[key]) for key in RL2_KEYS}, restart)
+        actions, _ = self.model.predict(state.observation(observation["obs"]), deterministic=deterministic)
+        return actions, state
+
+
+#: The extractor of each belief method, by the method names of :mod:`bayes_agents.methods`.
+EXTRACTORS: dict[str, type[BeliefExtractor]] = {
+    "rl2": RL2Extractor,
+    "laplace": LaplaceExtractor,
+    "varibad": VariBADExtractor,
+    "glibrl": GLiBRLExtractor,
+    "vrnn": VRNNExtractor,
+}

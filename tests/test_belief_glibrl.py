@@ -1,0 +1,430 @@
+"""GLiBRL belief against closed-form and brute-force references: the batch conjugate posterior, the
+log marginal likelihood (numerical integration over the noise variance), entropy/KL (scipy/torch
+distributions), transition masks, resets, gradients, long-rollout stability and BayesPPO training."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import integrate, stats
+from torch.distributions import Gamma, MultivariateNormal, kl_divergence
+
+import bayes_envs
+from bayes_agents import BayesPPO
+from bayes_agents.beliefs.base import BeliefOutput, InputLayout
+from bayes_agents.beliefs.glibrl import GLiBRLBelief, GLiBRLOutput
+from bayes_agents.policies import GLiBRLPolicy
+
+OBS, ACTION, BASIS = 2, 3, 3
+LAYOUT = InputLayout(obs_dim=OBS, action_dim=ACTION, discrete_actions=False)
+PRIOR = {"prior_precision": 0.7, "prior_noise_concentration": 1.5, "prior_noise_rate": 0.8}
+PPO_KWARGS = {"n_steps": 32, "batch_size": 64, "n_epochs": 2, "seed": 0, "device": "cpu"}
+
+
+def make_belief(dtype=torch.float64, seed: int = 0, **options) -> GLiBRLBelief:
+    torch.manual_seed(seed)
+    options = {"basis_dim": BASIS, "basis_hidden_sizes": (8,), **PRIOR, **options}
+    return GLiBRLBelief(LAYOUT.input_dim, input_layout=LAYOUT, **options).to(dtype)
+
+
+def random_inputs(steps: int, batch: int, seed: int, boundary_rate: float = 0.3, dtype=torch.float64):
+    """RL² inputs with random inner-episode boundaries; ``starts`` only at t = 0."""
+    generator = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(steps, batch, LAYOUT.input_dim, generator=generator, dtype=dtype)
+    inputs[..., -1] = (torch.rand(steps, batch, generator=generator) < boundary_rate).to(dtype)
+    starts = torch.zeros(steps, batch, dtype=torch.bool)
+    starts[0] = True
+    return inputs, starts
+
+
+def stacked_transitions(belief: GLiBRLBelief, inputs: torch.Tensor, row: int):
+    """Φ, Y and the per-output masks of one trial (row ``row``, trial start at t = 0), by a loop."""
+    features, targets, masks = [], [], []
+    with torch.no_grad():
+        for t in range(1, inputs.shape[0]):
+            previous, current = inputs[t - 1, row], inputs[t, row]
+            phi = belief.basis(torch.cat([previous[:OBS], current[OBS : OBS + ACTION]]))
+            features.append(phi.numpy())
+            targets.append(np.append((current[:OBS] - previous[:OBS]).numpy(), current[-2].item()))
+            dynamics = float(current[-1] < 0.5)
+            masks.append([dynamics] * OBS + [1.0])
+    return np.array(features), np.array(targets), np.array(masks, dtype=bool)
+
+
+def batch_posterior(features, targets, masks):
+    """Closed-form NIG posterior of each output from the stacked design (numpy)."""
+    lam, a0, b0 = PRIOR["prior_precision"], PRIOR["prior_noise_concentration"], PRIOR["prior_noise_rate"]
+    result = []
+    for j in range(targets.shape[1]):
+        phi, y = features[masks[:, j]], targets[masks[:, j], j]
+        precision = lam * np.eye(BASIS) + phi.T @ phi
+        mean = np.linalg.solve(precision, phi.T @ y)
+        rate = b0 + 0.5 * (y @ y - mean @ precision @ mean)
+        result.append((mean, precision, a0 + 0.5 * len(y), rate))
+    return result
+
+
+def test_online_posterior_equals_batch_conjugate_posterior():
+    belief = make_belief()
+    inputs, starts = random_inputs(40, 3, seed=1)
+    with torch.no_grad():
+        _, state = belief.sequence(inputs, belief.initial_state(3), starts)
+        posterior = belief.posterior_from_state(state)
+    for row in range(3):
+        features, targets, masks = stacked_transitions(belief, inputs, row)
+        assert 0 < masks[:, 0].sum() < len(masks)  # both kinds of transition occur
+        for j, (mean, precision, concentration, rate) in enumerate(batch_posterior(features, targets, masks)):
+            group = 0 if j < OBS else 1
+            cholesky = posterior.group_precision_cholesky[row, group].numpy()
+            np.testing.assert_allclose(cholesky @ cholesky.T, precision, rtol=1e-10, atol=1e-10)
+            np.testing.assert_allclose(posterior.mean[row, j].numpy(), mean, rtol=1e-8, atol=1e-10)
+            assert posterior.concentration[row, j].item() == pytest.approx(concentration, rel=1e-12)
+            assert posterior.rate[row, j].item() == pytest.approx(rate, rel=1e-9)
+
+
+def test_transition_masks_trial_start_and_inner_episode_boundaries():
+    belief = make_belief()
+    inputs, starts = random_inputs(6, 1, seed=2, boundary_rate=0.0)
+    inputs[3, 0, -1] = 1.0  # an inner-episode boundary: reward fitted, state difference not
+    starts[4, 0] = True  # a trial start: the belief forgets and there is no transition
+    with torch.no_grad():
+        output, state = belief.sequence(inputs, belief.initial_state(1), starts)
+    np.testing.assert_array_equal(output.transition_mask[:, 0].numpy(), [0, 1, 1, 1, 0, 1])
+    counts = belief.state_layout.unpack(state)["count"][0]
+    np.testing.assert_array_equal(counts.numpy(), [1.0, 1.0])  # only step 5 after the reset
+    with torch.no_grad():
+        _, before_reset = belief.sequence(inputs[:4], belief.initial_state(1), starts[:4])
+    np.testing.assert_array_equal(belief.state_layout.unpack(before_reset)["count"][0].numpy(), [2.0, 3.0])
+    # a zero state without an episode start has no previous observation: no transition either
+    with torch.no_grad():
+        output, _ = belief.sequence(inputs[:2], belief.initial_state(1), torch.zeros(2, 1, dtype=torch.bool))
+    np.testing.assert_array_equal(output.transition_mask[:, 0].numpy(), [0, 1])
+
+
+def test_reward_only_transitions_are_permutation_invariant():
+    """Every step an inner-episode boundary (the bandit case): transition t is (obs_{t-1}, a_t, r_t),
+    so re-ordering the (obs, action, reward) triples re-orders the transitions."""
+    belief = make_belief()
+    steps = 12
+    generator = torch.Generator().manual_seed(3)
+    states = torch.randn(steps, OBS, generator=generator, dtype=torch.float64)
+    actions = torch.randn(steps, ACTION, generator=generator, dtype=torch.float64)
+    rewards = torch.randn(steps, generator=generator, dtype=torch.float64)
+
+    def trial(order):
+        rows = [torch.cat([states[order[0]], torch.zeros(ACTION + 1), torch.ones(1)])]
+        for k, index in enumerate(order):
+            next_state = states[order[k + 1]] if k + 1 < len(order) else torch.zeros(OBS)
+            rows.append(torch.cat([next_state, actions[index], rewards[index, None], torch.ones(1)]))
+        inputs = torch.stack(rows).unsqueeze(1).to(torch.float64)
+        starts = torch.zeros(len(rows), 1, dtype=torch.bool)
+        starts[0] = True
+        with torch.no_grad():
+            return belief.sequence(inputs, belief.initial_state(1), starts)
+
+    output, state = trial(list(range(steps)))
+    permuted_output, permuted_state = trial(torch.randperm(steps, generator=generator).tolist())
+    for field in ("mean", "group_precision_cholesky", "noise_concentration", "noise_rate", "entropy"):
+        torch.testing.assert_close(getattr(output, field)[-1], getattr(permuted_output, field)[-1])
+    stats_size = belief.statistics_layout.size
+    torch.testing.assert_close(state[:, :stats_size], permuted_state[:, :stats_size])
+    # the chain-rule increments differ, their sum (the log marginal likelihood) does not
+    assert not torch.allclose(output.log_marginal_increment, permuted_output.log_marginal_increment)
+    torch.testing.assert_close(
+        output.log_marginal_increment.sum(),
+        permuted_output.log_marginal_increment.sum(),
+        rtol=1e-12,
+        atol=1e-12,
+    )
+
+
+def brute_force_log_evidence(features, targets, masks) -> float:
+    """Σ_j log ∫ N(y_j; 0, σ²(I + ΦΦᵀ/λ)) InvGamma(σ²; a₀, b₀) dσ² by quadrature over log σ²."""
+    lam, a0, b0 = PRIOR["prior_precision"], PRIOR["prior_noise_concentration"], PRIOR["prior_noise_rate"]
+    total = 0.0
+    for j in range(targets.shape[1]):
+        phi, y = features[masks[:, j]], targets[masks[:, j], j]
+        kernel = np.eye(len(y)) + phi @ phi.T / lam
+        _, log_det_kernel = np.linalg.slogdet(kernel)
+        mahalanobis, count = y @ np.linalg.solve(kernel, y), len(y)
+
+        def log_integrand(log_variance, n=count, log_det_kernel=log_det_kernel, mahalanobis=mahalanobis):
+            variance = math.exp(log_variance)
+            log_normal = -0.5 * (
+                n * math.log(2 * math.pi * variance) + log_det_kernel + mahalanobis / variance
+            )
+            log_inverse_gamma = a0 * math.log(b0) - math.lgamma(a0) - (a0 + 1) * log_variance - b0 / variance
+            return log_normal + log_inverse_gamma + log_variance  # dσ² = σ² d log σ²
+
+        peak = max(log_integrand(u) for u in np.linspace(-15, 10, 501))
+        value, _ = integrate.quad(
+            lambda u, peak=peak: math.exp(log_integrand(u) - peak), -15, 10, limit=200, epsabs=0, epsrel=1e-10
+        )
+        total += peak + math.log(value)
+    return total
+
+
+def test_log_marginal_likelihood_matches_brute_force():
+    belief = make_belief()
+    inputs, starts = random_inputs(6, 2, seed=4, boundary_rate=0.4)
+    inputs[2, :, -1] = 1.0
+    with torch.no_grad():
+        output, state = belief.sequence(inputs, belief.initial_state(2), starts)
+        closed_form = belief.log_marginal_likelihood(state)
+    chain_rule = output.log_marginal_increment.sum(0)
+    torch.testing.assert_close(chain_rule, closed_form, rtol=1e-10, atol=1e-10)
+    for row in range(2):
+        reference = brute_force_log_evidence(*stacked_transitions(belief, inputs, row))
+        assert chain_rule[row].item() == pytest.approx(reference, abs=1e-6)
+    # the per-transition loss is the negative log evidence over the number of transitions
+    loss = belief.aux_loss(output)
+    assert loss.item() == pytest.approx(-closed_form.sum().item() / output.transition_mask.sum().item())
+    weighted = make_belief(model_loss_weight=0.25)
+    with torch.no_grad():
+        weighted_output, _ = weighted.sequence(inputs, weighted.initial_state(2), starts)
+    assert weighted.aux_loss(weighted_output).item() == pytest.approx(0.25 * loss.item())
+
+
+def nig_components(output: GLiBRLOutput, index, j: int):
+    group = 0 if j < OBS else 1
+    cholesky = output.group_precision_cholesky[index][group]
+    mean = output.mean[index].view(OBS + 1, BASIS)[j]
+    return mean, cholesky @ cholesky.T, output.noise_concentration[index][j], output.noise_rate[index][j]
+
+
+def test_entropy_and_kl_match_numerical_references():
+    belief = make_belief()
+    inputs, starts = random_inputs(5, 1, seed=5)
+    with torch.no_grad():
+        output, _ = belief.sequence(inputs, belief.initial_state(1), starts)
+    for t in (1, 4):
+        entropy, kl = 0.0, 0.0
+        for j in range(OBS + 1):
+            mean, precision, a, b = nig_components(output, (t, 0), j)
+            mean_prev, precision_prev, a_prev, b_prev = nig_components(output, (t - 1, 0), j)
+            covariance = torch.linalg.inv(precision)
+
+            def gaussian_entropy(variance, mean=mean, covariance=covariance):
+                return MultivariateNormal(mean, covariance_matrix=variance * covariance).entropy().item()
+
+            def gaussian_kl(
+                variance, mean=mean, covariance=covariance, mean_prev=mean_prev, precision_prev=precision_prev
+            ):
+                current = MultivariateNormal(mean, covariance_matrix=variance * covariance)
+                before = MultivariateNormal(
+                    mean_prev, covariance_matrix=variance * torch.linalg.inv(precision_prev)
+                )
+                return kl_divergence(current, before).item()
+
+            noise = stats.invgamma(a.item(), scale=b.item())
+            entropy += noise.entropy() + noise.expect(gaussian_entropy)
+            # KL of the inverse gammas = KL of the gammas of the precisions 1/σ²
+            kl += kl_divergence(Gamma(a, b), Gamma(a_prev, b_prev)).item() + noise.expect(gaussian_kl)
+        assert output.entropy[t, 0].item() == pytest.approx(entropy, rel=1e-6)
+        assert output.kl_to_previous[t, 0].item() == pytest.approx(kl, rel=1e-6)
+    assert output.kl_to_previous[0, 0].item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_zero_state_is_the_prior():
+    belief = make_belief()
+    lam, a0, b0 = PRIOR["prior_precision"], PRIOR["prior_noise_concentration"], PRIOR["prior_noise_rate"]
+    posterior = belief.posterior_from_state(belief.initial_state(2))
+    assert torch.count_nonzero(posterior.mean) == 0
+    cholesky = posterior.group_precision_cholesky
+    torch.testing.assert_close(
+        cholesky @ cholesky.mT, lam * torch.eye(BASIS, dtype=torch.float64).expand(2, 2, -1, -1)
+    )
+    assert torch.all(posterior.concentration == a0) and torch.all(posterior.rate == b0)
+    torch.testing.assert_close(
+        belief.log_marginal_likelihood(belief.initial_state(2)), torch.zeros(2, dtype=torch.float64)
+    )
+    inputs, starts = random_inputs(1, 2, seed=6)
+    output, _ = belief.step(inputs[0], belief.initial_state(2), starts[0])
+    prior_entropy = (OBS + 1) * (
+        stats.invgamma(a0, scale=b0).entropy()
+        + 0.5 * BASIS * math.log(2 * math.pi * math.e / lam)
+        + 0.5 * BASIS * (math.log(b0) - float(torch.digamma(torch.tensor(a0, dtype=torch.float64))))
+    )
+    torch.testing.assert_close(output.entropy, torch.full((2,), prior_entropy, dtype=torch.float64))
+    assert torch.all(output.log_marginal_increment == 0) and torch.all(output.kl_to_previous.abs() < 1e-12)
+
+
+def test_sequence_equals_loop_of_step_with_resets():
+    belief = make_belief()
+    steps, batch = 30, 4
+    inputs, _ = random_inputs(steps, batch, seed=7)
+    starts = torch.rand(steps, batch, generator=torch.Generator().manual_seed(8)) < 0.15
+    with torch.no_grad():
+        # a carried-in state from an earlier trial (every step of it a trial start but the last)
+        _, carried = belief.sequence(
+            inputs[:5], belief.initial_state(batch), (torch.arange(5)[:, None] < 4).expand(5, batch)
+        )
+        output, final = belief.sequence(inputs, carried, starts)
+        looped, state = [], carried
+        for t in range(steps):
+            step_output, state = belief.step(inputs[t], state, starts[t])
+            looped.append(step_output)
+        # splitting the sequence anywhere gives the same result
+        first, middle = belief.sequence(inputs[:13], carried, starts[:13])
+        second, end = belief.sequence(inputs[13:], middle, starts[13:])
+    torch.testing.assert_close(final, state, rtol=1e-10, atol=1e-10)
+    for name, value in vars(output).items():
+        torch.testing.assert_close(value, torch.stack([getattr(o, name) for o in looped]), msg=name)
+    torch.testing.assert_close(end, final)
+    torch.testing.assert_close(torch.cat([first.mean, second.mean]), output.mean)
+
+
+def test_gradients_reach_the_basis_only_through_the_model_loss():
+    belief = make_belief()
+    inputs, starts = random_inputs(10, 2, seed=9)
+    output, _ = belief.sequence(inputs, belief.initial_state(2), starts)
+    assert not belief.policy_input(output).requires_grad  # detached by default
+    belief.aux_loss(output).backward()
+    for name, parameter in belief.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    attached = make_belief(detach_policy_input=False)
+    output, _ = attached.sequence(inputs, attached.initial_state(2), starts)
+    attached.policy_input(output).square().sum().backward()
+    assert all(p.grad.abs().sum() > 0 for p in attached.parameters())
+
+
+def test_policy_input_and_sampling():
+    belief = make_belief()
+    inputs, starts = random_inputs(8, 2, seed=10)
+    with torch.no_grad():
+        output, _ = belief.sequence(inputs, belief.initial_state(2), starts)
+    features = belief.policy_input(output)
+    assert features.shape == (8, 2, belief.policy_input_dim)
+    t, row = 6, 1
+    covariance = torch.linalg.inv(output.dense_precision()[t, row])
+    cholesky = output.group_precision_cholesky[t, row]
+    expected_log_diag = torch.cat([torch.linalg.inv(c @ c.T).diagonal().log() for c in cholesky])
+    expected = torch.cat(
+        [
+            output.mean[t, row],
+            expected_log_diag,
+            (output.noise_rate / output.noise_concentration)[t, row].log(),
+        ]
+    )
+    torch.testing.assert_close(features[t, row], expected)
+    torch.testing.assert_close(output.precision_cholesky @ output.precision_cholesky.mT, output.precision)
+    samples = belief.sample(
+        output.apply(lambda x: x[t, row]), 40_000, generator=torch.Generator().manual_seed(0)
+    )
+    torch.testing.assert_close(
+        samples.mean(0), output.mean[t, row], atol=0.05 * covariance.diagonal().sqrt().max().item(), rtol=0
+    )
+    torch.testing.assert_close(
+        torch.cov(samples.T), covariance, atol=0.05 * covariance.diagonal().max().item(), rtol=0
+    )
+
+
+def test_long_rollout_stays_finite_and_positive_definite():
+    steps = 2000
+    belief32 = make_belief(dtype=torch.float32, seed=11, basis_dim=8)
+    belief64 = make_belief(dtype=torch.float64, seed=11, basis_dim=8)
+    inputs, starts = random_inputs(steps, 2, seed=12, boundary_rate=0.05, dtype=torch.float64)
+    inputs[..., -2] = -40 * torch.rand(steps, 2, dtype=torch.float64)  # FourierRegression-sized rewards
+    with torch.no_grad():
+        state = belief32.initial_state(2)
+        for begin in range(0, steps, 100):  # as PPO rollouts: chunks with the state carried over
+            output, state = belief32.sequence(
+                inputs[begin : begin + 100].float(), state, starts[begin : begin + 100]
+            )
+            for name, value in vars(output).items():
+                assert torch.isfinite(value).all(), name
+        _, state64 = belief64.sequence(inputs, belief64.initial_state(2), starts)
+    assert torch.isfinite(state).all()
+    assert torch.linalg.eigvalsh(output.precision[-1].double()).min() > 0
+    assert torch.all(output.noise_rate >= PRIOR["prior_noise_rate"])
+    reference = belief64.posterior_from_state(state64)
+    posterior = belief32.posterior_from_state(state)
+    torch.testing.assert_close(posterior.mean.double(), reference.mean, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(posterior.rate.double(), reference.rate, rtol=1e-3, atol=0)
+
+
+def rollout_actions(model, env_id: str, n_envs: int = 3, seed: int = 5) -> np.ndarray:
+    venv = bayes_envs.make_vec(env_id, n_envs, seed=seed, monitor=False)
+    obs, state, start, actions = venv.reset(), None, np.ones(n_envs, bool), []
+    for _ in range(70):
+        action, state = model.predict(obs, state=state, episode_start=start, deterministic=True)
+        obs, _, start, _ = venv.step(action)
+        actions.append(action)
+    return np.array(actions)
+
+
+@pytest.mark.parametrize("env_id", ["BayesGrid-v0", "BayesBandit-v0", "FourierRegression-v0"])
+def test_bayes_ppo_learn_save_load_predict(env_id, tmp_path):
+    kwargs = {"basis_dim": 4, "basis_hidden_sizes": (16,), "net_arch": [16]}
+    model = BayesPPO(GLiBRLPolicy, bayes_envs.make_vec(env_id, 4, seed=0), policy_kwargs=kwargs, **PPO_KWARGS)
+    basis_before = [p.detach().clone() for p in model.policy.belief.basis.parameters()]
+    model.learn(128)
+    logged = model.logger.name_to_value
+    assert np.isfinite(logged["belief/aux_loss"]) and logged["belief/kl_to_previous"] >= 0
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(basis_before, model.policy.belief.basis.parameters(), strict=True)
+    )
+    before = rollout_actions(model, env_id)
+    model.save(tmp_path / "model.zip")
+    loaded = BayesPPO.load(tmp_path / "model.zip", device="cpu")
+    assert type(loaded.policy) is GLiBRLPolicy and loaded.policy.belief.basis_dim == 4
+    np.testing.assert_array_equal(rollout_actions(loaded, env_id), before)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"basis_dim": 0}, "basis_dim"),
+        ({"basis_hidden_sizes": (8, 0)}, "basis_hidden_sizes"),
+        ({"basis_hidden_sizes": 8}, "basis_hidden_sizes"),
+        ({"prior_precision": 0.0}, "prior_precision"),
+        ({"prior_noise_concentration": -1.0}, "prior_noise_concentration"),
+        ({"prior_noise_rate": float("nan")}, "prior_noise_rate"),
+        ({"model_loss_weight": -0.5}, "model_loss_weight"),
+        ({"detach_policy_input": "yes"}, "detach_policy_input"),
+    ],
+)
+def test_bad_kwargs_raise_value_error(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make_belief(**kwargs)
+    with pytest.raises(ValueError, match=message):
+        BayesPPO(GLiBRLPolicy, bayes_envs.make_vec("BayesBandit-v0", 1), policy_kwargs=kwargs, device="cpu")
+
+
+def test_bad_construction_and_inputs():
+    with pytest.raises(ValueError, match="input_dim"):
+        GLiBRLBelief(LAYOUT.input_dim + 1, input_layout=LAYOUT)
+    with pytest.raises(TypeError, match="input_layout"):
+        GLiBRLBelief(LAYOUT.input_dim, input_layout=(OBS, ACTION))
+    with pytest.raises(ValueError, match="n_samples"):
+        BayesPPO(
+            GLiBRLPolicy,
+            bayes_envs.make_vec("BayesBandit-v0", 1),
+            policy_kwargs={"n_samples": 1},
+            device="cpu",
+        )
+    belief = make_belief()
+    with pytest.raises(TypeError, match="GLiBRLOutput"):
+        belief.aux_loss(BeliefOutput(mean=torch.zeros(2, belief.latent_dim)))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_cuda_learn_and_predict():
+    kwargs = {"basis_dim": 4, "basis_hidden_sizes": (16,), "net_arch": [16]}
+    model = BayesPPO(
+        GLiBRLPolicy,
+        bayes_envs.make_vec("BayesGrid-v0", 4, seed=0),
+        policy_kwargs=kwargs,
+        n_steps=32,
+        batch_size=64,
+        n_epochs=1,
+        device="cuda",
+    )
+    model.learn(128)
+    assert next(model.policy.belief.parameters()).is_cuda
+    assert np.isfinite(model.logger.name_to_value["belief/aux_loss"])
+    rollout_actions(model, "BayesGrid-v0")

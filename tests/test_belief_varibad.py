@@ -1,0 +1,367 @@
+"""VariBAD belief against independent references: ELBO terms (explicit loops with torch.distributions),
+KL/entropy (closed form), resets only at trial starts, sequence == step loop, the trial buffer, VAE
+training, and the policy under BayesPPO (learn, save/load/predict)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
+
+import bayes_envs
+from bayes_agents import BayesPPO
+from bayes_agents.beliefs import InputLayout
+from bayes_agents.beliefs.varibad import VariBADBelief, diagonal_gaussian_kl
+from bayes_agents.policies import VariBADPolicy
+
+GRID = InputLayout(obs_dim=2, action_dim=5, discrete_actions=True)
+SMALL = {"latent_dim": 3, "hidden_size": 8, "reward_decoder_sizes": (6,)}
+GRID_KWARGS = {**SMALL, "reward_decoder": "per_state", "grid_size": 5}
+
+
+def make_belief(layout: InputLayout = GRID, seed: int = 0, **kwargs) -> VariBADBelief:
+    torch.manual_seed(seed)
+    belief = VariBADBelief(layout.input_dim, input_layout=layout, **kwargs).double()
+    with torch.no_grad():  # larger weights than the default init: posteriors that move
+        for parameter in belief.parameters():
+            parameter.mul_(2.0)
+    return belief
+
+
+def grid_trials() -> tuple[torch.Tensor, torch.Tensor]:
+    """Two hand-made grid trials (lengths 4 and 3), padded to ``[4, 2, 9]``.
+
+    Trial 0: start (0,0); right → (1,0) r=−0.1; up → (1,1) r=−0.1 *inner-episode boundary* (obs back
+    at (0,0)); right → (1,0) r=+1. Trial 1: start; up → (0,1) r=+1; right → (1,1) r=−0.1.
+    """
+
+    def step(x: int, y: int, action: int | None, reward: float, new_episode: float) -> list[float]:
+        one_hot = [0.0] * 5
+        if action is not None:
+            one_hot[action] = 1.0
+        return [x, y, *one_hot, reward, new_episode]
+
+    trial0 = [
+        step(0, 0, None, 0.0, 1.0),
+        step(1, 0, 2, -0.1, 0.0),
+        step(0, 0, 1, -0.1, 1.0),
+        step(1, 0, 2, 1.0, 0.0),
+    ]
+    trial1 = [step(0, 0, None, 0.0, 1.0), step(0, 1, 1, 1.0, 0.0), step(1, 1, 2, -0.1, 0.0), [0.0] * 9]
+    inputs = torch.tensor([trial0, trial1], dtype=torch.float64).transpose(0, 1)
+    return inputs, torch.tensor([4, 3])
+
+
+def posteriors_by_steps(belief: VariBADBelief, inputs: torch.Tensor, length: int) -> list[Normal]:
+    """q_0 = N(0, I) and the posterior after each step, from a loop of ``step`` on one trial."""
+    state = belief.initial_state(1)
+    posteriors = [Normal(torch.zeros(belief.latent_dim, dtype=torch.float64), 1.0)]
+    for t in range(length):
+        output, state = belief.step(inputs[t : t + 1], state, torch.tensor([t == 0]))
+        posteriors.append(Normal(output.mean[0], output.precision[0].rsqrt()))
+    return posteriors
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        GRID_KWARGS,
+        {**SMALL, "reward_decoder": "bernoulli", "reward_decoder_inputs": ("action",), "kl_weight": 0.3},
+        {**SMALL, "reward_decoder": "gaussian", "state_decoder": True, "kl_weight": 0.5},
+    ],
+    ids=["per_state", "bernoulli_on_action", "gaussian_with_state_decoder"],
+)
+def test_elbo_terms_match_hand_computation(kwargs) -> None:
+    belief = make_belief(**kwargs)
+    inputs, lengths = grid_trials()
+    noise = torch.randn(
+        5, 2, belief.latent_dim, dtype=torch.float64, generator=torch.Generator().manual_seed(1)
+    )
+    terms = belief.elbo(inputs, lengths, noise=noise)
+    assert terms.reconstruction.shape == terms.kl.shape == (5, 2)
+    expected_elbo = []
+    with torch.no_grad():
+        for n in range(2):
+            length = int(lengths[n])
+            trial = inputs[:length, n]
+            posteriors = posteriors_by_steps(belief, trial, length)
+            for j in range(length + 1):
+                latent = posteriors[j].mean + posteriors[j].stddev * noise[j, n]
+                log_likelihood = torch.zeros((), dtype=torch.float64)
+                for t in range(1, length):
+                    state, next_state = trial[t - 1, :2], trial[t, :2]
+                    action, reward, boundary = trial[t, 2:7], trial[t, 7], trial[t, 8] > 0.5
+                    decoder = belief.reward_decoder
+                    if decoder == "per_state" and not boundary:
+                        cell = int(next_state[0]) * 5 + int(next_state[1])
+                        log_likelihood += Bernoulli(logits=belief.reward_net(latent)[cell]).log_prob(
+                            (reward > 0.5).double()
+                        )
+                    elif decoder == "bernoulli":  # conditioned on (m, a): boundaries stay valid
+                        logit = belief.reward_net(torch.cat([latent, action]))[0]
+                        log_likelihood += Bernoulli(logits=logit).log_prob((reward > 0.5).double())
+                    elif decoder == "gaussian" and not boundary:
+                        mean = belief.reward_net(torch.cat([latent, state, action, next_state]))[0]
+                        log_likelihood += Normal(mean, 1.0).log_prob(reward)
+                    if belief.state_net is not None and not boundary:
+                        predicted = belief.state_net(torch.cat([latent, state, action]))
+                        log_likelihood += Normal(predicted, 1.0).log_prob(next_state).sum()
+                kl = (
+                    torch.zeros((), dtype=torch.float64)
+                    if j == 0
+                    else kl_divergence(Independent(posteriors[j], 1), Independent(posteriors[j - 1], 1))
+                )
+                torch.testing.assert_close(terms.reconstruction[j, n], log_likelihood)
+                torch.testing.assert_close(terms.kl[j, n], kl)
+                assert bool(terms.mask[j, n])
+                expected_elbo.append(log_likelihood - belief.kl_weight * kl)
+    assert not bool(terms.mask[4, 1])  # prefix beyond trial 1's end
+    torch.testing.assert_close(terms.elbo, torch.stack(expected_elbo).mean())
+    torch.testing.assert_close(terms.loss, -terms.elbo)
+
+
+def test_kl_entropy_closed_form_and_sequence_equals_step_loop() -> None:
+    belief = make_belief(**GRID_KWARGS)
+    generator = torch.Generator().manual_seed(3)
+    steps, batch = 12, 3
+    inputs = torch.randn(steps, batch, GRID.input_dim, dtype=torch.float64, generator=generator)
+    starts = torch.rand(steps, batch, generator=generator) < 0.25
+    starts[0, 0] = True
+    state = torch.randn(batch, belief.state_size, dtype=torch.float64, generator=generator)
+    output, final = belief.sequence(inputs, state, starts)
+    looped_state, previous = state, None
+    for t in range(steps):
+        step_output, looped_state = belief.step(inputs[t], looped_state, starts[t])
+        for name in ("mean", "precision", "entropy", "kl_to_previous"):
+            torch.testing.assert_close(getattr(output, name)[t], getattr(step_output, name))
+        q = Independent(Normal(step_output.mean, step_output.precision.rsqrt()), 1)
+        torch.testing.assert_close(step_output.entropy, q.entropy())
+        if previous is None:  # previous posterior of the carried-in state: its hidden's head
+            carried = belief.encoder.latent_head(state).chunk(2, dim=-1)
+            previous = (carried[0], carried[1].exp().sqrt())
+        prior = (torch.zeros_like(step_output.mean), torch.ones_like(step_output.mean))
+        p_mean = torch.where(starts[t, :, None], prior[0], previous[0])
+        p_std = torch.where(starts[t, :, None], prior[1], previous[1])
+        reference = kl_divergence(q, Independent(Normal(p_mean, p_std), 1))
+        torch.testing.assert_close(step_output.kl_to_previous, reference)
+        previous = (step_output.mean, step_output.precision.rsqrt())
+    torch.testing.assert_close(final, looped_state)
+    # the helper itself against torch.distributions, with gradients through both arguments
+    a, b = torch.randn(2, 4, 6, dtype=torch.float64, generator=generator).unbind(0)
+    c, d = torch.randn(2, 4, 6, dtype=torch.float64, generator=generator).unbind(0)
+    expected = kl_divergence(
+        Independent(Normal(a, (b / 2).exp()), 1), Independent(Normal(c, (d / 2).exp()), 1)
+    )
+    torch.testing.assert_close(diagonal_gaussian_kl(a, b, c, d), expected)
+
+
+def test_zero_state_is_the_prior_and_resets_happen_only_at_trial_starts() -> None:
+    belief = make_belief(**GRID_KWARGS)
+    inputs, _ = grid_trials()
+    trial = inputs[:, :1]  # [4, 1, 9] with an inner-episode boundary (new_episode = 1) at t = 2
+    zero = belief.initial_state(1)
+    with_start, _ = belief.sequence(trial, zero, torch.tensor([[True], [False], [False], [False]]))
+    without_start, _ = belief.sequence(trial, zero, torch.zeros(4, 1, dtype=torch.bool))
+    torch.testing.assert_close(with_start.mean, without_start.mean)  # zero state == reset state
+    # KL of the first posterior is to N(0, I)
+    q0 = Independent(Normal(with_start.mean[0], with_start.precision[0].rsqrt()), 1)
+    prior = Independent(Normal(torch.zeros_like(with_start.mean[0]), 1.0), 1)
+    torch.testing.assert_close(with_start.kl_to_previous[0], kl_divergence(q0, prior))
+    assert belief.policy_input(with_start).shape == (4, 1, 2 * belief.latent_dim)
+    # The inner-episode boundary keeps the posterior's memory: the suffix from a fresh state differs.
+    fresh, _ = belief.sequence(trial[2:], zero, torch.tensor([[True], [False]]))
+    assert (fresh.mean - with_start.mean[2:]).abs().max() > 1e-3
+    # An SB3 episode (trial) start does reset it.
+    restarted, _ = belief.sequence(trial, zero, torch.tensor([[True], [False], [True], [False]]))
+    torch.testing.assert_close(restarted.mean[2:], fresh.mean)
+
+
+def test_trial_buffer_joins_trials_across_rollouts_and_drops_leading_fragments() -> None:
+    belief = make_belief(**GRID_KWARGS, buffer_trials=3)
+    steps = torch.arange(20, dtype=torch.float32)[:, None].expand(20, GRID.input_dim)
+    inputs = torch.stack([steps, 100 + steps])  # [2 envs, 20 steps, D]
+    starts = np.zeros((2, 20), bool)
+    starts[0, [0, 7, 15]] = True
+    starts[1, [4, 12]] = True  # env 1's steps 0..3 precede any trial start: dropped
+    assert belief.add_trials(inputs[:, :10], starts[:, :10]) == 1  # env 0: [0, 7)
+    assert belief.add_trials(inputs[:, 10:], starts[:, 10:]) == 2  # env 0: [7, 15), env 1: [4, 12)
+    stored = sorted((int(trial[0, 0]), len(trial)) for trial in belief._trial_buffer)
+    assert stored == [(0, 7), (7, 8), (104, 8)]
+    assert belief.add_trials(inputs[:, :3], np.ones((2, 3), bool)) == 2 + 4  # partials + 4 single steps
+    # a ring of the latest 3: env 1's completed partial [12, 20) and its two single-step trials
+    assert belief.buffered_trials == 3
+    padded, lengths = belief.sample_trials(10)
+    assert padded.shape == (8, 3, GRID.input_dim) and sorted(lengths.tolist()) == [1, 1, 8]
+    assert sorted(int(trial[0, 0]) for trial in belief._trial_buffer) == [100, 101, 112]
+    # a trial start right after the rollout completes the running trial at once
+    assert belief.add_trials(inputs[:, 3:5], np.zeros((2, 2), bool), next_starts=np.array([True, False])) == 1
+    assert belief._trial_buffer[belief._buffer_next - 1][:, 0].tolist() == [2.0, 3.0, 4.0]
+    assert 0 not in belief._partial_trials and len(belief._partial_trials[1]) == 3
+
+
+def test_subsampled_elbo_is_unbiased_and_full_when_large() -> None:
+    belief = make_belief(**GRID_KWARGS)
+    inputs, lengths = grid_trials()
+    noise = torch.randn(
+        5, 2, belief.latent_dim, dtype=torch.float64, generator=torch.Generator().manual_seed(2)
+    )
+    full = belief.elbo(inputs, lengths, noise=noise)
+    belief.decodes_per_elbo = 1
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        draws = torch.stack(
+            [
+                belief.elbo(inputs, lengths, noise=noise, generator=generator).reconstruction
+                for _ in range(400)
+            ]
+        )
+    # trial 0 has 2 valid per-cell targets (one is a boundary), trial 1 has 2: a 2-point average
+    torch.testing.assert_close(draws.mean(0), full.reconstruction.detach(), atol=0.15, rtol=0.05)
+    assert draws.std(0).max() > 1e-3
+    belief.decodes_per_elbo, belief.elbo_times = 50, 2
+    few = belief.elbo(inputs, lengths, noise=noise[:2], generator=generator)
+    assert few.reconstruction.shape == (2, 2)
+    for k in range(2):
+        for n in range(2):
+            j = int(few.prefix_index[k, n])
+            assert j <= int(lengths[n])
+            assert abs(float(few.kl[k, n].detach() - full.kl[j, n].detach())) < 1e-9
+
+
+def collect(env_id: str, policy_kwargs: dict, timesteps: int = 480) -> BayesPPO:
+    venv = bayes_envs.make_vec(env_id, 4, seed=0)
+    model = BayesPPO(
+        VariBADPolicy,
+        venv,
+        policy_kwargs=policy_kwargs,
+        n_steps=60,
+        batch_size=120,
+        n_epochs=1,
+        seed=0,
+        device="cpu",
+    )
+    model.learn(timesteps)
+    return model
+
+
+def test_vae_training_improves_the_elbo_on_a_fixed_batch() -> None:
+    model = collect("BayesGrid-v0", {**GRID_KWARGS, "vae_lr": 1e-2})
+    belief = model.policy.belief
+    assert belief.buffered_trials == 480 // 60  # every trial of 60 steps, the last ones included
+    inputs, lengths = belief.sample_trials(8, torch.Generator().manual_seed(0))
+    noise = torch.randn(61, 8, belief.latent_dim, generator=torch.Generator().manual_seed(0))
+    decoder_before = [p.detach().clone() for p in belief.reward_net.parameters()]
+    with torch.no_grad():
+        before = float(belief.elbo(inputs, lengths, noise=noise).elbo)
+    optimizer = belief.vae_optimizer()
+    for _ in range(15):
+        optimizer.zero_grad()
+        belief.elbo(inputs, lengths, noise=noise).loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        after = float(belief.elbo(inputs, lengths, noise=noise).elbo)
+    assert after > before + 1.0, (before, after)
+    assert any(
+        not torch.equal(a, b) for a, b in zip(decoder_before, belief.reward_net.parameters(), strict=True)
+    )
+
+
+@pytest.mark.parametrize(
+    ("env_id", "kwargs"),
+    [
+        ("BayesGrid-v0", GRID_KWARGS),
+        ("BayesBandit-v0", {**SMALL, "reward_decoder": "per_action"}),
+        ("FourierRegression-v0", {**SMALL, "state_decoder": True, "elbo_times": 5, "decodes_per_elbo": 7}),
+    ],
+)
+def test_bayes_ppo_trains_the_vae_and_round_trips(env_id, kwargs, tmp_path) -> None:
+    venv = bayes_envs.make_vec(env_id, 4, seed=0)
+    model = BayesPPO(
+        VariBADPolicy, venv, policy_kwargs=kwargs, n_steps=60, batch_size=120, n_epochs=1, seed=0
+    )
+    belief = model.policy.belief
+    decoder_before = [p.detach().clone() for p in belief.reward_net.parameters()]
+    encoder_before = [p.detach().clone() for p in belief.encoder.parameters()]
+    model.learn(240)
+    assert belief.buffered_trials >= 4
+    assert np.isfinite(model.logger.name_to_value["vae/elbo"])
+    for before, parameters in [(decoder_before, belief.reward_net), (encoder_before, belief.encoder)]:
+        assert any(not torch.equal(a, b) for a, b in zip(before, parameters.parameters(), strict=True))
+
+    def actions(agent) -> np.ndarray:
+        env = bayes_envs.make_vec(env_id, 2, seed=7, monitor=False)
+        obs, state, start, taken = env.reset(), None, np.ones(2, bool), []
+        for _ in range(65):
+            action, state = agent.predict(obs, state=state, episode_start=start, deterministic=True)
+            obs, _, start, _ = env.step(action)
+            taken.append(action)
+        return np.array(taken)
+
+    expected = actions(model)
+    model.save(tmp_path / "varibad.zip")
+    loaded = BayesPPO.load(tmp_path / "varibad.zip", device="cpu")
+    assert (
+        type(loaded.policy) is VariBADPolicy and loaded.policy.belief.reward_decoder == belief.reward_decoder
+    )
+    np.testing.assert_array_equal(actions(loaded), expected)
+
+
+def test_rl_loss_reaches_the_encoder_only_with_backprop_rl_loss() -> None:
+    inputs = torch.randn(5, 2, GRID.input_dim, dtype=torch.float64)
+    starts = torch.zeros(5, 2, dtype=torch.bool)
+    for backprop in (False, True):
+        belief = make_belief(**GRID_KWARGS, backprop_rl_loss=backprop)
+        output, _ = belief.sequence(inputs, belief.initial_state(2), starts)
+        features = belief.policy_input(output)
+        assert features.requires_grad is backprop
+        if backprop:
+            features.sum().backward()
+            assert belief.encoder.cell.weight_hh.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"latent_dim": 0},
+        {"hidden_size": -1},
+        {"reward_decoder": "mlp"},
+        {"reward_decoder": "per_state"},  # no grid_size
+        {"reward_decoder": "gaussian", "grid_size": 5},
+        {"reward_decoder_inputs": ("state", "reward")},
+        {"reward_decoder_inputs": ("state", "state")},
+        {"kl_weight": -0.1},
+        {"vae_lr": 0.0},
+        {"vae_updates_per_ppo_update": 0},
+        {"buffer_trials": 0},
+        {"elbo_times": 0},
+        {"decodes_per_elbo": -2},
+        {"reward_decoder_sizes": (8, 0)},
+        {"state_decoder_sizes": (-1,)},
+    ],
+)
+def test_bad_keywords_raise_value_error(kwargs) -> None:
+    with pytest.raises(ValueError):
+        VariBADBelief(GRID.input_dim, input_layout=GRID, **kwargs)
+
+
+def test_bad_inputs_raise() -> None:
+    with pytest.raises(ValueError, match="input_dim"):
+        VariBADBelief(GRID.input_dim + 1, input_layout=GRID)
+    continuous = InputLayout(obs_dim=3, action_dim=1, discrete_actions=False)
+    with pytest.raises(ValueError, match="per_action"):
+        VariBADBelief(continuous.input_dim, input_layout=continuous, reward_decoder="per_action")
+    with pytest.raises(TypeError):
+        VariBADBelief(GRID.input_dim, input_layout=(2, 5, True))
+    belief = make_belief(**GRID_KWARGS)
+    inputs, lengths = grid_trials()
+    with pytest.raises(ValueError, match="integer observations"):
+        belief.elbo(inputs + 0.3, lengths)
+    with pytest.raises(ValueError, match="lengths"):
+        belief.elbo(inputs, torch.tensor([5, 1]))
+    with pytest.raises(ValueError, match="n_samples"):
+        BayesPPO(
+            VariBADPolicy,
+            bayes_envs.make_vec("BayesGrid-v0", 2),
+            policy_kwargs={**GRID_KWARGS, "n_samples": 2},
+        )

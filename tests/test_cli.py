@@ -1,0 +1,336 @@
+"""The ``bayes-rl`` CLI: train → evaluate → plot, exact resume, config validation, atomic checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from stable_baselines3.common.callbacks import BaseCallback
+
+from bayes_agents import experiment
+from bayes_agents.cli import build_parser, main
+from bayes_agents.methods import METHODS
+
+ENV = "BayesGrid-v0"
+#: A tiny run: 4 envs × 15 steps = 60 env steps per PPO update.
+TINY = [
+    "n_envs=4",
+    "ppo.n_steps=15",
+    "ppo.batch_size=30",
+    "ppo.n_epochs=2",
+    "policy.hidden_size=16",
+    "policy.latent_dim=4",
+    "policy.embed_sizes=[8]",
+    "policy.net_arch=[8]",
+    "eval_every=120",
+    "eval_tasks=21",
+    "final_eval_tasks=21",
+    "checkpoint_every=60",
+]
+
+
+def tiny_config(method: str = "rl2", timesteps: int = 240, **extra: str) -> dict:
+    assignments = TINY + [f"{key}={value}" for key, value in extra.items()]
+    overrides = experiment.parse_overrides(assignments)
+    overrides["timesteps"] = timesteps
+    return experiment.resolve_config(ENV, method, overrides=overrides)
+
+
+def set_args(*extra: str) -> list[str]:
+    return [arg for assignment in (*TINY, *extra) for arg in ("--set", assignment)]
+
+
+def test_train_evaluate_plot_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    status = main(
+        ["train", ENV, "--method", "rl2", "-t", "180", "--out", str(run), "--no-progress", *set_args()]
+    )
+    assert status == 0
+    for name in ("config.json", "checkpoint.pkl", "model.zip", "metrics.jsonl", "evaluation.json"):
+        assert (run / name).is_file(), name
+    config = json.loads((run / "config.json").read_text())
+    assert config["ppo"]["n_steps"] == 15 and config["policy"]["embed_sizes"] == [8]
+    assert config["ppo"]["gamma"] == 0.95  # the grid default survives the overrides
+    metrics = experiment.read_jsonl(run / "metrics.jsonl")
+    assert [record["timesteps"] for record in metrics] == [60, 120, 180]
+    # 15 steps per env and update = one inner episode: update k logs the return of inner episode k.
+    for k, record in enumerate(metrics, start=1):
+        assert [key for key in record if key.startswith("rollout/inner_return_")] == [
+            f"rollout/inner_return_{k}"
+        ]
+        # 15 steps of −0.1 or +1; the goal is ≥ 2 steps away: at most 13 on it.
+        assert -1.5 - 1e-9 <= record[f"rollout/inner_return_{k}"] <= 12.8 + 1e-9
+    evaluations = experiment.read_jsonl(run / "evaluations.jsonl")
+    assert [record["timesteps"] for record in evaluations] == [0, 120]
+    report = json.loads((run / "evaluation.json").read_text())
+    assert report["agent"]["n_tasks"] == 21 and report["num_timesteps"] == 180
+    assert {"oracle (known goal)", "posterior sampling", "uniform random"} <= set(report["references"])
+    assert report["exact"]["Bayes-optimal (exact)"] == pytest.approx(
+        [4.0, 11.0714286, 11.0714286, 11.0714286]
+    )
+    assert "posterior sampling" in capsys.readouterr().out
+
+    # evaluate: other tasks and seed, the agent evaluated exactly as by bayes_envs.evaluation.evaluate
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", str(run), "--n-tasks", "7", "--seed", "3", "--out", str(out)]) == 0
+    again = json.loads(out.read_text())
+    model = experiment.load_model(run)
+    direct = experiment.evaluate(model, ENV, n_tasks=7, seed=3).summary()
+    assert again["agent"]["episode_return_mean"] == pytest.approx(direct["episode_return_mean"])
+
+    pytest.importorskip("matplotlib")
+    plots = tmp_path / "plots"
+    assert main(["plot", str(run), "--out", str(plots)]) == 0
+    written = {path.name for path in plots.glob("*.png")}
+    assert {"learning_curves.png", "inner_episode_returns.png"} <= written
+    assert all(path.stat().st_size > 1000 for path in plots.glob("*.png"))
+
+
+class _CtrlCAt(BaseCallback):
+    """Sends SIGINT to this process once ``at`` env steps are done (a user pressing Ctrl-C)."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at, self.sent = at, False
+
+    def _on_step(self) -> bool:
+        if not self.sent and self.num_timesteps >= self.at:
+            self.sent = True
+            signal.raise_signal(signal.SIGINT)
+        return True
+
+
+def _state(model) -> dict[str, torch.Tensor]:
+    state = {f"policy.{k}": v for k, v in model.policy.state_dict().items()}
+    for group, values in model.policy.optimizer.state_dict()["state"].items():
+        state |= {f"adam.{group}.{k}": torch.as_tensor(v) for k, v in values.items()}
+    return state
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [
+        {k: v for k, v in record.items() if not k.startswith("time/")}
+        for record in experiment.read_jsonl(run / "metrics.jsonl")
+    ]
+
+
+@pytest.mark.parametrize("method, stop", [("rl2", "ctrl-c"), ("laplace", "pause")])
+def test_resume_gives_the_uninterrupted_run(tmp_path: Path, method: str, stop: str) -> None:
+    config = tiny_config(method, timesteps=240)
+    whole = experiment.train(config, tmp_path / "whole", show_progress=False)
+    assert whole.finished and whole.num_timesteps == 240
+    if stop == "ctrl-c":
+        # Ctrl-C during the second update: it finishes, checkpoints at 120 steps and stops.
+        first = experiment.train(config, tmp_path / "split", show_progress=False, callbacks=[_CtrlCAt(70)])
+        assert first.interrupted
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    else:
+        first = experiment.train(config, tmp_path / "split", show_progress=False, pause_at=100)
+    assert not first.finished and first.num_timesteps == 120
+    assert not (tmp_path / "split" / "model.zip").exists()
+    resumed = experiment.train(config, tmp_path / "split", resume=True, show_progress=False)
+    assert resumed.finished and resumed.num_timesteps == 240
+    expected, actual = _state(whole.model), _state(resumed.model)
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key
+    # The logs continue as if nothing happened (same per-update values, no duplicated rows).
+    assert _metrics(tmp_path / "whole") == _metrics(tmp_path / "split")
+    assert experiment.read_jsonl(tmp_path / "whole" / "evaluations.jsonl") == experiment.read_jsonl(
+        tmp_path / "split" / "evaluations.jsonl"
+    )
+
+
+def test_resume_with_another_config_or_without_checkpoint_fails(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    experiment.train(tiny_config(timesteps=60), run, show_progress=False)
+    with pytest.raises(experiment.ConfigError, match=r"ppo\.gamma: 0\.95 -> 0\.9"):
+        experiment.train(tiny_config(timesteps=120, **{"ppo.gamma": "0.9"}), run, resume=True)
+    with pytest.raises(experiment.RunDirectoryError, match=r"no checkpoint\.pkl"):
+        experiment.train(tiny_config(), tmp_path / "empty", resume=True)
+    # a longer budget is a valid resume: training continues from the checkpoint
+    longer = experiment.train(tiny_config(timesteps=120), run, resume=True, show_progress=False)
+    assert longer.finished and longer.num_timesteps == 120
+
+
+def test_cli_rejects_bad_input_with_the_valid_choices(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def error(*argv: str) -> str:
+        assert main(list(argv)) == 2
+        return capsys.readouterr().err
+
+    out = str(tmp_path / "never")
+    message = error("train", "BayesGird-v0", "--out", out)
+    assert (
+        "unknown env_id 'BayesGird-v0'" in message
+        and "BayesGrid-v0" in message
+        and "BayesBandit-v0" in message
+    )
+    message = error("train", ENV, "--method", "rl3", "--out", out)
+    assert "unknown method 'rl3'" in message and all(name in message for name in METHODS)
+    message = error("train", ENV, "--set", "ppo.learnin_rate=1e-3", "--out", out)
+    assert "ppo.learnin_rate" in message and "learning_rate" in message and "n_steps" in message
+    message = error("train", ENV, "--set", "policy.windw=3", "--method", "laplace", "--out", out)
+    assert "policy.windw" in message and "'window'" in message
+    message = error("train", ENV, "--set", "timestep=10", "--out", out)
+    assert "['timestep']" in message and "timesteps" in message
+    message = error("train", ENV, "--set", "nonsense", "--out", out)
+    assert "KEY=VALUE" in message
+    assert not Path(out).exists()
+
+    # An existing run is never overwritten without --force.
+    run = tmp_path / "run"
+    assert main(["train", ENV, "-t", "60", "--out", str(run), "--no-progress", "--no-eval", *set_args()]) == 0
+    before = {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()}
+    message = error("train", ENV, "-t", "60", "--out", str(run), "--no-eval", *set_args("seed=1"))
+    assert "exists" in message and "--force" in message
+    assert {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()} == before
+    capsys.readouterr()
+    status = main(
+        [
+            "train",
+            ENV,
+            "-t",
+            "60",
+            "--out",
+            str(run),
+            "--force",
+            "--no-progress",
+            "--no-eval",
+            *set_args("seed=1"),
+        ]
+    )
+    assert status == 0 and json.loads((run / "config.json").read_text())["seed"] == 1
+
+
+def test_yaml_config_file_and_value_parsing(tmp_path: Path) -> None:
+    assert experiment.parse_value("1e-3") == 0.001
+    assert experiment.parse_value("[64, 64]") == [64, 64]
+    assert experiment.parse_value("true") is True
+    assert experiment.parse_value("lstm") == "lstm"
+    yaml = pytest.importorskip("yaml")
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"env_id": ENV, "method": "laplace", "ppo": {"learning_rate": 3e-4}}))
+    config = experiment.resolve_config(
+        file_config=experiment.load_config_file(path),
+        overrides=experiment.parse_overrides(["ppo.n_epochs=1"]),
+    )
+    assert config["method"] == "laplace" and config["ppo"]["learning_rate"] == 3e-4
+    assert config["ppo"]["n_epochs"] == 1 and config["ppo"]["n_steps"] == 60  # file < --set < defaults kept
+    # the written config.json is itself a valid config file giving the same config
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert (
+        experiment.resolve_config(file_config=experiment.load_config_file(tmp_path / "config.json")) == config
+    )
+
+
+@pytest.mark.parametrize("env_id", ["BayesGrid-v0", "BayesBandit-v0"])
+def test_every_registered_method_has_valid_defaults(env_id: str) -> None:
+    for name, method in METHODS.items():
+        config = experiment.resolve_config(env_id, name)  # would raise on an unknown default key
+        keys = experiment.valid_keys(env_id, name)
+        assert set(method.policy_kwargs) <= set(keys["policy"])
+        assert {"learning_rate", "n_steps", "gamma"} <= set(keys["ppo"])
+        assert config["method"] == name and config["timesteps"] > 0
+
+
+def test_checkpoint_writes_are_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "file.bin"
+    experiment.atomic_write_bytes(target, b"old contents")
+
+    def write_half_then_fail(stream) -> None:
+        stream.write(b"partial")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        experiment.atomic_write_bytes(target, write_half_then_fail)
+    assert target.read_bytes() == b"old contents"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["file.bin"]
+
+    # A checkpoint that fails while being written leaves the previous checkpoint as it was.
+    run = tmp_path / "run"
+    result = experiment.train(tiny_config(timesteps=60), run, show_progress=False)
+    checkpoint = run / "checkpoint.pkl"
+    before = checkpoint.read_bytes()
+
+    def failing_fsync(fd: int) -> None:
+        raise OSError("I/O error")
+
+    monkeypatch.setattr(experiment.os, "fsync", failing_fsync)
+    with pytest.raises(OSError, match="I/O error"):
+        experiment.save_checkpoint(checkpoint, result.model, result.model and tiny_config(timesteps=60), {})
+    monkeypatch.undo()
+    assert checkpoint.read_bytes() == before
+    assert not [path for path in run.iterdir() if path.name.endswith(".tmp")]
+    payload = experiment.load_checkpoint(checkpoint)
+    assert payload["num_timesteps"] == 60 and payload["venv"] is not None
+
+
+def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = build_parser()
+    subparsers = next(action for action in parser._actions if action.dest == "command").choices
+    assert set(subparsers) == {"train", "evaluate", "plot", "sweep"}
+    for name, subparser in subparsers.items():
+        for action in subparser._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "policy.KEY" in capsys.readouterr().out
+    assert os.environ.get("OMP_NUM_THREADS", "1")
+
+
+def test_sweep_expands_validates_and_aggregates_with_rliable(tmp_path: Path) -> None:
+    from bayes_agents import sweep
+
+    spec_file = tmp_path / "sweep.json"
+    spec_file.write_text(
+        json.dumps(
+            {
+                "seeds": [0, 1],
+                "base": {"env_id": ENV},
+                "grid": {"method": ["rl2", "laplace"], "ppo.gamma": [0.9]},
+            }
+        )
+    )
+    spec = sweep.load_sweep(spec_file, out=str(tmp_path / "out"))
+    jobs = sweep.expand(spec)
+    assert [(job.config["method"], job.seed) for job in jobs] == [
+        ("rl2", 0),
+        ("rl2", 1),
+        ("laplace", 0),
+        ("laplace", 1),
+    ]
+    assert all(job.config["ppo"]["gamma"] == 0.9 for job in jobs)
+    assert len({job.run_dir for job in jobs}) == 4
+    # A bad key anywhere in the grid fails before anything runs.
+    spec.grid["ppo.gama"] = [0.9]
+    with pytest.raises(experiment.ConfigError, match=r"ppo\.gama"):
+        sweep.expand(spec)
+
+    pytest.importorskip("rliable")
+    scores = {"a": [1.0, 2.0, 3.0, 4.0, 100.0], "b": [0.0, 0.0, 1.0, 1.0, 1.0]}
+    outcomes = []
+    for label, values in scores.items():
+        for seed, value in enumerate(values):
+            run_dir = tmp_path / label / str(seed)
+            run_dir.mkdir(parents=True)
+            report = {"config": {"env_id": ENV}, "agent": {"trial_return_mean": value}, "references": {}}
+            (run_dir / "evaluation.json").write_text(json.dumps(report))
+            outcomes.append(
+                {"label": label, "env_id": ENV, "seed": seed, "run_dir": str(run_dir), "error": None}
+            )
+    table = sweep.aggregate(outcomes, "trial_return", reps=200)
+    for label, values in scores.items():
+        ordered = np.sort(values)
+        # rliable's IQM is scipy's trim_mean(0.25): int(0.25 * 5) = 1 value cut at each end.
+        iqm = np.mean(ordered[1:4])
+        assert table[label]["iqm"] == pytest.approx(iqm)
+        assert table[label]["mean"] == pytest.approx(np.mean(values))
+        low, high = table[label]["iqm_ci"]
+        assert min(values) <= low <= table[label]["iqm"] <= high <= max(values)

@@ -1,0 +1,279 @@
+"""Belief extractors: the recurrent policies' beliefs recomputed from TrialHistoryWrapper observations,
+under stock SB3 algorithms, with the auxiliary-loss callback."""
+
+from __future__ import annotations
+
+import copy
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from sb3_contrib import RecurrentPPO
+from stable_baselines3 import A2C, PPO, SAC, TD3
+from stable_baselines3.common.env_util import make_vec_env
+
+import bayes_agents.policies as policies
+import bayes_envs  # noqa: F401  (registers the envs)
+from bayes_agents.callbacks import BeliefAuxLossCallback, belief_extractors
+from bayes_agents.extractors import (
+    EXTRACTORS,
+    GLiBRLExtractor,
+    HistoryPredictor,
+    LaplaceExtractor,
+    RL2Extractor,
+    VariBADExtractor,
+)
+from bayes_envs.core import RL2_KEYS
+from bayes_envs.evaluation import evaluate
+from bayes_envs.wrappers import TrialHistoryWrapper
+
+SMALL = {"hidden_size": 16, "latent_dim": 4, "embed_sizes": (16,)}
+#: Small belief keywords per method, on BayesGrid-v0.
+GRID_KWARGS = {
+    "rl2": SMALL,
+    "laplace": {**SMALL, "window": 2, "variant": "sum_precision"},
+    "vrnn": SMALL,
+    "varibad": {"hidden_size": 16, "latent_dim": 3, "reward_decoder": "per_state", "grid_size": 5},
+    "glibrl": {"basis_dim": 4, "basis_hidden_sizes": (8,)},
+}
+POLICY_NAMES = {
+    "rl2": "RL2Policy",
+    "laplace": "LaplacePolicy",
+    "vrnn": "VRNNPolicy",
+    "varibad": "VariBADPolicy",
+    "glibrl": "GLiBRLPolicy",
+}
+
+
+def torch_obs(observations: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+    return {key: torch.as_tensor(np.stack([obs[key] for obs in observations])) for key in observations[0]}
+
+
+def grid_trial(steps: int, window: int | None, seed: int = 2):
+    """The raw RL² observations and the wrapped observations of one grid trial under random actions."""
+    raw, wrapped = gym.make("BayesGrid-v0"), TrialHistoryWrapper(gym.make("BayesGrid-v0"), window=window)
+    raw_obs, wrapped_obs = [raw.reset(seed=seed)[0]], [wrapped.reset(seed=seed)[0]]
+    rng = np.random.default_rng(seed)
+    for _ in range(steps - 1):
+        action = int(rng.integers(5))
+        raw_obs.append(raw.step(action)[0])
+        wrapped_obs.append(wrapped.step(action)[0])
+    return raw_obs, wrapped_obs
+
+
+def brute_force_features(belief, raw_obs: list[dict[str, np.ndarray]], window: int) -> torch.Tensor:
+    """Belief features at every step from one ``sequence`` call per step over its last ``window`` inputs."""
+    inputs = torch.cat([torch_obs(raw_obs)[key].flatten(1) for key in RL2_KEYS], dim=1)
+    features = []
+    for t in range(len(raw_obs)):
+        recent = inputs[max(0, t - window + 1) : t + 1, None]
+        starts = torch.zeros(recent.shape[:2], dtype=torch.bool)
+        starts[0] = True
+        with torch.no_grad():
+            output, _ = belief.sequence(recent, belief.initial_state(1), starts)
+        features.append(belief.policy_input(output)[-1, 0])
+    return torch.stack(features)
+
+
+@pytest.mark.parametrize("method", sorted(EXTRACTORS))
+def test_features_shape_dtype_and_device(method) -> None:
+    env = TrialHistoryWrapper(gym.make("BayesGrid-v0"), window=20)
+    extractor = EXTRACTORS[method](env.observation_space, **GRID_KWARGS[method])
+    _, observations = grid_trial(25, window=20)
+    with torch.no_grad():
+        features = extractor(torch_obs(observations))
+    assert extractor.features_dim == 2 + extractor.belief.policy_input_dim
+    assert features.shape == (25, extractor.features_dim)
+    assert features.dtype == torch.float32 and features.device.type == "cpu"
+    assert torch.isfinite(features).all()
+    np.testing.assert_array_equal(features[:, :2].numpy(), np.stack([obs["obs"] for obs in observations]))
+    if torch.cuda.is_available():
+        extractor = extractor.to("cuda")
+        cuda_features = extractor({key: value.cuda() for key, value in torch_obs(observations).items()})
+        assert cuda_features.device.type == "cuda"
+        torch.testing.assert_close(cuda_features.cpu(), features, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", sorted(EXTRACTORS))
+@pytest.mark.parametrize("window", [60, 7])
+def test_belief_equals_sequence_over_the_window(method, window) -> None:
+    """Whole trial (exact recurrent belief) and a truncated window (the belief of the last K steps);
+    40 steps cross two inner-episode boundaries; all steps go through the extractor as one batch of
+    histories of different lengths, so padding must not leak into any row."""
+    torch.manual_seed(0)
+    env = TrialHistoryWrapper(gym.make("BayesGrid-v0"), window=window)
+    extractor = EXTRACTORS[method](env.observation_space, **GRID_KWARGS[method])
+    raw_obs, observations = grid_trial(40, window=window)
+    batch = torch_obs(observations)
+    for key in batch:  # garbage in the padding must be masked out
+        if key.startswith("history_") and key != "history_mask":
+            padding = (batch["history_mask"] == 0).reshape(*batch["history_mask"].shape, 1)
+            batch[key] = torch.where(padding, torch.full_like(batch[key], 7.0), batch[key])
+    with torch.no_grad():
+        features = extractor(batch)[:, 2:]
+    expected = brute_force_features(extractor.belief, raw_obs, window)
+    torch.testing.assert_close(features, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", sorted(EXTRACTORS))
+def test_belief_equals_the_recurrent_policy_belief(method) -> None:
+    """The extractor given the recurrent policy's belief reproduces it step by step (RecurrentPPO's
+    predict with its recurrent state) on a trial prefix that crosses inner-episode boundaries."""
+    policy_class = getattr(policies, POLICY_NAMES[method], None)
+    if policy_class is None:
+        pytest.skip(f"bayes_agents.policies has no {POLICY_NAMES[method]} yet")
+    model = RecurrentPPO(
+        policy_class, gym.make("BayesGrid-v0"), policy_kwargs=GRID_KWARGS[method], n_steps=16, seed=0
+    )
+    env = TrialHistoryWrapper(gym.make("BayesGrid-v0"))
+    extractor = EXTRACTORS[method](env.observation_space, belief=model.policy.belief)
+    raw, wrapped = gym.make("BayesGrid-v0"), env
+    raw_obs, obs = raw.reset(seed=4)[0], wrapped.reset(seed=4)[0]
+    state, start = None, np.array([True])
+    for step in range(40):
+        action, state = model.predict(raw_obs, state=state, episode_start=start)
+        expected = model.policy.belief.policy_input(model.policy.last_belief_output)
+        with torch.no_grad():
+            features = extractor(torch_obs([obs]))
+        torch.testing.assert_close(features[:, 2:], expected, rtol=1e-5, atol=1e-6, msg=f"step {step}")
+        raw_obs, obs = raw.step(action)[0], wrapped.step(action)[0]
+        start = np.array([False])
+
+
+def test_given_belief_is_copied_and_checked() -> None:
+    env = TrialHistoryWrapper(gym.make("BayesGrid-v0"), window=5)
+    source = RL2Extractor(env.observation_space, **SMALL)
+    extractor = LaplaceExtractor(env.observation_space, belief=source.belief, freeze_belief=True)
+    assert extractor.belief is not source.belief
+    assert all(not parameter.requires_grad for parameter in extractor.belief.parameters())
+    assert all(parameter.requires_grad for parameter in source.belief.parameters())
+    with pytest.raises(TypeError, match="either belief or belief keywords"):
+        RL2Extractor(env.observation_space, belief=source.belief, hidden_size=8)
+    bandit = TrialHistoryWrapper(gym.make("BayesBandit-v0"), window=5)
+    with pytest.raises(ValueError, match="input_dim"):
+        RL2Extractor(bandit.observation_space, belief=source.belief)
+    with pytest.raises(ValueError, match="TrialHistoryWrapper"):
+        RL2Extractor(gym.make("BayesGrid-v0").observation_space, **SMALL)
+    with pytest.raises(TypeError, match="Dict"):
+        RL2Extractor(gym.make("BayesGrid-v0", rl2_inputs=False).observation_space, **SMALL)
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "env_id", "extractor", "kwargs", "algorithm_kwargs"),
+    [
+        (PPO, "BayesGrid-v0", LaplaceExtractor, GRID_KWARGS["laplace"], {"n_steps": 32, "batch_size": 32}),
+        # 128 steps: a whole 60-step trial per env, for VariBAD's VAE buffer.
+        (A2C, "BayesGrid-v0", VariBADExtractor, GRID_KWARGS["varibad"], {"n_steps": 8}),
+        (SAC, "FourierRegression-v0", GLiBRLExtractor, {"basis_dim": 3, "basis_hidden_sizes": ()}, {}),
+        (TD3, "FourierRegression-v0", LaplaceExtractor, {**SMALL, "window": 1}, {}),
+    ],
+)
+def test_stock_algorithms_learn_with_the_callback(
+    algorithm, env_id, extractor, kwargs, algorithm_kwargs
+) -> None:
+    if algorithm in (SAC, TD3):
+        algorithm_kwargs = {"buffer_size": 200, "learning_starts": 40, "batch_size": 16, **algorithm_kwargs}
+    env = make_vec_env(lambda: TrialHistoryWrapper(gym.make(env_id), window=16), n_envs=2, seed=0)
+    model = algorithm(
+        "MultiInputPolicy",
+        env,
+        policy_kwargs={"features_extractor_class": extractor, "features_extractor_kwargs": kwargs},
+        seed=0,
+        device="cpu",
+        **algorithm_kwargs,
+    )
+    extractors = belief_extractors(model.policy)
+    assert len(extractors) == (2 if algorithm in (SAC, TD3) else 1)  # targets are skipped
+    before = [torch.cat([p.detach().flatten() for p in e.belief.parameters()]).clone() for e in extractors]
+    callback = BeliefAuxLossCallback(batch_size=8, model_update_interval=4)
+    model.learn(128 if algorithm is A2C else 64, callback=callback)
+    after = [torch.cat([p.detach().flatten() for p in e.belief.parameters()]) for e in extractors]
+    assert all(not torch.equal(old, new) for old, new in zip(before, after, strict=True))
+    action, _ = model.predict(env.reset(), deterministic=True)
+    assert action.shape[0] == 2
+    if extractor is VariBADExtractor:
+        # The callback fed the VAE whole 60-step trials, each from its first input [s_0, 0, 0, 1].
+        inputs, lengths = extractors[0].belief.sample_trials(100)
+        assert len(lengths) >= 2 and (lengths == 60).all()
+        first = torch.zeros(inputs.shape[1], 9)
+        first[:, -1] = 1.0
+        torch.testing.assert_close(inputs[0], first)
+
+
+def test_save_and_load_keep_the_extractor_belief(tmp_path) -> None:
+    env = TrialHistoryWrapper(gym.make("BayesGrid-v0"), window=10)
+    source = LaplaceExtractor(env.observation_space, **GRID_KWARGS["laplace"])
+    model = PPO(
+        "MultiInputPolicy",
+        env,
+        n_steps=16,
+        batch_size=16,
+        policy_kwargs={
+            "features_extractor_class": LaplaceExtractor,
+            "features_extractor_kwargs": {"belief": source.belief},
+        },
+        seed=0,
+    )
+    model.learn(16)
+    model.save(tmp_path / "model.zip")
+    loaded = PPO.load(tmp_path / "model.zip", device="cpu")
+    _, observations = grid_trial(12, window=10)
+    batch = torch_obs(observations)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded.policy.features_extractor(batch), model.policy.features_extractor(batch)
+        )
+
+
+def test_callback_minimises_the_auxiliary_loss() -> None:
+    """With the RL update switched off, the callback's steps alone lower Laplace's KL penalty."""
+    env = make_vec_env(lambda: TrialHistoryWrapper(gym.make("BayesGrid-v0")), n_envs=2, seed=0)
+    kwargs = {**GRID_KWARGS["laplace"], "beta": 1.0}
+    model = PPO(
+        "MultiInputPolicy",
+        env,
+        n_steps=60,
+        batch_size=60,
+        policy_kwargs={"features_extractor_class": LaplaceExtractor, "features_extractor_kwargs": kwargs},
+        seed=0,
+    )
+    model.train = lambda: None
+    extractor = model.policy.features_extractor
+    untrained_weights = copy.deepcopy(extractor.state_dict())
+    model.learn(60, callback=BeliefAuxLossCallback(learning_rate=1e-2, batch_size=64, n_updates=30))
+    observations = {
+        key: torch.as_tensor(value.reshape(-1, *value.shape[2:]))
+        for key, value in model.rollout_buffer.observations.items()
+    }
+
+    def kl_penalty() -> float:
+        with torch.no_grad():
+            output, valid = extractor.belief_sequence(observations)
+            return float(extractor.belief.aux_loss(output.apply(lambda value: value[valid])))
+
+    trained = kl_penalty()
+    extractor.load_state_dict(untrained_weights)
+    assert trained < 0.5 * kl_penalty()
+
+
+def test_history_predictor_runs_on_batched_envs_and_evaluate() -> None:
+    """On make_vec's batched RL² envs the predictor acts exactly as the model on the wrapped env."""
+    env = TrialHistoryWrapper(gym.make("BayesGrid-v0"))
+    model = PPO(
+        "MultiInputPolicy",
+        env,
+        policy_kwargs={"features_extractor_class": RL2Extractor, "features_extractor_kwargs": SMALL},
+        seed=0,
+    )
+    predictor = HistoryPredictor(model)
+    result = evaluate(predictor, "BayesGrid-v0", n_tasks=3, seed=7)
+    assert result.policy == "RL2Extractor"
+    for task in range(3):
+        obs, _ = env.reset(seed=7 + task)
+        returns, done = 0.0, False
+        while not done:
+            action, _ = model.predict(obs, deterministic=True)
+            obs, reward, done, _, _ = env.step(action)
+            returns += reward
+        assert returns == pytest.approx(result.trial_returns[task], abs=1e-5)
