@@ -32,9 +32,48 @@ _PPO: dict[str, dict[str, Any]] = {
         n_steps=100, batch_size=800, n_epochs=4, learning_rate=1e-3, ent_coef=0.1, gamma=0.9, gae_lambda=0.9
     ),
 }
+MUJOCO_IDS = ("HalfCheetahDir-v0", "HalfCheetahVel-v0", "AntDir-v0", "AntGoal-v0")
+METAWORLD_IDS = ("MetaWorld-ML1-v0", "MetaWorld-ML10-v0", "MetaWorld-ML45-v0")
+for _env_id in MUJOCO_IDS:
+    # VariBAD Appendix E, MuJoCo (CheetahDir) column: 16 envs × 800 steps, 4 minibatches, 16 epochs.
+    _PPO[_env_id] = dict(
+        n_steps=800,
+        batch_size=16 * 800 // 4,
+        n_epochs=16,
+        clip_range=0.1,
+        learning_rate=7e-4,
+        ent_coef=0.01,
+        vf_coef=0.5,
+        gamma=0.97,
+        gae_lambda=0.9,
+        max_grad_norm=0.5,
+    )
+for _env_id in METAWORLD_IDS:
+    # VariBAD Appendix E, ML1-Push column: 16 envs × 200 steps, 8 minibatches, 2 epochs.
+    _PPO[_env_id] = dict(
+        n_steps=200,
+        batch_size=16 * 200 // 8,
+        n_epochs=2,
+        clip_range=0.1,
+        learning_rate=7e-4,
+        ent_coef=0.001,
+        vf_coef=0.5,
+        gamma=0.99,
+        gae_lambda=0.9,
+        max_grad_norm=0.5,
+    )
 _BELIEF: dict[str, dict[str, Any]] = {
     "BayesGrid-v0": dict(hidden_size=128, latent_dim=32, embed_sizes=(32,), net_arch=[32]),
     "BayesBandit-v0": dict(hidden_size=128, latent_dim=64, embed_sizes=(64,), net_arch=[64]),
+    # Recurrence 128 (VariBAD's encoder size), the Laplace paper's 64-dim posterior, VariBAD's policy layers.
+    **{
+        env_id: dict(hidden_size=128, latent_dim=64, embed_sizes=(64,), net_arch=[128, 128])
+        for env_id in MUJOCO_IDS
+    },
+    **{
+        env_id: dict(hidden_size=128, latent_dim=64, embed_sizes=(64,), net_arch=[128, 128, 128])
+        for env_id in METAWORLD_IDS
+    },
 }
 #: Laplace-VRNN keywords of the paper's fastest well-performing variant (B.5: window 1, summed precision).
 LAPLACE_SETTINGS: dict[str, Any] = dict(window=1, covariance="full", variant="sum_precision", n_samples=1)
@@ -53,6 +92,14 @@ _METHOD_ENV: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     # Full-covariance Laplace costs 5.6× RL² per update on a CPU (README, training speed); the
     # diagonal precision keeps the grid run within a few minutes.
     ("BayesGrid-v0", "laplace"): {"policy": dict(covariance="diag")},
+    # The full 64×64 precision costs several times more per update on a CPU.
+    **{(env_id, "laplace"): {"policy": dict(covariance="diag")} for env_id in MUJOCO_IDS + METAWORLD_IDS},
+    # VariBAD's gridworld model: latent 5, GRU 64, one Bernoulli reward head per cell, KL weight 0.01.
+    ("BayesGrid-v0", "varibad"): {
+        "policy": dict(latent_dim=5, hidden_size=64, reward_decoder="per_state", grid_size=5, kl_weight=0.01)
+    },
+    # Each pull is an inner episode: the reward is decoded per arm (no successor state needed).
+    ("BayesBandit-v0", "varibad"): {"policy": dict(reward_decoder="per_action")},
 }
 
 

@@ -21,11 +21,11 @@ import torch
 from stable_baselines3.common.callbacks import BaseCallback
 
 import bayes_envs
-from bayes_agents import BayesPPO, LaplacePolicy, RL2Policy, laplace_from_rl2
+from bayes_agents import BayesPPO, laplace_from_rl2
+from bayes_agents.methods import get_method
 from bayes_envs.evaluation import evaluate, mean_ci
 
 RESULTS = Path(__file__).parent / "results"
-POLICIES = {"rl2": RL2Policy, "laplace": LaplacePolicy}
 #: Test tasks are drawn from seeds 10,000+ (training envs use seeds below), identical for every job.
 TEST_SEED = 10_000
 
@@ -101,7 +101,12 @@ def run_job(job: Job) -> list[dict[str, Any]]:
     torch.set_num_threads(1)
     venv = bayes_envs.make_vec(job.env_id, job.n_envs, seed=job.seed * 1000, **job.env_kwargs)
     model = BayesPPO(
-        POLICIES[job.method], venv, seed=job.seed, device="cpu", policy_kwargs=job.policy_kwargs, **job.ppo
+        get_method(job.method.split(":")[0]).policy_class,  # "name:variant" labels a variant
+        venv,
+        seed=job.seed,
+        device="cpu",
+        policy_kwargs=job.policy_kwargs,
+        **job.ppo,
     )
     results = [_train(model, job, job.timesteps, job.method)]
     if job.method == "rl2" and job.laplace:
@@ -127,6 +132,7 @@ def parse_args(doc: str, methods: list[str]) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--methods", nargs="+", default=methods, choices=methods)
     parser.add_argument("--eval-every", type=int, default=100_000)
+    parser.add_argument("--name", default=None, help="results file name (default: the benchmark's)")
     parser.add_argument(
         "--finetune-timesteps",
         type=int,

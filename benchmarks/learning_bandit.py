@@ -13,12 +13,17 @@ import gymnasium as gym
 from learning import Job, aggregate, parse_args, run_jobs, save
 
 from bayes_agents.defaults import LAPLACE_SETTINGS, belief_settings, ppo_settings
+from bayes_agents.methods import method_defaults
 from bayes_envs.evaluation import evaluate
 from bayes_envs.references import BanditGreedyPosteriorMean, BanditThompsonSampling, UniformRandomPolicy
 
 PPO = ppo_settings("BayesBandit-v0")
 BELIEF = belief_settings("BayesBandit-v0")
-METHODS = {"rl2": BELIEF, "laplace": {**BELIEF, **LAPLACE_SETTINGS}}
+METHODS = {
+    "rl2": BELIEF,
+    "laplace": {**BELIEF, **LAPLACE_SETTINGS},
+    **{name: method_defaults("BayesBandit-v0", name)["policy"] for name in ("varibad", "glibrl", "vrnn")},
+}
 SPLITS = {"train": {"split": "train"}, "test": {"split": "test"}}
 
 
@@ -74,7 +79,7 @@ def main() -> None:
     for name, cells in references.items():
         print(f"{name:<24}" + "".join(f"{cells[s][0]:>13.2f} ± {cells[s][1]:<4.2f}" for s in SPLITS))
     path = save(
-        "learning_bandit",
+        args.name or "learning_bandit",
         {
             "benchmark": "learning_bandit",
             "settings": vars(args),

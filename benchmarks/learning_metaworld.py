@@ -24,26 +24,17 @@ import time
 
 from learning import Job, aggregate, run_jobs, save
 
-from bayes_agents.defaults import LAPLACE_SETTINGS
+from bayes_agents.defaults import LAPLACE_SETTINGS, belief_settings, method_env_settings, ppo_settings
 
 ML1_ENVS = ["reach-v3", "push-v3", "pick-place-v3"]
 N_ENVS = 16
-#: VariBAD Appendix E, ML1-Push column.
-PPO = dict(
-    n_steps=200,
-    batch_size=N_ENVS * 200 // 8,
-    n_epochs=2,
-    clip_range=0.1,
-    learning_rate=7e-4,
-    ent_coef=0.001,
-    vf_coef=0.5,
-    gamma=0.99,
-    gae_lambda=0.9,
-    max_grad_norm=0.5,
-)
-BELIEF = dict(hidden_size=128, latent_dim=64, embed_sizes=(64,), net_arch=[128, 128, 128])
-#: Diagonal precision: the full 64×64 one costs several times more per update on a CPU.
-METHODS = {"rl2": BELIEF, "laplace": {**BELIEF, **LAPLACE_SETTINGS, "covariance": "diag"}}
+#: The VariBAD PPO column and belief sizes of ``bayes_agents.defaults`` (one for the whole family).
+PPO = ppo_settings("MetaWorld-ML1-v0")
+BELIEF = belief_settings("MetaWorld-ML1-v0")
+METHODS = {
+    "rl2": BELIEF,
+    "laplace": {**BELIEF, **LAPLACE_SETTINGS, **method_env_settings("MetaWorld-ML1-v0", "laplace")["policy"]},
+}
 VARIBAD_SUCCESS = {"reach-v3": [100, 100], "push-v3": [100, 100], "pick-place-v3": [29, 29]}
 
 

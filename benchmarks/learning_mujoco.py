@@ -22,27 +22,21 @@ import time
 
 from learning import Job, aggregate, run_jobs, save
 
-from bayes_agents.defaults import LAPLACE_SETTINGS
+from bayes_agents.defaults import LAPLACE_SETTINGS, belief_settings, method_env_settings, ppo_settings
 
 ENV_IDS = ["HalfCheetahDir-v0", "HalfCheetahVel-v0", "AntDir-v0", "AntGoal-v0"]
 N_ENVS = 16
-#: VariBAD Appendix E, MuJoCo (CheetahDir) column.
-PPO = dict(
-    n_steps=800,
-    batch_size=N_ENVS * 800 // 4,
-    n_epochs=16,
-    clip_range=0.1,
-    learning_rate=7e-4,
-    ent_coef=0.01,
-    vf_coef=0.5,
-    gamma=0.97,
-    gae_lambda=0.9,
-    max_grad_norm=0.5,
-)
-#: GRU/LSTM 128 (VariBAD's encoder size), the Laplace paper's 64-dim posterior, VariBAD's policy layers.
-BELIEF = dict(hidden_size=128, latent_dim=64, embed_sizes=(64,), net_arch=[128, 128])
-#: Diagonal precision: the full 64×64 one costs several times more per update on a CPU.
-METHODS = {"rl2": BELIEF, "laplace": {**BELIEF, **LAPLACE_SETTINGS, "covariance": "diag"}}
+#: The VariBAD PPO column and belief sizes of ``bayes_agents.defaults`` (one for the whole family).
+PPO = ppo_settings("HalfCheetahDir-v0")
+BELIEF = belief_settings("HalfCheetahDir-v0")
+METHODS = {
+    "rl2": BELIEF,
+    "laplace": {
+        **BELIEF,
+        **LAPLACE_SETTINGS,
+        **method_env_settings("HalfCheetahDir-v0", "laplace")["policy"],
+    },
+}
 FINAL_EVALS = {
     "test": {"split": "test"},
     "test_3_episodes": {"split": "test", "episodes_per_trial": 3},

@@ -1,4 +1,5 @@
-"""Training throughput of ``learn()`` on BayesGrid-v0: stock MlpLstmPolicy vs the belief policies.
+"""Training throughput of ``learn()`` on BayesGrid-v0: stock MlpLstmPolicy vs the belief policies
+(RL², Laplace-VRNN, VRNN, VariBAD, GLiBRL).
 
 Every row uses the same env batch (16 native envs), n_steps, batch size, epochs and recurrent
 hidden size, in one run (the machines are shared and noisy: compare the ratios). Reports env
@@ -19,7 +20,8 @@ import torch
 from sb3_contrib import RecurrentPPO
 
 import bayes_envs
-from bayes_agents import BayesPPO, LaplacePolicy, RL2Policy
+from bayes_agents import BayesPPO, GLiBRLPolicy, LaplacePolicy, RL2Policy, VariBADPolicy, VRNNPolicy
+from bayes_agents.methods import method_defaults
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -52,6 +54,19 @@ def configurations(hidden_size: int, latent_dim: int) -> list[tuple[str, type, A
                     LaplacePolicy,
                     {**laplace, "n_samples": 1},
                 )
+            )
+    rows.append(("VRNNPolicy full", BayesPPO, VRNNPolicy, {**belief, "covariance": "full", "n_samples": 1}))
+    # VariBAD and GLiBRL have their own encoders: the grid defaults of bayes_agents.methods (VariBAD:
+    # GRU 64, latent 5, per-cell reward decoder, 3 VAE updates per PPO update; GLiBRL: basis 16),
+    # plus a VariBAD row with the recurrence and latent sizes of the other rows.
+    for name, policy in (("varibad", VariBADPolicy), ("glibrl", GLiBRLPolicy)):
+        kwargs = method_defaults("BayesGrid-v0", name)["policy"]
+        kwargs.pop("net_arch", None)
+        rows.append((f"{policy.__name__} (grid defaults)", BayesPPO, policy, kwargs))
+        if name == "varibad":
+            sized = {**kwargs, "hidden_size": hidden_size, "latent_dim": latent_dim}
+            rows.append(
+                (f"{policy.__name__} GRU {hidden_size}, latent {latent_dim}", BayesPPO, policy, sized)
             )
     return rows
 
