@@ -958,6 +958,29 @@ def belief_over_trial(model: BayesPPO, env_id: str, n_tasks: int, seed: int, env
     return {"entropy": entropy, "kl_to_previous": kl}
 
 
+def belief_cells_over_trial(model: BayesPPO, env_id: str, seed: int, env_kwargs: dict[str, Any]):
+    """The decoder's per-cell reward belief ``p(reward at cell | μ_t)`` at each step of one trial
+    (the first test task), ``[T, size, size]`` as nested lists, for beliefs that decode one over
+    grid cells (VariBAD's ``per_state`` decoder); ``None`` otherwise."""
+    belief = model.policy.belief
+    size = getattr(belief, "grid_size", None)
+    if not callable(getattr(belief, "reward_probabilities", None)) or size is None:
+        return None
+    venv = bayes_envs.make_vec(env_id, 1, seed=seed, monitor=False, **env_kwargs)
+    observation, state, start, cells = venv.reset(), None, np.ones(1, bool), []
+    with torch.no_grad():
+        while True:
+            action, state = model.predict(observation, state=state, episode_start=start, deterministic=True)
+            mean = model.policy.last_belief_output.mean[0]
+            cells.append(belief.reward_probabilities(mean).view(size, size).cpu().numpy().tolist())
+            observation, _, dones, _ = venv.step(action)
+            if dones[0]:
+                break
+            start = np.zeros(1, bool)
+    venv.close()
+    return cells
+
+
 def _belief_curves(
     summary: dict[str, Any], model: BayesPPO, env_id: str, n_tasks: int, seed: int, env_kwargs: dict[str, Any]
 ) -> dict[str, list[float]] | None:
@@ -1002,6 +1025,7 @@ def evaluate_run(
         "references": {},
         "exact": {},
         "belief": _belief_curves(agent_summary, model, env_id, n_tasks, seed, env_kwargs),
+        "belief_cells": belief_cells_over_trial(model, env_id, seed, env_kwargs),
     }
     if references:
         for label, policy in reference_policies(env_id, env_kwargs).items():

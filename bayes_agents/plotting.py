@@ -326,7 +326,7 @@ def _reference_lines(ax: Any, runs: list[dict[str, Any]], trial: bool = False) -
 
 
 def _plot_grid_belief(plt: Any, run: dict[str, Any], out: Path, written: list[Path]) -> None:
-    """``belief_cells``: ``[T, size, size]`` probabilities of the goal per cell at each trial step."""
+    """``belief_cells``: ``[T, size, size]`` decoded reward probability per cell at each trial step."""
     cells = np.asarray(run["evaluation"]["belief_cells"], np.float64)
     steps = np.linspace(0, len(cells) - 1, min(8, len(cells))).astype(int)
     figure, axes = plt.subplots(1, len(steps), figsize=(2.2 * len(steps), 2.6), squeeze=False)
@@ -335,7 +335,7 @@ def _plot_grid_belief(plt: Any, run: dict[str, Any], out: Path, written: list[Pa
         ax.set_title(f"t = {step}", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    figure.suptitle(f"{run['label']}: belief over goal cells", fontsize=10)
+    figure.suptitle(f"{run['label']}: p(reward at cell | posterior mean) over the trial", fontsize=10)
     path = out / "grid_belief.png"
     figure.tight_layout()
     figure.savefig(path, dpi=110)

@@ -75,6 +75,8 @@ def plot_trial(trial: dict[str, np.ndarray], goal: tuple[int, int], path: str, e
     figure, axes = plt.subplots(
         rows, episode_length, figsize=(1.1 * episode_length, 1.25 * rows + 0.6), squeeze=False
     )
+    # The prior mass of a cell is about 1/21: a 0..1 scale would hide it, so scale to the trial's maximum.
+    top = max(float(trial["beliefs"].max()), 1e-3)
     image = None
     for index, axis in enumerate(axes.flat):
         axis.set_xticks([])
@@ -83,7 +85,7 @@ def plot_trial(trial: dict[str, np.ndarray], goal: tuple[int, int], path: str, e
             axis.set_visible(False)
             continue
         # beliefs[t] is indexed [x, y]; imshow wants [row = y, column = x] with y growing upwards.
-        image = axis.imshow(trial["beliefs"][index].T, origin="lower", cmap="Reds", vmin=0.0, vmax=1.0)
+        image = axis.imshow(trial["beliefs"][index].T, origin="lower", cmap="Reds", vmin=0.0, vmax=top)
         x, y = trial["positions"][index]
         axis.plot(goal[0], goal[1], marker="*", color="gold", markersize=9, markeredgecolor="black")
         axis.plot(x, y, marker="o", color="tab:blue", markersize=6)
@@ -126,6 +128,11 @@ def main() -> None:
 
     returns = np.array(
         [roll_out(model, tuple(int(c) for c in goal))["inner_returns"] for goal in goal_candidates(SIZE)]
+    )
+    trial_returns = [info["r"] for info in model.ep_info_buffer]
+    print(
+        f"training trial return (stochastic actions, last {len(trial_returns)} trials): "
+        f"{np.mean(trial_returns):.2f}"
     )
     print("return per inner episode over the 21 goals:", np.round(returns.mean(0), 2).tolist())
     print(

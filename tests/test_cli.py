@@ -69,6 +69,7 @@ def test_train_evaluate_plot_end_to_end(tmp_path: Path, capsys: pytest.CaptureFi
     assert [record["timesteps"] for record in evaluations] == [0, 120]
     report = json.loads((run / "evaluation.json").read_text())
     assert report["agent"]["n_tasks"] == 21 and report["num_timesteps"] == 180
+    assert report["belief_cells"] is None  # RL² decodes no belief over cells
     assert {"oracle (known goal)", "posterior sampling", "uniform random"} <= set(report["references"])
     assert report["exact"]["Bayes-optimal (exact)"] == pytest.approx(
         [4.0, 11.0714286, 11.0714286, 11.0714286]
@@ -334,3 +335,34 @@ def test_sweep_expands_validates_and_aggregates_with_rliable(tmp_path: Path) -> 
         assert table[label]["mean"] == pytest.approx(np.mean(values))
         low, high = table[label]["iqm_ci"]
         assert min(values) <= low <= table[label]["iqm"] <= high <= max(values)
+
+
+def test_varibad_run_records_and_plots_the_per_cell_belief(tmp_path: Path) -> None:
+    run = tmp_path / "varibad"
+    varibad = [a for a in TINY if not a.startswith("policy.")] + [
+        "policy.net_arch=[8]",
+        "policy.hidden_size=16",
+    ]
+    args = [arg for assignment in varibad for arg in ("--set", assignment)]
+    assert (
+        main(["train", ENV, "--method", "varibad", "-t", "60", "--out", str(run), "--no-progress", *args])
+        == 0
+    )
+    report = json.loads((run / "evaluation.json").read_text())
+    cells = np.asarray(report["belief_cells"])
+    assert cells.shape == (60, 5, 5)  # one 5×5 map per step of the 60-step trial
+    # The maps are the decoder's probabilities at the posterior means of the first test trial.
+    model = experiment.load_model(run)
+    venv = experiment.bayes_envs.make_vec(ENV, 1, seed=report["config"]["eval_seed"], monitor=False)
+    observation, state, start = venv.reset(), None, np.ones(1, bool)
+    for step in range(60):
+        action, state = model.predict(observation, state=state, episode_start=start, deterministic=True)
+        mean = model.policy.last_belief_output.mean[0]
+        expected = model.policy.belief.reward_probabilities(mean).view(5, 5).detach().numpy()
+        np.testing.assert_allclose(cells[step], expected, rtol=1e-5, atol=1e-6)
+        observation, _, _, _ = venv.step(action)
+        start = np.zeros(1, bool)
+    pytest.importorskip("matplotlib")
+    plots = tmp_path / "plots"
+    assert main(["plot", str(run), "--out", str(plots)]) == 0
+    assert (plots / "grid_belief.png").stat().st_size > 1000
