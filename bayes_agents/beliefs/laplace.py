@@ -156,20 +156,8 @@ class LaplaceBelief(RL2Belief):
         """
         if not isinstance(rl2_belief, RL2Belief):
             raise TypeError(f"rl2_belief must be an RL2Belief, got {type(rl2_belief).__name__}")
-        architecture = {
-            "input_dim": rl2_belief.input_dim,
-            "hidden_size": rl2_belief.hidden_size,
-            "latent_dim": rl2_belief.latent_dim,
-            "rnn": rl2_belief.rnn,
-            "embed_sizes": rl2_belief.embed_sizes,
-            "negative_slope": rl2_belief.negative_slope,
-        }
-        clashes = set(architecture) & set(laplace_kwargs)
-        if clashes:
-            raise TypeError(f"from_rl2 takes the architecture from rl2_belief; do not pass {sorted(clashes)}")
-        reference = next(rl2_belief.parameters())
-        belief = cls(**architecture, **laplace_kwargs).to(device=reference.device, dtype=reference.dtype)
-        belief.load_state_dict(rl2_belief.state_dict())
+        belief, missing = cls._built_on(rl2_belief, laplace_kwargs)
+        assert not missing  # Laplace adds no parameters to the RL² recurrence
         return belief
 
     # ----------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ dict loads into it unchanged.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -96,6 +97,32 @@ class RL2Belief(Belief):
     def input_gates(self, inputs: Tensor) -> Tensor:
         """Input contribution to the gate pre-activations, ``[.., n_gates * H]`` for ``[.., input_dim]``."""
         return self.gates_from_embedded(self.embedding(inputs))
+
+    def architecture(self) -> dict[str, Any]:
+        """The constructor arguments of this recurrence: what a belief built on it must share."""
+        return {
+            "input_dim": self.input_dim,
+            "hidden_size": self.hidden_size,
+            "latent_dim": self.latent_dim,
+            "rnn": self.rnn,
+            "embed_sizes": self.embed_sizes,
+            "negative_slope": self.negative_slope,
+        }
+
+    @classmethod
+    def _built_on(cls, rl2_belief: RL2Belief, kwargs: dict[str, Any]) -> tuple[RL2Belief, list[str]]:
+        """A ``cls`` belief with ``rl2_belief``'s architecture, weights, device and dtype (``kwargs``: the
+        subclass's own keywords); returns it and the names of its parameters that ``rl2_belief`` lacks."""
+        architecture = rl2_belief.architecture()
+        clashes = set(architecture) & set(kwargs)
+        if clashes:
+            raise TypeError(f"from_rl2 takes the architecture from rl2_belief; do not pass {sorted(clashes)}")
+        reference = next(rl2_belief.parameters())
+        belief = cls(**architecture, **kwargs).to(device=reference.device, dtype=reference.dtype)
+        missing, unexpected = belief.load_state_dict(rl2_belief.state_dict(), strict=False)
+        if unexpected:
+            raise TypeError(f"rl2_belief has parameters {unexpected} that {cls.__name__} does not")
+        return belief, list(missing)
 
     def gates_from_embedded(self, embedded: Tensor) -> Tensor:
         """``[.., n_gates * H]`` gate pre-activations from embedded inputs ``[.., E]``.

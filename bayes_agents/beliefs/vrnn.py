@@ -180,21 +180,8 @@ class VRNNBelief(RL2Belief):
         ``vrnn_kwargs``: ``covariance``, ``beta``, ``log_variance_bound``."""
         if not isinstance(rl2_belief, RL2Belief) or isinstance(rl2_belief, (VRNNBelief, LaplaceBelief)):
             raise TypeError(f"rl2_belief must be a plain RL2Belief, got {type(rl2_belief).__name__}")
-        architecture = {
-            "input_dim": rl2_belief.input_dim,
-            "hidden_size": rl2_belief.hidden_size,
-            "latent_dim": rl2_belief.latent_dim,
-            "rnn": rl2_belief.rnn,
-            "embed_sizes": rl2_belief.embed_sizes,
-            "negative_slope": rl2_belief.negative_slope,
-        }
-        clashes = set(architecture) & set(vrnn_kwargs)
-        if clashes:
-            raise TypeError(f"from_rl2 takes the architecture from rl2_belief; do not pass {sorted(clashes)}")
-        reference = next(rl2_belief.parameters())
-        belief = cls(**architecture, **vrnn_kwargs).to(device=reference.device, dtype=reference.dtype)
-        missing, unexpected = belief.load_state_dict(rl2_belief.state_dict(), strict=False)
-        assert not unexpected and all(name.startswith(("log_variance_head", "skew_head")) for name in missing)
+        belief, missing = cls._built_on(rl2_belief, vrnn_kwargs)
+        assert all(name.startswith(("log_variance_head", "skew_head")) for name in missing)
         return belief
 
     def _make_state_layout(self) -> StateLayout:
