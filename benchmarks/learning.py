@@ -52,6 +52,39 @@ class Job:
     finetune_timesteps: int = 0
 
 
+def method_seed_jobs(
+    env_id: str,
+    methods: dict[str, dict[str, Any]],
+    names: list[str],
+    seeds: int,
+    timesteps: int,
+    n_envs: int,
+    ppo: dict[str, Any],
+    eval_every: int,
+    eval_tasks: int,
+    final_eval_tasks: int,
+    **job_fields: Any,
+) -> list[Job]:
+    """One job per (method in ``names``, seed < ``seeds``); ``methods[name]`` is its ``policy_kwargs``."""
+    return [
+        Job(
+            env_id,
+            name,
+            seed,
+            timesteps,
+            n_envs,
+            ppo,
+            methods[name],
+            eval_every,
+            eval_tasks,
+            final_eval_tasks,
+            **job_fields,
+        )
+        for name in names
+        for seed in range(seeds)
+    ]
+
+
 class PeriodicEvaluation(BaseCallback):
     def __init__(self, job: Job) -> None:
         super().__init__()

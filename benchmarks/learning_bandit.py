@@ -10,7 +10,7 @@ posterior, greedy posterior mean and uniform random (see benchmarks/references.p
 from __future__ import annotations
 
 import gymnasium as gym
-from learning import Job, aggregate, parse_args, run_jobs, save
+from learning import aggregate, method_seed_jobs, parse_args, run_jobs, save
 
 from bayes_agents.defaults import LAPLACE_SETTINGS, belief_settings, ppo_settings
 from bayes_agents.methods import method_defaults
@@ -30,25 +30,21 @@ SPLITS = {"train": {"split": "train"}, "test": {"split": "test"}}
 def main() -> None:
     args = parse_args(__doc__, list(METHODS))
 
-    jobs = [
-        Job(
-            "BayesBandit-v0",
-            method,
-            seed,
-            args.timesteps,
-            16,
-            PPO,
-            METHODS[method],
-            args.eval_every,
-            200,
-            1000,
-            final_evals=SPLITS,
-            laplace=LAPLACE_SETTINGS,
-            finetune_timesteps=args.finetune_timesteps,
-        )
-        for method in args.methods
-        for seed in range(args.seeds)
-    ]
+    jobs = method_seed_jobs(
+        "BayesBandit-v0",
+        METHODS,
+        args.methods,
+        args.seeds,
+        args.timesteps,
+        16,
+        PPO,
+        args.eval_every,
+        200,
+        1000,
+        final_evals=SPLITS,
+        laplace=LAPLACE_SETTINGS,
+        finetune_timesteps=args.finetune_timesteps,
+    )
     results = run_jobs(jobs, args.workers)
     learned = {split: aggregate(results, split, "final_regret_mean") for split in SPLITS}
     references = {}

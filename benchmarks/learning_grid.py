@@ -14,7 +14,7 @@ Bayes-optimal trial return reached (target: ≥ 90%).
 
 from __future__ import annotations
 
-from learning import Job, aggregate, parse_args, run_jobs, save
+from learning import aggregate, method_seed_jobs, parse_args, run_jobs, save
 
 from bayes_agents.defaults import LAPLACE_SETTINGS, belief_settings, ppo_settings
 from bayes_agents.methods import method_defaults
@@ -41,24 +41,20 @@ METHODS["glibrl:rl-grad"] = {**METHODS["glibrl"], "detach_policy_input": False}
 def main() -> None:
     args = parse_args(__doc__, list(METHODS))
 
-    jobs = [
-        Job(
-            "BayesGrid-v0",
-            method,
-            seed,
-            args.timesteps,
-            16,
-            PPO,
-            METHODS[method],
-            args.eval_every,
-            105,
-            420,
-            laplace=LAPLACE_SETTINGS,
-            finetune_timesteps=args.finetune_timesteps,
-        )
-        for method in args.methods
-        for seed in range(args.seeds)
-    ]
+    jobs = method_seed_jobs(
+        "BayesGrid-v0",
+        METHODS,
+        args.methods,
+        args.seeds,
+        args.timesteps,
+        16,
+        PPO,
+        args.eval_every,
+        105,
+        420,
+        laplace=LAPLACE_SETTINGS,
+        finetune_timesteps=args.finetune_timesteps,
+    )
     results = run_jobs(jobs, args.workers)
     per_episode = aggregate(results, "test", "episode_return_mean")
     trial = aggregate(results, "test", "trial_return_mean")

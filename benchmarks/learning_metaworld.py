@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from learning import Job, aggregate, run_jobs, save
+from learning import aggregate, method_seed_jobs, run_jobs, save
 
 from bayes_agents.defaults import LAPLACE_SETTINGS, belief_settings, method_env_settings, ppo_settings
 
@@ -90,24 +90,20 @@ def main() -> None:
             },
             "train": {**evaluation, "split": "train"},
         }
-        jobs = [
-            Job(
-                env_id,
-                method,
-                seed,
-                args.timesteps,
-                args.n_envs,
-                ppo,
-                METHODS[method],
-                args.eval_every,
-                args.eval_tasks,
-                args.final_eval_tasks,
-                env_kwargs=train_kwargs,
-                final_evals=final_evals,
-            )
-            for method in args.methods
-            for seed in range(args.seeds)
-        ]
+        jobs = method_seed_jobs(
+            env_id,
+            METHODS,
+            args.methods,
+            args.seeds,
+            args.timesteps,
+            args.n_envs,
+            ppo,
+            args.eval_every,
+            args.eval_tasks,
+            args.final_eval_tasks,
+            env_kwargs=train_kwargs,
+            final_evals=final_evals,
+        )
         results = run_jobs(jobs, args.workers)
         success = aggregate(results, "test", "success_rate")
         beyond = aggregate(results, "test_3_episodes", "success_rate")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from learning import Job, aggregate, run_jobs, save
+from learning import aggregate, method_seed_jobs, run_jobs, save
 
 from bayes_agents.defaults import LAPLACE_SETTINGS, belief_settings, method_env_settings, ppo_settings
 
@@ -69,23 +69,19 @@ def main() -> None:
     payload["envs"] = {}
     for env_id in args.envs:
         start = time.perf_counter()
-        jobs = [
-            Job(
-                env_id,
-                method,
-                seed,
-                args.timesteps,
-                args.n_envs,
-                ppo,
-                METHODS[method],
-                args.eval_every,
-                args.eval_tasks,
-                args.final_eval_tasks,
-                final_evals=FINAL_EVALS,
-            )
-            for method in args.methods
-            for seed in range(args.seeds)
-        ]
+        jobs = method_seed_jobs(
+            env_id,
+            METHODS,
+            args.methods,
+            args.seeds,
+            args.timesteps,
+            args.n_envs,
+            ppo,
+            args.eval_every,
+            args.eval_tasks,
+            args.final_eval_tasks,
+            final_evals=FINAL_EVALS,
+        )
         results = run_jobs(jobs, args.workers)
         per_episode = aggregate(results, "test", "episode_return_mean")
         beyond = aggregate(results, "test_3_episodes", "episode_return_mean")
