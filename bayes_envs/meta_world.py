@@ -318,28 +318,7 @@ class MetaWorldML10Env(_MetaWorldEnv):
         )
 
 
-class MetaWorldML45Env(_MetaWorldEnv):
+class MetaWorldML45Env(MetaWorldML10Env):
     """Meta-World ML45: 45 train classes, 5 held-out test classes; as :class:`MetaWorldML10Env`."""
 
     batch_class = ML45Batch
-
-    def __init__(
-        self,
-        render_mode: str | None = None,
-        rl2_inputs: bool = True,
-        *,
-        benchmark_seed: int = 0,
-        max_path_length: int = 500,
-        episodes_per_trial: int = 2,
-        env_cache_size: int = 10,
-        split: str = "train",
-    ) -> None:
-        super().__init__(
-            render_mode=render_mode,
-            rl2_inputs=rl2_inputs,
-            benchmark_seed=benchmark_seed,
-            max_path_length=max_path_length,
-            episodes_per_trial=episodes_per_trial,
-            env_cache_size=env_cache_size,
-            split=split,
-        )

@@ -97,6 +97,17 @@ class InputLayout:
         return obs, action, inputs[..., -2], inputs[..., -1]
 
 
+def check_input_layout(input_dim: int, input_layout: InputLayout) -> None:
+    """Raise unless ``input_layout`` is an :class:`InputLayout` describing inputs of size ``input_dim``."""
+    if not isinstance(input_layout, InputLayout):
+        raise TypeError(f"input_layout must be an InputLayout, got {type(input_layout).__name__}")
+    check_positive_int("input_dim", input_dim)
+    if input_dim != input_layout.input_dim:
+        raise ValueError(
+            f"input_dim must equal input_layout.input_dim = {input_layout.input_dim}, got {input_dim}"
+        )
+
+
 class StateLayout:
     """Named slices of a flat belief state ``[B, size]``.
 

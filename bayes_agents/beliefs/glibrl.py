@@ -87,7 +87,15 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .base import Belief, BeliefOutput, InputLayout, StateLayout, _check_n_samples, check_positive_int
+from .base import (
+    Belief,
+    BeliefOutput,
+    InputLayout,
+    StateLayout,
+    _check_n_samples,
+    check_input_layout,
+    check_positive_int,
+)
 from .laplace import segmented_cumsum
 
 #: Output groups that share a posterior precision: the O state differences, then the reward.
@@ -191,13 +199,7 @@ class GLiBRLBelief(Belief):
         detach_policy_input: bool = True,
     ):
         super().__init__()
-        if not isinstance(input_layout, InputLayout):
-            raise TypeError(f"input_layout must be an InputLayout, got {type(input_layout).__name__}")
-        check_positive_int("input_dim", input_dim)
-        if input_dim != input_layout.input_dim:
-            raise ValueError(
-                f"input_dim must equal input_layout.input_dim = {input_layout.input_dim}, got {input_dim}"
-            )
+        check_input_layout(input_dim, input_layout)
         check_positive_int("basis_dim", basis_dim)
         if isinstance(basis_hidden_sizes, (str, bytes)) or not isinstance(basis_hidden_sizes, Sequence):
             raise ValueError(

@@ -75,6 +75,7 @@ from .base import (
     StateLayout,
     _check_n_samples,
     check_choice,
+    check_input_layout,
     check_positive_int,
 )
 from .rl2 import RL2Belief
@@ -199,13 +200,7 @@ class VariBADBelief(Belief):
         backprop_rl_loss: bool = False,
     ):
         super().__init__()
-        if not isinstance(input_layout, InputLayout):
-            raise TypeError(f"input_layout must be an InputLayout, got {type(input_layout).__name__}")
-        check_positive_int("input_dim", input_dim)
-        if input_dim != input_layout.input_dim:
-            raise ValueError(
-                f"input_dim must equal input_layout.input_dim={input_layout.input_dim}, got {input_dim}"
-            )
+        check_input_layout(input_dim, input_layout)
         for name, value in [
             ("latent_dim", latent_dim),
             ("hidden_size", hidden_size),
