@@ -932,32 +932,6 @@ def load_model(run_dir: str | os.PathLike[str], device: str = "cpu") -> BayesPPO
     raise RunDirectoryError(f"{str(run_dir)!r} has no {MODEL_FILE} or {CHECKPOINT_FILE} to evaluate")
 
 
-def belief_over_trial(model: BayesPPO, env_id: str, n_tasks: int, seed: int, env_kwargs: dict[str, Any]):
-    """Mean posterior entropy and KL(q_t ‖ q_{t−1}) at each step of a trial, or ``None`` without a posterior.
-
-    :return: ``{"entropy": [T], "kl_to_previous": [T]}`` averaged over ``n_tasks`` test trials.
-    """
-    policy = model.policy
-    venv = bayes_envs.make_vec(env_id, n_tasks, seed=seed, monitor=False, **env_kwargs)
-    observation, state = venv.reset(), None
-    starts = np.ones(n_tasks, bool)
-    done = np.zeros(n_tasks, bool)
-    entropy, kl = [], []
-    while not done.all():
-        action, state = model.predict(observation, state=state, episode_start=starts, deterministic=True)
-        output = getattr(policy, "last_belief_output", None)
-        if output is None or getattr(output, "entropy", None) is None:
-            venv.close()
-            return None
-        entropy.append(float(output.entropy[~done].mean()))
-        kl.append(float(output.kl_to_previous[~done].mean()))
-        observation, _, dones, _ = venv.step(action)
-        done |= dones
-        starts = np.asarray(dones, bool)
-    venv.close()
-    return {"entropy": entropy, "kl_to_previous": kl}
-
-
 def belief_cells_over_trial(model: BayesPPO, env_id: str, seed: int, env_kwargs: dict[str, Any]):
     """The decoder's per-cell reward belief ``p(reward at cell | μ_t)`` at each step of one trial
     (the first test task), ``[T, size, size]`` as nested lists, for beliefs that decode one over
@@ -981,14 +955,12 @@ def belief_cells_over_trial(model: BayesPPO, env_id: str, seed: int, env_kwargs:
     return cells
 
 
-def _belief_curves(
-    summary: dict[str, Any], model: BayesPPO, env_id: str, n_tasks: int, seed: int, env_kwargs: dict[str, Any]
-) -> dict[str, list[float]] | None:
-    """Posterior entropy / KL per trial step: from the evaluation summary where it reports them,
-    else measured here (evaluation without belief statistics)."""
-    if "belief_entropy_mean" in summary:
-        return {"entropy": summary["belief_entropy_mean"], "kl_to_previous": summary.get("belief_kl_mean")}
-    return belief_over_trial(model, env_id, min(n_tasks, 64), seed, env_kwargs)
+def _belief_curves(summary: dict[str, Any]) -> dict[str, list[float]] | None:
+    """Posterior entropy / KL per trial step from the evaluation summary (``None`` for point estimates,
+    whose evaluation records none)."""
+    if "belief_entropy_mean" not in summary:
+        return None
+    return {"entropy": summary["belief_entropy_mean"], "kl_to_previous": summary.get("belief_kl_mean")}
 
 
 def evaluate_run(
@@ -1024,7 +996,7 @@ def evaluate_run(
         "agent": agent_summary,
         "references": {},
         "exact": {},
-        "belief": _belief_curves(agent_summary, model, env_id, n_tasks, seed, env_kwargs),
+        "belief": _belief_curves(agent_summary),
         "belief_cells": belief_cells_over_trial(model, env_id, seed, env_kwargs),
     }
     if references:

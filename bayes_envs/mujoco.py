@@ -22,6 +22,7 @@ See :func:`interval_split` for the membership of a value.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -230,11 +231,11 @@ class LocomotionBatch(TrialBatch):
     def _record_state(self, index: int, env: Any, columns: dict[str, np.ndarray]) -> None:
         """Read env ``index``'s state after its step into ``columns``."""
 
+    @abstractmethod
     def _task_reward(
         self, columns: dict[str, np.ndarray]
     ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         """Rewards ``[B]``, early inner-episode ends ``[B]`` and reward terms from the step's state."""
-        raise NotImplementedError
 
     # ------------------------------------------------------------------ rendering
     def render_rgb(self, index: int) -> np.ndarray:
