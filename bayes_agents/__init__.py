@@ -30,7 +30,7 @@ from bayes_agents.policies import (
     VariBADPolicy,
     VRNNPolicy,
 )
-from bayes_agents.ppo import BayesPPO, laplace_from_rl2
+from bayes_agents.ppo import BayesPPO, laplace_from_rl2, resolve_schedules
 
 __all__ = [
     "EXTRACTORS",
@@ -51,4 +51,5 @@ __all__ = [
     "VariBADExtractor",
     "VariBADPolicy",
     "laplace_from_rl2",
+    "resolve_schedules",
 ]

@@ -129,6 +129,29 @@ class RecurrentStateSlots:
     hidden_size: int
 
 
+@dataclass(frozen=True)
+class MinibatchCache:
+    """The stop-gradient parts of a Laplace belief's pass over one training minibatch, precomputed (by
+    :class:`~bayes_agents.BayesPPO`, once per update, from the rollout) so that the minibatch only
+    runs the means ``μ_t``. ``n_valid`` is the number of the minibatch's real (unpadded) steps, in
+    order.
+
+    :param valid: ``[n_valid]`` int64, the real steps' positions in the padded layout ``[n_seq * T]``.
+    :param previous_precisions: the real steps' ``previous_precision`` (see
+        :class:`~bayes_agents.beliefs.laplace.LaplaceTerms`), as consecutive blocks (views of the
+        rollout's rows) that concatenate to ``[n_valid, ..]``.
+    :param kl_offset: ``[n_valid]``; :param entropy: ``[n_valid]``.
+    :param sample_offsets: posterior-sample offsets ``z - μ = L^{-T} ε`` of the steps' common random
+        numbers, ``[n_samples, n_seq * T, L]`` (0 at padding), or None if the policy does not sample.
+    """
+
+    valid: Tensor
+    previous_precisions: tuple[Tensor, ...]
+    kl_offset: Tensor
+    entropy: Tensor
+    sample_offsets: Tensor | None = None
+
+
 class BeliefPolicy(RecurrentActorCriticPolicy):
     """Actor-critic policy whose memory is a belief module; see the module docstring.
 
@@ -194,6 +217,12 @@ class BeliefPolicy(RecurrentActorCriticPolicy):
         self._last_output: BeliefOutput | None = None
         self._loss_mask: Tensor | None = None
         self._pending_aux_loss: Tensor | None = None
+        #: Precomputed stop-gradient parts of the next ``evaluate_actions`` minibatch; set by
+        #: BayesPPO, consumed (and cleared) by that call.
+        self._minibatch_cache: MinibatchCache | None = None
+        #: Set by BayesPPO during a rollout: ``forward`` (one rollout step) hands it the step's
+        #: detached belief output and posterior-sample offsets (``add(output, offsets)``).
+        self._rollout_record: Any = None
         # The belief is built in _build_mlp_extractor (it needs the features size, and must exist
         # before ActorCriticPolicy creates the optimizer). RecurrentActorCriticPolicy.__init__ is
         # skipped on purpose: it would build two LSTMs that the belief replaces.
@@ -306,14 +335,77 @@ class BeliefPolicy(RecurrentActorCriticPolicy):
         self._last_output = output.apply(Tensor.detach)
         return (output, noise), self.pack_state(state, keys)
 
+    def _cached_belief_pass(
+        self,
+        features: Tensor,
+        lstm_states: tuple[Tensor, Tensor],
+        episode_starts: Tensor,
+        cache: MinibatchCache,
+    ) -> tuple[BeliefOutput, Tensor | None]:
+        """:meth:`_process_sequence` of a training minibatch from its :class:`MinibatchCache`: only the
+        means run; the KL is formed on the real steps only (0 at padding), ``entropy`` is 0 at padding,
+        and ``precision``/``precision_cholesky`` are not materialised (None: nothing in the update
+        reads them). No new state is formed (``evaluate_actions`` discards it).
+
+        :return: the flattened output and the sample offsets (None without sampling).
+        """
+        belief = self.belief
+        if not isinstance(belief, LaplaceBelief):
+            raise TypeError(f"a minibatch cache needs a LaplaceBelief, got {type(belief).__name__}")
+        n_seq = lstm_states[0].shape[1]
+        inputs = features.reshape(n_seq, -1, features.shape[-1]).swapaxes(0, 1)
+        starts = episode_starts.reshape(n_seq, -1).swapaxes(0, 1) > 0.5
+        state, _ = self.unpack_state(lstm_states)
+        mean, previous_mean = belief.mean_sequence(inputs, state, starts)
+        mean = mean.swapaxes(0, 1).flatten(0, 1)
+        difference = (mean - previous_mean.swapaxes(0, 1).flatten(0, 1)).index_select(0, cache.valid)
+        kl_blocks, start = [], 0
+        for previous_precision in cache.previous_precisions:  # views of the rollout's rows, no copies
+            stop = start + previous_precision.shape[0]
+            kl_blocks.append(
+                belief.kl_to_previous(difference[start:stop], previous_precision, cache.kl_offset[start:stop])
+            )
+            start = stop
+        if start != cache.valid.shape[0]:
+            raise ValueError(
+                f"the minibatch cache covers {start} steps, its valid positions {cache.valid.shape[0]}"
+            )
+        kl = torch.cat(kl_blocks) if len(kl_blocks) > 1 else kl_blocks[0]
+        rows = mean.shape[0]
+        output = BeliefOutput(
+            mean=mean,
+            entropy=cache.entropy.new_zeros(rows).index_copy(0, cache.valid, cache.entropy),
+            kl_to_previous=kl.new_zeros(rows).index_copy(0, cache.valid, kl),
+        )
+        self._last_output = output.apply(Tensor.detach)
+        return output, cache.sample_offsets if self.n_samples > 0 else None
+
+    def sample_offsets(
+        self, precision: Tensor | None, precision_cholesky: Tensor | None, step_keys: Tensor
+    ) -> Tensor:
+        """Posterior-sample offsets ``z - μ`` ``[n_samples, N, L]`` (no gradient) of ``N`` steps of a
+        Laplace belief, from their precision (diag) or its Cholesky factor (full) and their noise keys
+        ``[N]`` (int64): the noise :meth:`_process_sequence` draws for those keys."""
+        latent = self.belief.latent_dim
+        dtype = (precision if precision_cholesky is None else precision_cholesky).dtype
+        draws = standard_normal_from_keys(step_keys, self.n_samples * latent, dtype)
+        noise = draws.view(-1, self.n_samples, latent).transpose(0, 1)
+        return self.belief.sample_offsets(precision, precision_cholesky, noise)
+
     def _head_inputs(self, latent: Tensor, features: Tensor) -> Tensor:
         state = features[..., : self.state_dim]
         return torch.cat([latent, state.expand(*latent.shape[:-1], state.shape[-1])], dim=-1)
 
     def _action_distribution(
-        self, output: BeliefOutput, noise: Tensor | None, features: Tensor
+        self,
+        output: BeliefOutput,
+        noise: Tensor | None,
+        features: Tensor,
+        sample_offsets: Tensor | None = None,
     ) -> Distribution:
-        if noise is not None:
+        if sample_offsets is not None:
+            latents = output.mean + sample_offsets  # [n_Z, N, L]
+        elif noise is not None:
             latents = self.belief.sample(output, self.n_samples, noise=noise)  # [n_Z, N, L]
         else:
             latents = self.belief.policy_input(output).unsqueeze(0)
@@ -335,7 +427,12 @@ class BeliefPolicy(RecurrentActorCriticPolicy):
     ) -> tuple[Tensor, Tensor, Tensor, RNNStates]:
         features = self.extract_features(obs)
         (output, noise), slots = self._process_sequence(features, lstm_states.pi, episode_starts)
-        distribution = self._action_distribution(output, noise, features)
+        offsets = None
+        if noise is not None and isinstance(self.belief, LaplaceBelief):  # = belief.sample - mean
+            offsets = self.belief.sample_offsets(output.precision, output.precision_cholesky, noise)
+        if self._rollout_record is not None:
+            self._rollout_record.add(self._last_output, offsets)
+        distribution = self._action_distribution(output, noise, features, sample_offsets=offsets)
         actions = distribution.get_actions(deterministic=deterministic)
         log_prob = distribution.log_prob(actions)
         values = self._values(output, features)
@@ -360,12 +457,21 @@ class BeliefPolicy(RecurrentActorCriticPolicy):
         self, obs: Tensor, actions: Tensor, lstm_states: RNNStates, episode_starts: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
         features = self.extract_features(obs)
-        (output, noise), _ = self._process_sequence(features, lstm_states.pi, episode_starts)
-        distribution = self._action_distribution(output, noise, features)
+        cache, self._minibatch_cache = self._minibatch_cache, None
+        if cache is None:
+            (output, noise), _ = self._process_sequence(features, lstm_states.pi, episode_starts)
+            distribution = self._action_distribution(output, noise, features)
+        else:
+            output, offsets = self._cached_belief_pass(features, lstm_states.pi, episode_starts, cache)
+            distribution = self._action_distribution(output, None, features, sample_offsets=offsets)
         if self._loss_mask is not None:
             # Only BayesPPO sets a mask; it then adds this loss to the PPO loss (see BayesPPO.train).
-            self._pending_aux_loss = self.belief.aux_loss(output.apply(lambda value: value[self._loss_mask]))
+            self._pending_aux_loss = self._masked_aux_loss(output, self._loss_mask)
         return self._values(output, features), distribution.log_prob(actions), distribution.entropy()
+
+    def _masked_aux_loss(self, output: BeliefOutput, mask: Tensor) -> Tensor:
+        """The belief's auxiliary loss over the rows ``mask`` ``[N]`` of ``output``."""
+        return self.belief.aux_loss(output.apply(lambda value: value[mask]))
 
     # ------------------------------------------------------------------------------ belief statistics
     @property
@@ -391,10 +497,18 @@ class LaplacePolicy(BeliefPolicy):
     ``covariance`` (``"full"``/``"diag"``), ``variant`` (``"stationary"``, ``"sum_precision"``,
     ``"markov"``), ``damping`` and ``beta`` (KL penalty, applied by :class:`~bayes_agents.BayesPPO`);
     ``n_samples`` posterior samples are averaged in the action head (0: posterior mean). See
-    :class:`~bayes_agents.beliefs.LaplaceBelief`.
+    :class:`~bayes_agents.beliefs.LaplaceBelief`. Under :class:`~bayes_agents.BayesPPO` the update
+    reuses the precisions the rollout computed (``reuse_rollout_precision``); stock ``RecurrentPPO``
+    recomputes them for every minibatch.
     """
 
     belief_class = LaplaceBelief
+
+    def _masked_aux_loss(self, output: BeliefOutput, mask: Tensor) -> Tensor:
+        # The KL penalty reads kl_to_previous only: do not copy the [N, L, L] precisions and factors.
+        return self.belief.aux_loss(
+            BeliefOutput(mean=output.mean[mask], kl_to_previous=output.kl_to_previous[mask])
+        )
 
 
 class VariBADPolicy(BeliefPolicy):

@@ -36,6 +36,7 @@ from bayes_agents.callbacks import BeliefAuxLossCallback
 from bayes_agents.defaults import ppo_settings
 from bayes_agents.extractors import GLiBRLExtractor, HistoryPredictor, LaplaceExtractor
 from bayes_agents.policies import GLiBRLPolicy
+from bayes_agents.ppo import resolve_schedules
 from bayes_envs.evaluation import evaluate
 from bayes_envs.wrappers import TrialHistoryWrapper
 
@@ -48,7 +49,7 @@ GRID_LAPLACE = {
     "covariance": "diag",
     "variant": "sum_precision",
 }
-GRID_PPO = {**ppo_settings("BayesGrid-v0"), "batch_size": 480, "n_epochs": 2}
+GRID_PPO = resolve_schedules({**ppo_settings("BayesGrid-v0"), "batch_size": 480, "n_epochs": 2})
 CHEETAH_GLIBRL = {"basis_dim": 4, "basis_hidden_sizes": (32,)}
 
 

@@ -92,6 +92,10 @@ class PeriodicEvaluation(BaseCallback):
         self.curve: list[dict[str, Any]] = []
         self.next_eval = 0
 
+    def _on_training_start(self) -> None:
+        # A fine-tuning run continues the step count: evaluate at its start, then every eval_every.
+        self.next_eval = self.num_timesteps
+
     def _on_step(self) -> bool:
         if self.num_timesteps >= self.next_eval:
             env_kwargs = next(iter(self.job.final_evals.values()))

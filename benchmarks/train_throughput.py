@@ -5,7 +5,7 @@ Every row uses the same env batch (16 native envs), n_steps, batch size, epochs 
 hidden size, in one run (the machines are shared and noisy: compare the ratios). Reports env
 steps/s of the whole ``learn()`` and the seconds per PPO update (``train()``) alone.
 
-    python benchmarks/train_throughput.py [--timesteps 8192] [--threads 2]
+    python benchmarks/train_throughput.py [--timesteps 8192] [--threads 1] [--only "RL2Policy|k=1"]
 """
 
 from __future__ import annotations
@@ -26,47 +26,54 @@ from bayes_agents.methods import method_defaults
 RESULTS = Path(__file__).parent / "results"
 
 
-def configurations(hidden_size: int, latent_dim: int) -> list[tuple[str, type, Any, dict[str, Any]]]:
-    """(name, algorithm, policy, policy_kwargs) rows.
+Row = tuple[str, type, Any, dict[str, Any], dict[str, Any]]
+
+
+def configurations(hidden_size: int, latent_dim: int) -> list[Row]:
+    """(name, algorithm, policy, policy_kwargs, algorithm_kwargs) rows.
 
     The stock policy feeds the flattened observation straight into its LSTMs, so the belief rows
     use no input embedding (``embed_sizes=()``) for an equal-architecture comparison; one RL² row
-    adds the paper's (256, 256) embedding to show its cost.
+    adds the paper's (256, 256) embedding to show its cost. The Laplace rows reuse the rollout's
+    precisions in the update (BayesPPO's default); the "recompute" rows recompute them for every
+    minibatch (``reuse_rollout_precision=False``, what stock ``RecurrentPPO`` does).
     """
     belief = {"hidden_size": hidden_size, "latent_dim": latent_dim, "embed_sizes": ()}
-    rows: list[tuple[str, type, Any, dict[str, Any]]] = [
+    rows: list[Row] = [
         (
             "stock MultiInputLstmPolicy",
             RecurrentPPO,
             "MultiInputLstmPolicy",
             {"lstm_hidden_size": hidden_size},
+            {},
         ),
-        ("RL2Policy", RecurrentPPO, RL2Policy, belief),
-        ("RL2Policy embed (256, 256)", RecurrentPPO, RL2Policy, {**belief, "embed_sizes": (256, 256)}),
+        ("RL2Policy", RecurrentPPO, RL2Policy, belief, {}),
+        ("RL2Policy embed (256, 256)", RecurrentPPO, RL2Policy, {**belief, "embed_sizes": (256, 256)}, {}),
     ]
     for window in (1, 15):
         for covariance in ("full", "diag"):
             laplace = {**belief, "window": window, "covariance": covariance, "variant": "sum_precision"}
-            rows.append(
-                (
-                    f"LaplacePolicy k={window} {covariance}",
-                    BayesPPO,
-                    LaplacePolicy,
-                    {**laplace, "n_samples": 1},
+            name = f"LaplacePolicy k={window} {covariance}"
+            rows.append((name, BayesPPO, LaplacePolicy, {**laplace, "n_samples": 1}, {}))
+            if window == 1:
+                recompute = {"reuse_rollout_precision": False}
+                rows.append(
+                    (f"{name} recompute", BayesPPO, LaplacePolicy, {**laplace, "n_samples": 1}, recompute)
                 )
-            )
-    rows.append(("VRNNPolicy full", BayesPPO, VRNNPolicy, {**belief, "covariance": "full", "n_samples": 1}))
+    rows.append(
+        ("VRNNPolicy full", BayesPPO, VRNNPolicy, {**belief, "covariance": "full", "n_samples": 1}, {})
+    )
     # VariBAD and GLiBRL have their own encoders: the grid defaults of bayes_agents.methods (VariBAD:
     # GRU 64, latent 5, per-cell reward decoder, 3 VAE updates per PPO update; GLiBRL: basis 16),
     # plus a VariBAD row with the recurrence and latent sizes of the other rows.
     for name, policy in (("varibad", VariBADPolicy), ("glibrl", GLiBRLPolicy)):
         kwargs = method_defaults("BayesGrid-v0", name)["policy"]
         kwargs.pop("net_arch", None)
-        rows.append((f"{policy.__name__} (grid defaults)", BayesPPO, policy, kwargs))
+        rows.append((f"{policy.__name__} (grid defaults)", BayesPPO, policy, kwargs, {}))
         if name == "varibad":
             sized = {**kwargs, "hidden_size": hidden_size, "latent_dim": latent_dim}
             rows.append(
-                (f"{policy.__name__} GRU {hidden_size}, latent {latent_dim}", BayesPPO, policy, sized)
+                (f"{policy.__name__} GRU {hidden_size}, latent {latent_dim}", BayesPPO, policy, sized, {})
             )
     return rows
 
@@ -88,7 +95,12 @@ class TimedTrain:
 
 
 def measure(
-    name: str, algorithm: type, policy: Any, policy_kwargs: dict[str, Any], args: argparse.Namespace
+    name: str,
+    algorithm: type,
+    policy: Any,
+    policy_kwargs: dict[str, Any],
+    algorithm_kwargs: dict[str, Any],
+    args: argparse.Namespace,
 ) -> dict:
     venv = bayes_envs.make_vec("BayesGrid-v0", args.n_envs, seed=0)
     model = algorithm(
@@ -100,6 +112,7 @@ def measure(
         policy_kwargs=policy_kwargs,
         seed=0,
         device="cpu",
+        **algorithm_kwargs,
     )
     model.learn(args.n_steps * args.n_envs)  # warm-up rollout + update
     timer = TimedTrain(model)
@@ -126,17 +139,23 @@ def main() -> None:
     parser.add_argument("--n-epochs", type=int, default=4)
     parser.add_argument("--hidden-size", type=int, default=128)
     parser.add_argument("--latent-dim", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--only", default=None, help="substring: run only the matching rows")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--only",
+        default=None,
+        help="run only the rows whose name contains one of these |-separated substrings",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "train_throughput.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     rows = []
-    for name, algorithm, policy, kwargs in configurations(args.hidden_size, args.latent_dim):
-        if args.only and args.only not in name:
+    for name, algorithm, policy, kwargs, algorithm_kwargs in configurations(
+        args.hidden_size, args.latent_dim
+    ):
+        if args.only and not any(part in name for part in args.only.split("|")):
             continue
-        rows.append(measure(name, algorithm, policy, kwargs, args))
+        rows.append(measure(name, algorithm, policy, kwargs, algorithm_kwargs, args))
         print(f"  measured {name}", flush=True)
     reference = {row["policy"]: row for row in rows}
     stock, rl2 = reference.get("stock MultiInputLstmPolicy"), reference.get("RL2Policy")

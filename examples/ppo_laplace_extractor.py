@@ -27,6 +27,7 @@ import bayes_envs  # noqa: F401  (registers the envs)
 from bayes_agents.callbacks import BeliefAuxLossCallback
 from bayes_agents.defaults import LAPLACE_SETTINGS, belief_settings, ppo_settings
 from bayes_agents.extractors import HistoryPredictor, LaplaceExtractor
+from bayes_agents.ppo import resolve_schedules
 from bayes_envs.evaluation import evaluate
 from bayes_envs.wrappers import TrialHistoryWrapper
 
@@ -63,7 +64,7 @@ def main() -> None:
         ),
         seed=args.seed,
         device="cpu",
-        **{**ppo_settings(ENV_ID), "batch_size": 480, "n_epochs": 2},
+        **resolve_schedules({**ppo_settings(ENV_ID), "batch_size": 480, "n_epochs": 2}),
     )
     predictor = HistoryPredictor(model, name="PPO + LaplaceExtractor")
     before = evaluate(predictor, ENV_ID, n_tasks=105, seed=10_000, split="test")

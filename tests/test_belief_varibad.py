@@ -365,3 +365,61 @@ def test_bad_inputs_raise() -> None:
             bayes_envs.make_vec("BayesGrid-v0", 2),
             policy_kwargs={**GRID_KWARGS, "n_samples": 2},
         )
+
+
+def test_running_normalizer_matches_the_statistics_of_all_batches() -> None:
+    from bayes_agents.beliefs import RunningNormalizer
+
+    generator = torch.Generator().manual_seed(0)
+    batches = [torch.randn(n, 3, generator=generator) * 4 + 2 for n in (1, 7, 50)]
+    normalizer = RunningNormalizer(3).double()
+    values = torch.randn(5, 3, dtype=torch.float64)
+    torch.testing.assert_close(normalizer(values), values)  # identity before any update
+    for batch in batches:
+        normalizer.update(batch.double().view(-1, 1, 3))  # any leading dims
+    everything = torch.cat(batches).double()
+    torch.testing.assert_close(normalizer.mean, everything.mean(0))
+    torch.testing.assert_close(normalizer.var, everything.var(0, unbiased=False))
+    expected = ((values - everything.mean(0)) / (everything.var(0, unbiased=False) + 1e-8).sqrt()).clamp(
+        -10, 10
+    )
+    torch.testing.assert_close(normalizer(values), expected)
+    with pytest.raises(ValueError, match="must end in 3"):
+        normalizer.update(torch.zeros(2, 4))
+
+
+def test_policy_input_is_standardised_by_the_posteriors_of_the_added_trials() -> None:
+    inputs, lengths = grid_trials()
+    belief = make_belief(**GRID_KWARGS)
+    trials = [inputs[: lengths[n], n] for n in range(2)]
+    belief.update_policy_input_statistics(trials)
+    raw = []
+    for trial in trials:  # the step loop, one trial at a time
+        state = belief.initial_state(1)
+        for t, x in enumerate(trial):
+            output, state = belief.step(x.unsqueeze(0), state, torch.tensor([t == 0]))
+            raw.append(torch.cat([output.mean[0], -output.precision[0].log()]))
+    raw = torch.stack(raw)
+    mean, var = raw.mean(0), raw.var(0, unbiased=False)
+    torch.testing.assert_close(belief.policy_input_normalizer.mean, mean)
+    torch.testing.assert_close(belief.policy_input_normalizer.var, var)
+    output, _ = belief.sequence(
+        inputs[:, :1], belief.initial_state(1), torch.tensor([[True]] + [[False]] * 3)
+    )
+    torch.testing.assert_close(
+        belief.policy_input(output), ((raw[:4] - mean) / (var + 1e-8).sqrt()).clamp(-10, 10).unsqueeze(1)
+    )
+    plain = make_belief(**GRID_KWARGS, normalize_policy_input=False)
+    plain.update_policy_input_statistics(trials)  # statistics are kept but not applied
+    output, _ = plain.sequence(inputs[:, :1], plain.initial_state(1), torch.tensor([[True]] + [[False]] * 3))
+    torch.testing.assert_close(plain.policy_input(output), raw[:4].unsqueeze(1))
+
+
+def test_bayes_ppo_updates_the_policy_input_statistics_after_each_vae_round() -> None:
+    venv = bayes_envs.make_vec("BayesGrid-v0", 4, seed=0)
+    model = BayesPPO(VariBADPolicy, venv, policy_kwargs=GRID_KWARGS, n_steps=60, batch_size=120, n_epochs=1)
+    normalizer = model.policy.belief.policy_input_normalizer
+    model.learn(480)
+    # Two rollouts of 4 envs × one 60-step trial each, every step counted once.
+    assert float(normalizer.count) == 2 * 4 * 60
+    assert not torch.equal(normalizer.var, torch.ones_like(normalizer.var))

@@ -237,3 +237,25 @@ def test_noise_keys_and_normals() -> None:
     draws = standard_normal_from_keys(torch.arange(20_000), 8, torch.float64)
     assert abs(draws.mean().item()) < 0.01 and abs(draws.std().item() - 1) < 0.01
     assert abs(torch.corrcoef(draws[:, :2].T)[0, 1].item()) < 0.03
+
+
+def test_schedule_strings_decay_linearly_and_bad_ones_raise() -> None:
+    from bayes_agents import resolve_schedules
+    from bayes_agents.ppo import resolve_schedule
+
+    schedule = resolve_schedule("learning_rate", "lin_1e-3")
+    assert [schedule(p) for p in (1.0, 0.5, 0.0)] == pytest.approx([1e-3, 5e-4, 0.0])
+    assert resolve_schedule("clip_range", 0.2) == 0.2 and resolve_schedule("clip_range_vf", None) is None
+    for bad in ("lin_", "lin_-1", "cos_1e-3", "1e-3"):
+        with pytest.raises(ValueError, match="learning_rate"):
+            resolve_schedule("learning_rate", bad)
+    resolved = resolve_schedules({"learning_rate": "lin_2e-3", "n_steps": 60})
+    assert resolved["n_steps"] == 60 and resolved["learning_rate"](0.25) == pytest.approx(5e-4)
+
+    venv = bayes_envs.make_vec("BayesGrid-v0", 2, seed=0)
+    small = dict(hidden_size=8, latent_dim=4, embed_sizes=(8,), net_arch=[8])
+    for args, kwargs in [((), {"learning_rate": "lin_1e-3"}), (("lin_1e-3",), {})]:  # keyword, positional
+        model = BayesPPO(RL2Policy, venv, *args, n_steps=60, batch_size=60, policy_kwargs=small, **kwargs)
+        assert model.lr_schedule(0.5) == pytest.approx(5e-4)
+        model.learn(240)  # two updates: at 1/2 of the budget left (lr 5e-4), then at none left
+        assert model.policy.optimizer.param_groups[0]["lr"] == 0.0

@@ -14,7 +14,7 @@ All share the :class:`Belief` interface (flat ``[B, state_size]`` state, zeros =
 ``episode_start`` semantics) and return a :class:`BeliefOutput`.
 """
 
-from .base import Belief, BeliefOutput, InputLayout, StateLayout
+from .base import Belief, BeliefOutput, InputLayout, RunningNormalizer, StateLayout
 from .glibrl import GLiBRLBelief, GLiBRLOutput, NIGPosterior
 from .laplace import COVARIANCES, VARIANTS, LaplaceBelief, segmented_cumsum
 from .rl2 import RNN_TYPES, RL2Belief
@@ -33,6 +33,7 @@ __all__ = [
     "LaplaceBelief",
     "NIGPosterior",
     "RL2Belief",
+    "RunningNormalizer",
     "StateLayout",
     "VRNNBelief",
     "VariBADBelief",

@@ -239,6 +239,60 @@ class Belief(nn.Module, ABC):
         return inputs.to(dtype), starts
 
 
+class RunningNormalizer(nn.Module):
+    """Running mean/variance standardisation of features ``[.., D]`` for a policy head.
+
+    The statistics are those of every batch passed to :meth:`update` (Chan et al.'s parallel
+    update, as Stable-Baselines3's ``RunningMeanStd``), kept as buffers so that they are saved and
+    loaded with the policy and follow it across devices. Before any update it is the identity
+    (mean 0, variance 1). Why: posterior parameters such as ``log σ²`` drift to magnitudes that
+    saturate a ``tanh`` policy layer while the model that produces them trains (VariBAD normalises
+    its latent for the policy the same way).
+
+    :param size: feature size ``D``.
+    :param epsilon: added to the variance before the square root.
+    :param clip: normalised values are clipped to ``[-clip, clip]``.
+    """
+
+    def __init__(self, size: int, epsilon: float = 1e-8, clip: float = 10.0):
+        super().__init__()
+        check_positive_int("size", size)
+        self.epsilon = float(epsilon)
+        self.clip = float(clip)
+        self.register_buffer("mean", torch.zeros(size))
+        self.register_buffer("var", torch.ones(size))
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, values: Tensor) -> None:
+        """Merge the statistics of ``values`` ``[.., D]`` (all leading dims are samples)."""
+        if values.shape[-1] != self.mean.shape[0]:
+            raise ValueError(f"values must end in {self.mean.shape[0]}, got {tuple(values.shape)}")
+        flat = values.detach().reshape(-1, values.shape[-1]).to(self.mean.dtype)
+        if flat.shape[0] == 0:
+            return
+        batch_count = float(flat.shape[0])
+        batch_mean, batch_var = flat.mean(0), flat.var(0, unbiased=False)
+        count = float(self.count)
+        if count == 0:
+            self.mean.copy_(batch_mean)
+            self.var.copy_(batch_var)
+        else:
+            total = count + batch_count
+            delta = batch_mean - self.mean
+            self.mean.add_(delta * (batch_count / total))
+            self.var.copy_(
+                (self.var * count + batch_var * batch_count + delta.square() * (count * batch_count / total))
+                / total
+            )
+        self.count.add_(batch_count)
+
+    def forward(self, values: Tensor) -> Tensor:
+        """``clip((values − mean) / sqrt(var + ε))``, differentiable in ``values``."""
+        scale = torch.rsqrt(self.var + self.epsilon)
+        return ((values - self.mean) * scale).clamp(-self.clip, self.clip)
+
+
 def _check_n_samples(n_samples: int) -> None:
     if not isinstance(n_samples, int) or n_samples < 1:
         raise ValueError(f"n_samples must be an int >= 1, got {n_samples!r}")

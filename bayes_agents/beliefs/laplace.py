@@ -29,6 +29,15 @@ Model (Laplace-VRNN paper, section 4 and appendix A.3, with the conventions of D
 * Cost: the Jacobians are formed as ``W_out ∂h'/∂h`` from the gate derivatives (one batched matrix
   product), in cache-sized blocks of rows of at most ``jacobian_block_elements`` floats of scratch.
 
+Stop-gradient terms: everything but the mean (precision, Cholesky factor, ``Λ_{t-1}``, entropy and
+the mean-independent part of the KL) is a :class:`LaplaceTerms`; outputs are :class:`LaplaceOutput`
+and carry all of it. A trainer that already has the terms of some steps (a rollout computed them
+at every step; or :meth:`LaplaceBelief.terms_from_states` rebuilds them from the states a rollout
+stored, which hold each step's ``data_precision``) re-evaluates those steps without recomputing them:
+``sequence(..., terms=terms)``, or :meth:`LaplaceBelief.mean_sequence` plus
+:meth:`LaplaceBelief.kl_to_previous` on any rows. The terms are those of the weights they were
+computed with (see :class:`~bayes_agents.BayesPPO`, which reuses the rollout's for its update).
+
 State layout (all zeros = prior): ``hidden [H]``, ``cell [H]`` (LSTM), ``window_inputs [k-1, D]``
 (the previous raw inputs, oldest first), ``window_count [1]`` (how many of the last ``k`` inputs,
 current one included, belong to the current episode), ``data_precision [L, L]`` or ``[L]``
@@ -38,7 +47,9 @@ current one included, belong to the current episode), ``data_precision [L, L]`` 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -83,6 +94,80 @@ def _shift_in(sequence: Tensor, carry: Tensor, starts: Tensor, reset_value: floa
     """Previous element of ``sequence`` ``[T, B, *E]``: ``carry`` at ``t=0``, ``reset_value`` at starts."""
     previous = torch.cat([carry.unsqueeze(0), sequence[:-1]], dim=0)
     return torch.where(starts.view(*starts.shape, *(1,) * (sequence.dim() - 2)), reset_value, previous)
+
+
+def _shift_in_matrices(sequence: Tensor, carry: Tensor, starts: Tensor, diagonal: float) -> Tensor:
+    """Previous element of ``sequence`` ``[T, B, L, L]``: ``carry`` at ``t=0``, ``diagonal·I`` at starts."""
+    previous = torch.cat([carry.unsqueeze(0), sequence[:-1]])
+    previous.mul_((~starts).to(previous.dtype)[..., None, None])
+    previous.diagonal(dim1=-2, dim2=-1).add_(starts.to(previous.dtype).unsqueeze(-1) * diagonal)
+    return previous
+
+
+def _mapped_fields(instance: object, function: Callable[[Tensor], Tensor]) -> dict[str, Tensor | None]:
+    """``function`` of every tensor field of a dataclass ``instance`` (None stays None), by name."""
+    values = {}
+    for field in fields(instance):
+        value = getattr(instance, field.name)
+        values[field.name] = None if value is None else function(value)
+    return values
+
+
+@dataclass
+class LaplaceTerms:
+    """The stop-gradient part of Laplace posteriors ``q_t = N(μ_t, Λ_t^{-1})`` at steps ``[..]``
+    (``[T, B]`` in :meth:`LaplaceBelief.sequence`): everything except the mean.
+
+    :param precision: ``Λ_t`` as reported (full: ``+ jitter·I``), ``[.., L, L]`` or ``[.., L]`` (diag).
+    :param precision_cholesky: lower Cholesky factor ``L_t`` of ``precision`` (full), else None.
+    :param previous_precision: the precision ``Λ_{t-1}`` of ``q_{t-1}`` (the prior's at a reset), as
+        reported (full: with the jitter), ``[.., L, L]`` or ``[.., L]`` (diag).
+    :param entropy: entropy of ``q_t`` in nats ``[..]``.
+    :param kl_offset: the mean-independent part of ``KL(q_t || q_{t-1})``,
+        ``½(tr(Λ_{t-1} Λ_t^{-1}) - L + log det Λ_t - log det Λ_{t-1})`` ``[..]``; the KL is
+        ``kl_offset + ½ (μ_t - μ_{t-1})^T Λ_{t-1} (μ_t - μ_{t-1})``.
+    """
+
+    precision: Tensor
+    precision_cholesky: Tensor | None
+    previous_precision: Tensor
+    entropy: Tensor
+    kl_offset: Tensor
+
+    def apply(self, function: Callable[[Tensor], Tensor]) -> LaplaceTerms:
+        """New terms with ``function`` applied to every tensor field (None stays None)."""
+        return LaplaceTerms(**_mapped_fields(self, function))
+
+
+@dataclass
+class LaplaceOutput(BeliefOutput):
+    """A :class:`BeliefOutput` that also carries the rest of the Laplace terms (see :class:`LaplaceTerms`):
+    ``previous_precision`` and ``kl_offset``, so that a rollout's outputs hold everything a trainer needs
+    to re-evaluate the steps later at new means."""
+
+    previous_precision: Tensor | None = None
+    kl_offset: Tensor | None = None
+
+    def apply(self, function: Callable[[Tensor], Tensor]) -> LaplaceOutput:
+        """As :meth:`BeliefOutput.apply`, keeping the subclass and its extra fields."""
+        return LaplaceOutput(**_mapped_fields(self, function))
+
+
+class _SymmetricQuadraticForm(torch.autograd.Function):
+    """``x^T A x`` ``[..]`` for ``x`` ``[.., L]`` and a constant symmetric ``A`` ``[.., L, L]``, with the
+    gradient ``2 A x`` taken from the forward product (one batched matrix product in all, where
+    autograd's ``x^T A x`` or ``||L^T x||²`` needs a second one, on a transposed matrix, backward)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, matrix: Tensor) -> Tensor:
+        product = (x.unsqueeze(-2) @ matrix).squeeze(-2)  # x^T A = (A x)^T: the faster batched product
+        ctx.save_for_backward(product)
+        return (x * product).sum(-1)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        (product,) = ctx.saved_tensors
+        return 2 * grad.unsqueeze(-1) * product, None
 
 
 class LaplaceBelief(RL2Belief):
@@ -314,19 +399,22 @@ class LaplaceBelief(RL2Belief):
         return precision.view(*leading, *precision.shape[1:])
 
     def _windows(
-        self, inputs: Tensor, input_gates: Tensor, parts: dict[str, Tensor], starts: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Window gate pre-activations ``[T, B, k, G·H]``, validity mask ``[T, B, k]`` and the next
-        ``window_inputs`` ``[B, k-1, D]`` and ``window_count`` ``[B, 1]``."""
+        self, inputs: Tensor, input_gates: Tensor | None, parts: dict[str, Tensor], starts: Tensor
+    ) -> tuple[Tensor | None, Tensor, Tensor, Tensor]:
+        """Window gate pre-activations ``[T, B, k, G·H]`` (None if ``input_gates`` is None), validity
+        mask ``[T, B, k]`` and the next ``window_inputs`` ``[B, k-1, D]`` and ``window_count`` ``[B, 1]``."""
         window = self.window
         steps = inputs.shape[0]
+        window_gates = None
         if window > 1:
             past_inputs = parts["window_inputs"].transpose(0, 1)  # [k-1, B, D]
-            all_gates = torch.cat([self.input_gates(past_inputs), input_gates], dim=0)
-            window_gates = all_gates.unfold(0, window, 1).transpose(-1, -2)  # [T, B, k, G·H]
+            if input_gates is not None:
+                all_gates = torch.cat([self.input_gates(past_inputs), input_gates], dim=0)
+                window_gates = all_gates.unfold(0, window, 1).transpose(-1, -2)  # [T, B, k, G·H]
             next_window = torch.cat([past_inputs, inputs], dim=0)[-(window - 1) :].transpose(0, 1)
         else:
-            window_gates = input_gates.unsqueeze(2)
+            if input_gates is not None:
+                window_gates = input_gates.unsqueeze(2)
             next_window = parts["window_inputs"]
         time_index = torch.arange(steps, device=inputs.device).unsqueeze(1)
         last_start = torch.cummax(torch.where(starts, time_index, -1), dim=0).values
@@ -339,40 +427,58 @@ class LaplaceBelief(RL2Belief):
         mask = slot >= (window - counts).unsqueeze(-1)
         return window_gates, mask, next_window, counts[-1].unsqueeze(-1)
 
-    def sequence(self, inputs: Tensor, state: Tensor, episode_starts: Tensor) -> tuple[BeliefOutput, Tensor]:
+    def sequence(
+        self, inputs: Tensor, state: Tensor, episode_starts: Tensor, terms: LaplaceTerms | None = None
+    ) -> tuple[BeliefOutput, Tensor]:
         """See :meth:`Belief.sequence`. Outputs ``[T, B, ..]``: ``mean``, ``precision``,
-        ``precision_cholesky`` (full), ``entropy``, ``kl_to_previous``."""
+        ``precision_cholesky`` (full), ``entropy``, ``kl_to_previous``.
+
+        :param terms: optional stop-gradient posterior terms of these ``T`` steps (leading dims
+            ``[T, B]``), e.g. :meth:`terms_from_states` of the states a rollout stored. They are used
+            as given instead of being recomputed (no Jacobians, Cholesky factors or log-determinants):
+            only the mean ``μ_t`` runs, and ``kl_to_previous`` is differentiable through it exactly as
+            without ``terms``. Terms taken at other weights than the current ones give the precision
+            of those weights (as PPO's old log-probabilities are those of the rollout's weights); the
+            precision carries no gradient either way. The returned state's ``data_precision`` is
+            that of ``terms.precision[-1]``.
+        """
         inputs, starts = self._prepare_sequence(inputs, state, episode_starts)
+        if terms is not None:
+            self._check_terms(terms, starts.shape)
         parts = self.state_layout.unpack(state)
         hidden, cell = self._unpack_carry(parts)
         embedded = self.embedding(inputs)
         hiddens, cells, final_hidden, final_cell = self.recurrence(
-            embedded, hidden, cell, starts, need_cells=True
+            embedded, hidden, cell, starts, need_cells=terms is None
         )
-        features = self.latent_head(hiddens)
+        mean, previous_mean = self._means(self.latent_head(hiddens), parts, starts)
 
         with torch.no_grad():
-            window_gates, mask, next_window, next_count = self._windows(
-                inputs, self.gates_from_embedded(embedded.detach()), parts, starts
-            )
-            data_precision = self._window_precision(
-                hiddens.detach(), None if cells is None else cells.detach(), window_gates, mask
-            )
-            carried_data_precision = parts["data_precision"]
-            if self.variant != "stationary":
-                data_precision = segmented_cumsum(data_precision, starts, carried_data_precision)
-            next_data_precision = data_precision[-1].clone()
-            # data_precision is a fresh tensor: add the prior precision in place (it is large).
-            precision = self._add_prior_precision_(data_precision)
-            carried_precision = self._add_prior_precision_(carried_data_precision.clone())
-            if self.variant == "markov":
-                mean_values = segmented_cumsum(features.detach(), starts, parts["mean"])
+            input_gates = None if terms is not None else self.gates_from_embedded(embedded.detach())
+            window_gates, mask, next_window, next_count = self._windows(inputs, input_gates, parts, starts)
+            if terms is None:
+                data_precision = self._window_precision(
+                    hiddens.detach(), None if cells is None else cells.detach(), window_gates, mask
+                )
+                if self.variant != "stationary":
+                    data_precision = segmented_cumsum(data_precision, starts, parts["data_precision"])
+                next_data_precision = data_precision[-1].clone()
+                # data_precision is a fresh tensor: the prior precision is added in place (it is large).
+                terms = self._posterior_terms_(data_precision, parts["data_precision"], starts)
             else:
-                mean_values = features.detach()
-            previous_mean = _shift_in(mean_values, parts["mean"], starts, 0.0)
-        mean = features + previous_mean if self.variant == "markov" else features
+                next_data_precision = self._add_prior_precision_(terms.precision[-1].clone(), -1.0)
 
-        output = self._posterior_output(mean, precision, previous_mean, carried_precision, starts)
+        output = LaplaceOutput(
+            mean=mean,
+            precision=terms.precision,
+            precision_cholesky=terms.precision_cholesky,
+            entropy=terms.entropy,
+            kl_to_previous=self.kl_to_previous(
+                mean - previous_mean, terms.previous_precision, terms.kl_offset
+            ),
+            previous_precision=terms.previous_precision,
+            kl_offset=terms.kl_offset,
+        )
         next_parts = {
             "hidden": final_hidden,
             "window_inputs": next_window,
@@ -384,68 +490,125 @@ class LaplaceBelief(RL2Belief):
             next_parts["cell"] = final_cell
         return output, self.state_layout.pack(next_parts)
 
+    def _means(self, features: Tensor, parts: dict[str, Tensor], starts: Tensor) -> tuple[Tensor, Tensor]:
+        """``μ_t`` (differentiable) and ``sg μ_{t-1}`` (0 at a reset) ``[T, B, L]`` from the RL² latents."""
+        with torch.no_grad():
+            if self.variant == "markov":
+                mean_values = segmented_cumsum(features.detach(), starts, parts["mean"])
+            else:
+                mean_values = features.detach()
+            previous_mean = _shift_in(mean_values, parts["mean"], starts, 0.0)
+        return (features + previous_mean if self.variant == "markov" else features), previous_mean
+
+    def mean_sequence(self, inputs: Tensor, state: Tensor, episode_starts: Tensor) -> tuple[Tensor, Tensor]:
+        """The means of :meth:`sequence` alone (no precision, no state): ``μ_t`` ``[T, B, L]``, with
+        gradient, and ``μ_{t-1}`` (detached, 0 at a reset). With the terms of these steps from elsewhere
+        (e.g. the :class:`LaplaceOutput` of a rollout), :meth:`kl_to_previous` then gives their KL."""
+        inputs, starts = self._prepare_sequence(inputs, state, episode_starts)
+        parts = self.state_layout.unpack(state)
+        hidden, cell = self._unpack_carry(parts)
+        hiddens, _, _, _ = self.recurrence(self.embedding(inputs), hidden, cell, starts, need_cells=False)
+        return self._means(self.latent_head(hiddens), parts, starts)
+
+    def kl_to_previous(self, difference: Tensor, previous_precision: Tensor, kl_offset: Tensor) -> Tensor:
+        """``KL(q_t || q_{t-1}) = kl_offset + ½ δ^T Λ_{t-1} δ`` ``[..]`` for ``δ = μ_t - μ_{t-1}``
+        ``[.., L]`` (differentiable) and the terms' ``previous_precision`` ``Λ_{t-1}`` and ``kl_offset``
+        (constants: no gradient flows to them)."""
+        if self.covariance == "diag":
+            mahalanobis = (previous_precision.detach() * difference.square()).sum(-1)
+        else:
+            mahalanobis = _SymmetricQuadraticForm.apply(difference, previous_precision.detach())
+        return kl_offset + 0.5 * mahalanobis
+
+    @torch.no_grad()
+    def terms_from_states(self, states: Tensor, episode_starts: Tensor) -> LaplaceTerms:
+        """The stop-gradient posterior terms of ``T`` steps from the belief states around them, without
+        running the recurrence (the states carry each step's ``data_precision``).
+
+        This is how a trainer reuses the precisions a rollout computed (one Cholesky factorisation
+        per step and update instead of the Jacobians, factorisations and log-determinants of every
+        minibatch of every epoch): pass the result, sliced like the inputs, to :meth:`sequence`.
+
+        :param states: ``[T + 1, B, state_size]``: ``states[0]`` the state before step 0 and
+            ``states[t + 1]`` the state after step ``t`` (as a rollout stores them).
+        :param episode_starts: ``[T, B]`` (bool or 0/1 float), the resets of the steps.
+        :return: terms with leading dims ``[T, B]``, equal to those :meth:`sequence` computes for
+            these steps at the weights the states were computed with.
+        """
+        if states.dim() != 3 or states.shape[-1] != self.state_size:
+            raise ValueError(f"states must be [T + 1, B, {self.state_size}], got {tuple(states.shape)}")
+        steps, batch = states.shape[0] - 1, states.shape[1]
+        if steps < 1 or episode_starts.shape != (steps, batch):
+            raise ValueError(
+                f"episode_starts must be [T, B] = {(steps, batch)} for states {tuple(states.shape)}, "
+                f"got {tuple(episode_starts.shape)}"
+            )
+        starts = episode_starts if episode_starts.dtype == torch.bool else episode_starts > 0.5
+        states = states.to(self._reference_parameter().dtype)
+        data_precision = self.state_layout.unpack(states.flatten(0, 1))["data_precision"]
+        data_precision = data_precision.reshape(steps + 1, batch, *data_precision.shape[1:])
+        return self._posterior_terms_(data_precision[1:].clone(), data_precision[0], starts)
+
+    def _check_terms(self, terms: LaplaceTerms, leading: tuple[int, ...]) -> None:
+        if not isinstance(terms, LaplaceTerms):
+            raise TypeError(f"terms must be LaplaceTerms, got {type(terms).__name__}")
+        latent = self.latent_dim
+        full = self.covariance == "full"
+        expected = (*leading, latent, latent) if full else (*leading, latent)
+        if terms.precision.shape != expected or (terms.precision_cholesky is None) == full:
+            raise ValueError(
+                f"terms must hold {self.covariance} precisions {expected} (with a Cholesky factor for a "
+                f"full covariance), got precision {tuple(terms.precision.shape)} and "
+                f"{'a' if terms.precision_cholesky is not None else 'no'} Cholesky factor"
+            )
+
     @property
     def prior_precision(self) -> float:
         """Diagonal of the precision before any data: ``damping`` (+ ``jitter`` for a full covariance)."""
         return self.damping + self.jitter if self.covariance == "full" else self.damping
 
-    def _add_prior_precision_(self, data_precision: Tensor) -> Tensor:
-        """In place: ``data_precision + prior_precision·I`` (full ``[.., L, L]``) or ``+ prior`` (diag)."""
+    def _add_prior_precision_(self, data_precision: Tensor, sign: float = 1.0) -> Tensor:
+        """In place: ``data_precision + sign·prior_precision·I`` (full ``[.., L, L]``) or ``+ sign·prior``
+        (diag); ``sign = -1`` turns a precision back into its data part."""
         if self.covariance == "full":
-            data_precision.diagonal(dim1=-2, dim2=-1).add_(self.prior_precision)
+            data_precision.diagonal(dim1=-2, dim2=-1).add_(sign * self.prior_precision)
             return data_precision
-        return data_precision.add_(self.prior_precision)
+        return data_precision.add_(sign * self.prior_precision)
 
-    def _posterior_output(
-        self,
-        mean: Tensor,
-        precision: Tensor,
-        previous_mean: Tensor,
-        carried_precision: Tensor,
-        starts: Tensor,
-    ) -> BeliefOutput:
-        """Cholesky factor, entropy and ``KL(q_t || q_{t-1})`` from the precisions ``[T, B, ..]``, the one
-        carried in from before the sequence ``[B, ..]`` and the resets ``[T, B]``."""
+    @torch.no_grad()
+    def _posterior_terms_(
+        self, data_precision: Tensor, carried_data_precision: Tensor, starts: Tensor
+    ) -> LaplaceTerms:
+        """Terms from the data precisions ``[T, B, ..]`` (overwritten: they become the precisions), the
+        one carried in from before the sequence ``[B, ..]`` and the resets ``[T, B]``."""
         latent = self.latent_dim
         log_normaliser = 0.5 * latent * (1.0 + math.log(2 * math.pi))
-        difference = mean - previous_mean
+        precision = self._add_prior_precision_(data_precision)
+        carried_precision = self._add_prior_precision_(carried_data_precision.clone())
         if self.covariance == "diag":
-            with torch.no_grad():
-                previous_precision = _shift_in(precision, carried_precision, starts, self.prior_precision)
-                log_precision = precision.log()
-                entropy = log_normaliser - 0.5 * log_precision.sum(-1)
-                constant_terms = (
-                    previous_precision / precision - 1 + log_precision - previous_precision.log()
-                ).sum(-1)
-            kl = 0.5 * (constant_terms + (previous_precision * difference.square()).sum(-1))
-            return BeliefOutput(mean=mean, precision=precision, entropy=entropy, kl_to_previous=kl)
+            previous_precision = _shift_in(precision, carried_precision, starts, self.prior_precision)
+            log_precision = precision.log()
+            entropy = log_normaliser - 0.5 * log_precision.sum(-1)
+            kl_offset = 0.5 * (
+                previous_precision / precision - 1 + log_precision - previous_precision.log()
+            ).sum(-1)
+            return LaplaceTerms(precision, None, previous_precision, entropy, kl_offset)
 
-        with torch.no_grad():
-            cholesky = torch.linalg.cholesky_ex(precision).L
-            # Λ_{t-1} is Λ_t shifted by one step, so its factor is too; only the carried one is new.
-            previous_cholesky = torch.cat(
-                [torch.linalg.cholesky_ex(carried_precision).L.unsqueeze(0), cholesky[:-1]]
-            )
-            previous_cholesky.mul_((~starts).to(mean.dtype)[..., None, None])
-            previous_cholesky.diagonal(dim1=-2, dim2=-1).add_(
-                starts.to(mean.dtype).unsqueeze(-1) * math.sqrt(self.prior_precision)
-            )
-            log_det_half = cholesky.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # ½ log det Λ_t
-            previous_log_det_half = previous_cholesky.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-            entropy = log_normaliser - log_det_half
-            # tr(Λ_{t-1} Λ_t^{-1}) = ||L_t^{-1} L_{t-1}||_F²
-            trace = (
-                torch.linalg.solve_triangular(cholesky, previous_cholesky, upper=False)
-                .square_()
-                .sum((-2, -1))
-            )
-            constant_terms = trace - latent + 2 * (log_det_half - previous_log_det_half)
-        # (μ_t - μ_{t-1})^T Λ_{t-1} (μ_t - μ_{t-1}) = ||L_{t-1}^T δ||²
-        mahalanobis = (previous_cholesky.transpose(-2, -1) @ difference.unsqueeze(-1)).square().sum((-2, -1))
-        kl = 0.5 * (constant_terms + mahalanobis)
-        return BeliefOutput(
-            mean=mean, precision=precision, precision_cholesky=cholesky, entropy=entropy, kl_to_previous=kl
+        cholesky = torch.linalg.cholesky_ex(precision).L
+        # Λ_{t-1} is Λ_t shifted by one step, so its factor is too; only the carried one is new.
+        previous_cholesky = _shift_in_matrices(
+            cholesky, torch.linalg.cholesky_ex(carried_precision).L, starts, math.sqrt(self.prior_precision)
         )
+        previous_precision = _shift_in_matrices(precision, carried_precision, starts, self.prior_precision)
+        log_det_half = cholesky.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # ½ log det Λ_t
+        previous_log_det_half = previous_cholesky.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        entropy = log_normaliser - log_det_half
+        # tr(Λ_{t-1} Λ_t^{-1}) = ||L_t^{-1} L_{t-1}||_F²
+        trace = (
+            torch.linalg.solve_triangular(cholesky, previous_cholesky, upper=False).square_().sum((-2, -1))
+        )
+        kl_offset = 0.5 * (trace - latent) + (log_det_half - previous_log_det_half)
+        return LaplaceTerms(precision, cholesky, previous_precision, entropy, kl_offset)
 
     # ----------------------------------------------------------------------------------------------
     def sample(
@@ -471,12 +634,21 @@ class LaplaceBelief(RL2Belief):
             )
         elif noise.shape != (n_samples, *mean.shape):
             raise ValueError(f"noise must be {(n_samples, *mean.shape)}, got {tuple(noise.shape)}")
-        noise = noise.to(mean.dtype)
-        if output.precision_cholesky is None:  # diagonal covariance
-            return mean + noise * output.precision.detach().rsqrt()
-        upper = output.precision_cholesky.detach().transpose(-2, -1)
-        offsets = torch.linalg.solve_triangular(upper, noise.movedim(0, -1), upper=True)  # [.., L, n]
-        return mean + offsets.movedim(-1, 0)
+        return mean + self.sample_offsets(output.precision, output.precision_cholesky, noise.to(mean.dtype))
+
+    def sample_offsets(
+        self, precision: Tensor | None, precision_cholesky: Tensor | None, noise: Tensor
+    ) -> Tensor:
+        """``z - μ`` (no gradient) for the standard normal ``noise`` ``[n_samples, .., L]``: ``L^{-T} ε``
+        from ``precision_cholesky`` ``[.., L, L]`` (full; ``precision`` is not read) or
+        ``ε / sqrt(precision)`` from ``precision`` ``[.., L]`` (diag, ``precision_cholesky`` None)."""
+        if precision_cholesky is None:  # diagonal covariance
+            return noise * precision.detach().rsqrt()
+        # L^T x = ε as x^T L = ε^T: the row form solves without a transposed copy of L.
+        offsets = torch.linalg.solve_triangular(
+            precision_cholesky.detach(), noise.movedim(0, -2), upper=False, left=False
+        )  # [.., n, L]
+        return offsets.movedim(-2, 0)
 
     def aux_loss(self, output: BeliefOutput) -> Tensor:
         """``beta · mean(KL(q_t || sg q_{t-1}))`` over all leading dims (a scalar)."""

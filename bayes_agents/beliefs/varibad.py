@@ -49,7 +49,12 @@ Model (VariBAD paper, section 3, with the conventions of DESIGN.md §2 and :mod:
   ``sb3_contrib.RecurrentPPO`` never calls the hook, so it does not train the VAE.
 * **Policy input** ``[μ_t, log σ_t²]``, detached unless ``backprop_rl_loss=True``; with the default
   ``False``, :meth:`VariBADBelief.sequence` runs without autograd (the RL loss never reaches the
-  encoder, so PPO's minibatch passes need no graph through the GRU).
+  encoder, so PPO's minibatch passes need no graph through the GRU). With
+  ``normalize_policy_input=True`` (default, as VariBAD's reference normalises its latent for the
+  policy) it is standardised by running statistics (:class:`~.base.RunningNormalizer`) of the
+  posteriors of the trials added to the buffer, updated after each VAE training round with the
+  updated encoder; they are saved with the policy. Without it, ``μ`` and ``log σ²`` reach
+  magnitudes of several units as the VAE trains, which saturate a ``tanh`` policy layer.
 
 State layout (``[B, state_size]``, zeros = prior): ``hidden [H]``.
 """
@@ -72,6 +77,7 @@ from .base import (
     Belief,
     BeliefOutput,
     InputLayout,
+    RunningNormalizer,
     StateLayout,
     _check_n_samples,
     check_choice,
@@ -172,6 +178,8 @@ class VariBADBelief(Belief):
     :param elbo_times: prefix times per trial in the ELBO (``None``: all).
     :param decodes_per_elbo: transitions decoded per prefix (``None``: all).
     :param backprop_rl_loss: let the RL loss reach the encoder through the policy input.
+    :param normalize_policy_input: standardise the policy input by running statistics (see the
+        module docstring).
     """
 
     def __init__(
@@ -198,6 +206,7 @@ class VariBADBelief(Belief):
         elbo_times: int | None = None,
         decodes_per_elbo: int | None = None,
         backprop_rl_loss: bool = False,
+        normalize_policy_input: bool = True,
     ):
         super().__init__()
         check_input_layout(input_dim, input_layout)
@@ -230,7 +239,11 @@ class VariBADBelief(Belief):
             raise ValueError(f'grid_size is only used by reward_decoder="per_state", got {reward_decoder!r}')
         if reward_decoder == "per_action" and not input_layout.discrete_actions:
             raise ValueError('reward_decoder="per_action" needs a Discrete action space')
-        for name, flag in [("state_decoder", state_decoder), ("backprop_rl_loss", backprop_rl_loss)]:
+        for name, flag in [
+            ("state_decoder", state_decoder),
+            ("backprop_rl_loss", backprop_rl_loss),
+            ("normalize_policy_input", normalize_policy_input),
+        ]:
             if not isinstance(flag, bool):
                 raise TypeError(f"{name} must be a bool, got {flag!r}")
 
@@ -251,6 +264,7 @@ class VariBADBelief(Belief):
         self.elbo_times = elbo_times
         self.decodes_per_elbo = decodes_per_elbo
         self.backprop_rl_loss = backprop_rl_loss
+        self.normalize_policy_input = normalize_policy_input
 
         layout = input_layout
         self.state_embedding = nn.Linear(layout.obs_dim, state_embed_size)
@@ -280,6 +294,8 @@ class VariBADBelief(Belief):
             else None
         )
 
+        # Registered even when unused so that the state dict has the same keys either way.
+        self.policy_input_normalizer = RunningNormalizer(2 * latent_dim)
         self.state_layout = StateLayout([("hidden", (hidden_size,))])
         self.state_size = self.state_layout.size
         # VAE training state (not part of the state dict: rebuilt empty after loading).
@@ -287,6 +303,7 @@ class VariBADBelief(Belief):
         self._trial_buffer: list[Tensor] = []
         self._buffer_next = 0
         self._partial_trials: dict[int, Tensor] = {}
+        self._new_trials: list[Tensor] = []  # added since the last policy-input statistics update
 
     # ------------------------------------------------------------------------------ encoder
     @property
@@ -360,9 +377,32 @@ class VariBADBelief(Belief):
         return 2 * self.latent_dim
 
     def policy_input(self, output: BeliefOutput) -> Tensor:
-        """``[μ, log σ²]`` ``[.., 2L]``, detached unless ``backprop_rl_loss``."""
+        """``[μ, log σ²]`` ``[.., 2L]`` (standardised if ``normalize_policy_input``), detached unless
+        ``backprop_rl_loss``."""
         features = torch.cat([output.mean, self.log_variance(output)], dim=-1)
+        if self.normalize_policy_input:
+            features = self.policy_input_normalizer(features)
         return features if self.backprop_rl_loss else features.detach()
+
+    @torch.no_grad()
+    def update_policy_input_statistics(self, trials: Sequence[Tensor]) -> None:
+        """Merge the raw policy inputs ``[μ_t, log σ_t²]`` of every step of whole ``trials`` (each
+        ``[T_n, input_dim]``, starting at a trial start) into the running normaliser."""
+        if not trials:
+            return
+        device = self._reference_parameter().device
+        lengths = torch.tensor([len(trial) for trial in trials], device=device)
+        inputs = nn.utils.rnn.pad_sequence(list(trials)).to(
+            device=device, dtype=self._reference_parameter().dtype
+        )
+        steps, batch = inputs.shape[:2]
+        starts = torch.zeros(steps, batch, dtype=torch.bool, device=device)
+        starts[0] = True
+        mean, log_variance, _, _ = self.posterior_parameters(
+            inputs, inputs.new_zeros(batch, self.hidden_size), starts
+        )
+        valid = torch.arange(steps, device=device).unsqueeze(1) < lengths.unsqueeze(0)
+        self.policy_input_normalizer.update(torch.cat([mean, log_variance], dim=-1)[valid])
 
     def sample(
         self,
@@ -596,6 +636,8 @@ class VariBADBelief(Belief):
         return added
 
     def _store(self, trial: Tensor) -> None:
+        if self.normalize_policy_input:
+            self._new_trials.append(trial)
         if len(self._trial_buffer) < self.buffer_trials:
             self._trial_buffer.append(trial)
         else:
@@ -677,6 +719,9 @@ class VariBADBelief(Belief):
             inputs.view(n_envs, n_steps, -1), starts, getattr(model, "_last_episode_starts", None)
         )
         stats = self.vae_update()
+        # After the VAE step, so that the statistics are those of the encoder the policy will see.
+        self.update_policy_input_statistics(self._new_trials)
+        self._new_trials = []
         model.logger.record("vae/buffer_trials", self.buffered_trials)
         for name, value in stats.items():
             model.logger.record(f"vae/{name}", value)
