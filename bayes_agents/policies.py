@@ -42,6 +42,7 @@ from stable_baselines3.common.preprocessing import get_flattened_obs_dim
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, MlpExtractor
 from stable_baselines3.common.type_aliases import Schedule
 from torch import Tensor, nn
+from torch.distributions import Categorical, Normal
 
 from bayes_agents.beliefs import Belief, BeliefOutput, InputLayout, LaplaceBelief, RL2Belief
 from bayes_agents.beliefs.glibrl import GLiBRLBelief
@@ -411,10 +412,15 @@ class BeliefPolicy(RecurrentActorCriticPolicy):
             latents = self.belief.policy_input(output).unsqueeze(0)
         latent_pi = self.mlp_extractor.forward_actor(self._head_inputs(latents, features))
         parameters = self.action_net(latent_pi).mean(dim=0)  # ensemble averaging over samples
+        # The torch distribution is built here, as SB3's proba_distribution would, but without argument
+        # validation: it costs ~10% of a rollout step, and the parameters are finite network outputs.
         if isinstance(self.action_dist, CategoricalDistribution):
-            return self.action_dist.proba_distribution(action_logits=parameters)
+            self.action_dist.distribution = Categorical(logits=parameters, validate_args=False)
+            return self.action_dist
         assert isinstance(self.action_dist, DiagGaussianDistribution)
-        return self.action_dist.proba_distribution(parameters, self.log_std)
+        scale = torch.ones_like(parameters) * self.log_std.exp()
+        self.action_dist.distribution = Normal(parameters, scale, validate_args=False)
+        return self.action_dist
 
     def _values(self, output: BeliefOutput, features: Tensor) -> Tensor:
         belief = self.belief.policy_input(output)
@@ -520,7 +526,8 @@ class VariBADPolicy(BeliefPolicy):
     (default) or ``"bernoulli"``), ``reward_decoder_sizes`` ((32, 32)), ``reward_decoder_inputs``,
     ``reward_threshold``, ``state_decoder``, ``state_decoder_sizes``, ``kl_weight`` (0.01), ``vae_lr``
     (1e-3), ``vae_updates_per_ppo_update`` (3), ``vae_batch_trials`` (25), ``buffer_trials`` (1000),
-    ``elbo_times``, ``decodes_per_elbo`` and ``backprop_rl_loss`` (False). The VAE trains only under
+    ``elbo_times``, ``decodes_per_elbo``, ``backprop_rl_loss`` (False), ``normalize_policy_input`` (True)
+    and ``policy_reward_beliefs`` (False). The VAE trains only under
     :class:`~bayes_agents.BayesPPO` (its ``after_policy_update`` hook); ``n_samples`` must be 0. See
     :class:`~bayes_agents.beliefs.varibad.VariBADBelief`.
     """
@@ -535,8 +542,11 @@ class GLiBRLPolicy(BeliefPolicy):
     Belief keywords (``policy_kwargs``): ``basis_dim`` (d, 16), ``basis_hidden_sizes`` ((64, 64)),
     ``prior_precision`` (λ, 1.0), ``prior_noise_concentration`` (a₀, 1.0), ``prior_noise_rate``
     (b₀, 1.0), ``model_loss_weight`` (1.0; the per-transition negative log marginal likelihood that
-    trains the basis, applied by :class:`~bayes_agents.BayesPPO`) and ``detach_policy_input``
-    (True). The head sees the posterior features and the observation; ``n_samples`` must be 0. See
+    trains the basis, applied by :class:`~bayes_agents.BayesPPO`), ``detach_policy_input``
+    (True), ``fit_dynamics`` (True), ``normalize_policy_input`` (True), ``action_predictions``
+    (False; discrete actions), ``basis_updates_per_ppo_update`` (0) and ``basis_lr`` (1e-3; extra
+    basis steps in ``after_policy_update``). The package's grid and bandit defaults
+    (:func:`bayes_agents.methods.method_defaults`) change the prior scale and switch the options on. The head sees the posterior features and the observation; ``n_samples`` must be 0. See
     :class:`~bayes_agents.beliefs.glibrl.GLiBRLBelief`.
     """
 

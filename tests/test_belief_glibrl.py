@@ -16,6 +16,7 @@ import bayes_envs
 from bayes_agents import BayesPPO
 from bayes_agents.beliefs.base import BeliefOutput, InputLayout
 from bayes_agents.beliefs.glibrl import GLiBRLBelief, GLiBRLOutput
+from bayes_agents.methods import method_defaults
 from bayes_agents.policies import GLiBRLPolicy
 
 OBS, ACTION, BASIS = 2, 3, 3
@@ -272,7 +273,8 @@ def test_sequence_equals_loop_of_step_with_resets():
         second, end = belief.sequence(inputs[13:], middle, starts[13:])
     torch.testing.assert_close(final, state, rtol=1e-10, atol=1e-10)
     for name, value in vars(output).items():
-        torch.testing.assert_close(value, torch.stack([getattr(o, name) for o in looped]), msg=name)
+        if value is not None:  # the action predictions are off
+            torch.testing.assert_close(value, torch.stack([getattr(o, name) for o in looped]), msg=name)
     torch.testing.assert_close(end, final)
     torch.testing.assert_close(torch.cat([first.mean, second.mean]), output.mean)
 
@@ -292,24 +294,32 @@ def test_gradients_reach_the_basis_only_through_the_model_loss():
 
 
 def test_policy_input_and_sampling():
+    lam, a0, b0 = PRIOR["prior_precision"], PRIOR["prior_noise_concentration"], PRIOR["prior_noise_rate"]
     belief = make_belief()
+    raw_belief = make_belief(normalize_policy_input=False)
     inputs, starts = random_inputs(8, 2, seed=10)
     with torch.no_grad():
         output, _ = belief.sequence(inputs, belief.initial_state(2), starts)
-    features = belief.policy_input(output)
-    assert features.shape == (8, 2, belief.policy_input_dim)
+    features, raw = belief.policy_input(output), raw_belief.policy_input(output)
+    assert features.shape == raw.shape == (8, 2, belief.policy_input_dim)
     t, row = 6, 1
     covariance = torch.linalg.inv(output.dense_precision()[t, row])
     cholesky = output.group_precision_cholesky[t, row]
     expected_log_diag = torch.cat([torch.linalg.inv(c @ c.T).diagonal().log() for c in cholesky])
+    expected_log_noise = (output.noise_rate / output.noise_concentration)[t, row].log()
+    expected = torch.cat([output.mean[t, row], expected_log_diag, expected_log_noise])
+    torch.testing.assert_close(raw[t, row], expected)
+    # normalised: relative to the prior (w in units of sqrt(b0 / (a0 λ)), λ Λ⁻¹, (b/a) / (b0/a0))
     expected = torch.cat(
         [
-            output.mean[t, row],
-            expected_log_diag,
-            (output.noise_rate / output.noise_concentration)[t, row].log(),
+            output.mean[t, row] * math.sqrt(lam * a0 / b0),
+            expected_log_diag + math.log(lam),
+            expected_log_noise - math.log(b0 / a0),
         ]
     )
     torch.testing.assert_close(features[t, row], expected)
+    # at the prior (the first step has no transition) the normalised input is exactly 0
+    torch.testing.assert_close(features[0], torch.zeros_like(features[0]), atol=1e-12, rtol=0)
     torch.testing.assert_close(output.precision_cholesky @ output.precision_cholesky.mT, output.precision)
     samples = belief.sample(
         output.apply(lambda x: x[t, row]), 40_000, generator=torch.Generator().manual_seed(0)
@@ -320,6 +330,113 @@ def test_policy_input_and_sampling():
     torch.testing.assert_close(
         torch.cov(samples.T), covariance, atol=0.05 * covariance.diagonal().max().item(), rtol=0
     )
+
+
+def test_reward_only_model_fits_the_reward_and_gives_its_features():
+    """``fit_dynamics=False``: the dynamics outputs stay at the prior, the reward posterior is the
+    batch conjugate one over all transitions, and the policy input is the reward output's part."""
+    lam, a0, b0 = PRIOR["prior_precision"], PRIOR["prior_noise_concentration"], PRIOR["prior_noise_rate"]
+    belief = make_belief(fit_dynamics=False)
+    inputs, starts = random_inputs(30, 2, seed=21)
+    with torch.no_grad():
+        output, state = belief.sequence(inputs, belief.initial_state(2), starts)
+        posterior = belief.posterior_from_state(state)
+    assert belief.policy_input_dim == 2 * BASIS + 1
+    for row in range(2):
+        features, targets, masks = stacked_transitions(belief, inputs, row)
+        masks[:, :OBS] = False  # no state-difference target is fitted
+        reference = batch_posterior(features, targets, masks)
+        for j, (mean, precision, concentration, rate) in enumerate(reference):
+            group = 0 if j < OBS else 1
+            cholesky = posterior.group_precision_cholesky[row, group].numpy()
+            np.testing.assert_allclose(cholesky @ cholesky.T, precision, rtol=1e-10, atol=1e-10)
+            np.testing.assert_allclose(posterior.mean[row, j].numpy(), mean, rtol=1e-8, atol=1e-10)
+            assert posterior.concentration[row, j].item() == pytest.approx(concentration, rel=1e-12)
+            assert posterior.rate[row, j].item() == pytest.approx(rate, rel=1e-9)
+        assert reference[0][2] == a0 and reference[0][3] == b0  # the dynamics outputs are the prior
+        mean, precision, concentration, rate = reference[-1]
+        expected = np.concatenate(
+            [
+                mean * math.sqrt(lam * a0 / b0),
+                np.log(lam * np.diag(np.linalg.inv(precision))),
+                [math.log((rate / concentration) / (b0 / a0))],
+            ]
+        )
+        np.testing.assert_allclose(
+            belief.policy_input(output)[-1, row].numpy(), expected, rtol=1e-8, atol=1e-10
+        )
+    # the log marginal likelihood is the reward output's alone (the dynamics terms are 0 at the prior)
+    full = make_belief()
+    with torch.no_grad():
+        full_output, _ = full.sequence(inputs, full.initial_state(2), starts)
+    reward_only = output.log_marginal_increment.sum(0)
+    torch.testing.assert_close(reward_only, belief.log_marginal_likelihood(state))
+    assert not torch.allclose(reward_only, full_output.log_marginal_increment.sum(0))
+
+
+def test_action_predictions_are_the_reward_predictive_of_each_action():
+    """Mean ``μ_Oᵀφ(obs_t, a)`` and log variance ``log((b/a)(1 + φᵀΛ_rew⁻¹φ))`` (the Student-t
+    predictive's scale², i.e. its variance times (a−1)/a) of every one-hot action, from the batch
+    posterior after step t; appended to the policy input."""
+    a0, b0 = PRIOR["prior_noise_concentration"], PRIOR["prior_noise_rate"]
+    layout = InputLayout(obs_dim=OBS, action_dim=ACTION, discrete_actions=True)
+    torch.manual_seed(0)
+    belief = GLiBRLBelief(
+        layout.input_dim,
+        input_layout=layout,
+        basis_dim=BASIS,
+        basis_hidden_sizes=(8,),
+        action_predictions=True,
+        **PRIOR,
+    ).double()
+    inputs, starts = random_inputs(12, 2, seed=31)
+    generator = torch.Generator().manual_seed(32)
+    actions = torch.randint(ACTION, (12, 2), generator=generator)
+    inputs[..., OBS : OBS + ACTION] = torch.nn.functional.one_hot(actions, ACTION).double()
+    with torch.no_grad():
+        output, _ = belief.sequence(inputs, belief.initial_state(2), starts)
+    assert belief.policy_input_dim == (OBS + 1) * BASIS + 2 * BASIS + OBS + 1 + 2 * ACTION
+    t, row = 9, 0
+    features, targets, masks = stacked_transitions(belief, inputs[: t + 1], row)
+    mean, precision, concentration, rate = batch_posterior(features, targets, masks)[-1]
+    with torch.no_grad():
+        phi = belief.basis(
+            torch.cat([inputs[t, row, :OBS].expand(ACTION, OBS), torch.eye(ACTION).double()], -1)
+        )
+    phi = phi.numpy()
+    expected_mean = phi @ mean
+    leverage = np.einsum("ad,de,ae->a", phi, np.linalg.inv(precision), phi)
+    expected_log_variance = np.log(rate / concentration * (1 + leverage))
+    np.testing.assert_allclose(
+        output.action_reward_mean[t, row].numpy(), expected_mean, rtol=1e-8, atol=1e-12
+    )
+    np.testing.assert_allclose(
+        output.action_reward_log_variance[t, row].numpy(), expected_log_variance, rtol=1e-8
+    )
+    tail = belief.policy_input(output)[t, row, -2 * ACTION :].numpy()
+    np.testing.assert_allclose(
+        tail, np.concatenate([expected_mean, expected_log_variance - math.log(b0 / a0)])
+    )
+    with pytest.raises(ValueError, match="discrete"):
+        make_belief(action_predictions=True)
+
+
+def test_model_update_raises_the_marginal_likelihood():
+    belief = make_belief(basis_lr=1e-2)
+    inputs, starts = random_inputs(20, 4, seed=41)
+    starts[0] = False  # model_update starts every column from the prior anyway
+
+    def loss() -> float:
+        with torch.no_grad():
+            output, _ = belief.sequence(
+                inputs, belief.initial_state(4), starts | (torch.arange(20) == 0)[:, None]
+            )
+        return belief.aux_loss(output).item()
+
+    before = loss()
+    assert belief.model_update(inputs, starts, n_updates=1) == pytest.approx(before, rel=1e-9)
+    belief.model_update(inputs, starts, n_updates=30)
+    assert loss() < before - 0.05
 
 
 def test_long_rollout_stays_finite_and_positive_definite():
@@ -335,7 +452,7 @@ def test_long_rollout_stays_finite_and_positive_definite():
                 inputs[begin : begin + 100].float(), state, starts[begin : begin + 100]
             )
             for name, value in vars(output).items():
-                assert torch.isfinite(value).all(), name
+                assert value is None or torch.isfinite(value).all(), name
         _, state64 = belief64.sequence(inputs, belief64.initial_state(2), starts)
     assert torch.isfinite(state).all()
     assert torch.linalg.eigvalsh(output.precision[-1].double()).min() > 0
@@ -358,12 +475,20 @@ def rollout_actions(model, env_id: str, n_envs: int = 3, seed: int = 5) -> np.nd
 
 @pytest.mark.parametrize("env_id", ["BayesGrid-v0", "BayesBandit-v0", "FourierRegression-v0"])
 def test_bayes_ppo_learn_save_load_predict(env_id, tmp_path):
-    kwargs = {"basis_dim": 4, "basis_hidden_sizes": (16,), "net_arch": [16]}
+    kwargs = {
+        "basis_dim": 4,
+        "basis_hidden_sizes": (16,),
+        "net_arch": [16],
+        "basis_updates_per_ppo_update": 2,
+    }
+    if env_id != "FourierRegression-v0":  # discrete actions: the grid/bandit settings of the defaults
+        kwargs.update(fit_dynamics=False, action_predictions=True)
     model = BayesPPO(GLiBRLPolicy, bayes_envs.make_vec(env_id, 4, seed=0), policy_kwargs=kwargs, **PPO_KWARGS)
     basis_before = [p.detach().clone() for p in model.policy.belief.basis.parameters()]
     model.learn(128)
     logged = model.logger.name_to_value
     assert np.isfinite(logged["belief/aux_loss"]) and logged["belief/kl_to_previous"] >= 0
+    assert np.isfinite(logged["belief/basis_loss"])  # the extra basis steps of after_policy_update
     assert any(
         not torch.equal(a, b)
         for a, b in zip(basis_before, model.policy.belief.basis.parameters(), strict=True)
@@ -373,6 +498,45 @@ def test_bayes_ppo_learn_save_load_predict(env_id, tmp_path):
     loaded = BayesPPO.load(tmp_path / "model.zip", device="cpu")
     assert type(loaded.policy) is GLiBRLPolicy and loaded.policy.belief.basis_dim == 4
     np.testing.assert_array_equal(rollout_actions(loaded, env_id), before)
+
+
+@pytest.mark.parametrize(("env_id", "actions"), [("BayesGrid-v0", 5), ("BayesBandit-v0", 5)])
+def test_grid_and_bandit_defaults_fit_the_reward_with_action_predictions(env_id, actions):
+    policy_kwargs = method_defaults(env_id, "glibrl")["policy"]
+    model = BayesPPO(
+        GLiBRLPolicy, bayes_envs.make_vec(env_id, 2, seed=0), policy_kwargs=policy_kwargs, device="cpu"
+    )
+    belief = model.policy.belief
+    assert not belief.fit_dynamics and belief.action_predictions and belief.basis_updates_per_ppo_update > 0
+    assert (belief.prior_precision, belief.prior_noise_rate) == (0.01, 0.01)
+    # [μ_O, log diag Λ_rew⁻¹, log(b/a)] and the mean and log scale² of each action's reward
+    assert belief.policy_input_dim == 2 * belief.basis_dim + 1 + 2 * actions
+
+
+def test_after_policy_update_trains_on_the_rollout_in_time_order():
+    """The hook hands model_update the rollout time-major: on the grid (one 60-step trial per env and
+    rollout) each column starts a trial and consecutive positions differ by the clipped move."""
+    kwargs = {"basis_dim": 4, "basis_hidden_sizes": (8,), "net_arch": [8], "basis_updates_per_ppo_update": 1}
+    ppo = {**PPO_KWARGS, "n_steps": 60, "batch_size": 120, "n_epochs": 1}
+    model = BayesPPO(
+        GLiBRLPolicy, bayes_envs.make_vec("BayesGrid-v0", 3, seed=0), policy_kwargs=kwargs, **ppo
+    )
+    belief = model.policy.belief
+    calls = []
+    stock_update = belief.model_update
+    belief.model_update = lambda inputs, starts, n: (
+        calls.append((inputs, starts, n)) or stock_update(inputs, starts, n)
+    )
+    model.learn(60)
+    ((inputs, starts, n_updates),) = calls
+    assert inputs.shape == (60, 3, belief.input_dim) and n_updates == 1
+    np.testing.assert_array_equal(starts.numpy() > 0.5, np.arange(60)[:, None].repeat(3, 1) == 0)
+    obs, action, _, new_episode = belief.input_layout.split(inputs)
+    moves = torch.tensor([[0, 0], [0, 1], [1, 0], [0, -1], [-1, 0]], dtype=obs.dtype)
+    expected = (obs[:-1] + action[1:] @ moves).clamp(0, 4)
+    inside = new_episode[1:] < 0.5
+    torch.testing.assert_close(obs[1:][inside], expected[inside])
+    assert inside.sum() == 3 * (60 - 4)  # the other steps start an inner episode
 
 
 @pytest.mark.parametrize(
@@ -386,6 +550,11 @@ def test_bayes_ppo_learn_save_load_predict(env_id, tmp_path):
         ({"prior_noise_rate": float("nan")}, "prior_noise_rate"),
         ({"model_loss_weight": -0.5}, "model_loss_weight"),
         ({"detach_policy_input": "yes"}, "detach_policy_input"),
+        ({"fit_dynamics": 1}, "fit_dynamics"),
+        ({"normalize_policy_input": None}, "normalize_policy_input"),
+        ({"action_predictions": "no"}, "action_predictions"),
+        ({"basis_updates_per_ppo_update": -1}, "basis_updates_per_ppo_update"),
+        ({"basis_lr": 0.0}, "basis_lr"),
     ],
 )
 def test_bad_kwargs_raise_value_error(kwargs, message):

@@ -423,3 +423,21 @@ def test_bayes_ppo_updates_the_policy_input_statistics_after_each_vae_round() ->
     # Two rollouts of 4 envs × one 60-step trial each, every step counted once.
     assert float(normalizer.count) == 2 * 4 * 60
     assert not torch.equal(normalizer.var, torch.ones_like(normalizer.var))
+
+
+def test_policy_reward_beliefs_append_the_decoder_probabilities_at_the_mean() -> None:
+    inputs, _ = grid_trials()
+    belief = make_belief(**GRID_KWARGS, policy_reward_beliefs=True, normalize_policy_input=False)
+    assert belief.policy_input_dim == 2 * belief.latent_dim + 25
+    output, _ = belief.sequence(
+        inputs, belief.initial_state(2), torch.tensor([[True, True]] + [[False] * 2] * 3)
+    )
+    features = belief.policy_input(output)
+    expected = torch.sigmoid(belief.reward_net(output.mean))
+    torch.testing.assert_close(features[..., 2 * belief.latent_dim :], expected)
+    torch.testing.assert_close(features[..., : belief.latent_dim], output.mean)
+    assert not features.requires_grad
+    with pytest.raises(ValueError, match="policy_reward_beliefs"):
+        VariBADBelief(
+            GRID.input_dim, input_layout=GRID, reward_decoder="gaussian", policy_reward_beliefs=True
+        )

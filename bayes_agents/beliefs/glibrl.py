@@ -70,7 +70,26 @@ Outputs (:class:`GLiBRLOutput`, a :class:`~bayes_agents.beliefs.base.BeliefOutpu
 Policy input (:meth:`GLiBRLBelief.policy_input`): ``[mean (L), log diag Λ_g⁻¹ for both groups (2d),
 log(b_j / a_j) (O+1)]`` — the posterior-mean weights, the log posterior variance factors of the
 weights and the log noise scale (``b/a = 1 / E[σ_j⁻²]``, defined for every ``a₀ > 0`` unlike
-``E[σ_j²]``). Detached by default: the basis is trained by the marginal likelihood only.
+``E[σ_j²]``) — by default taken relative to the prior (``μ·sqrt(λa₀/b₀)``, ``log diag(λΛ_g⁻¹)``,
+``log((b/a)/(b₀/a₀))``; all 0 before any data, and equal to the raw values for ``λ = a₀ = b₀ = 1``).
+Detached by default: the basis is trained by the marginal likelihood only. Options (issue #4, where
+GLiBRL did not learn ``BayesGrid-v0`` or ``BayesBandit-v0`` with the plain model):
+
+* ``fit_dynamics=False`` fits the reward only; the dynamics outputs stay at the prior and are left
+  out of the policy input (``[μ_O, log diag Λ_rew⁻¹, log(b_O/a_O)]``, ``2d + 1``). For environments
+  whose dynamics do not depend on the task: fitted, they carry no task information but dominate the
+  marginal likelihood, hence the shared basis, and add ``O·d`` uninformative policy inputs.
+* ``action_predictions=True`` (discrete actions) appends, for every action ``a`` from the current
+  observation, the reward's posterior predictive mean ``μ_Oᵀφ(obs_t, a)`` and log squared scale
+  ``log((b_O/a_O)(1 + φᵀΛ_rew⁻¹φ))`` (:attr:`GLiBRLOutput.action_reward_mean`): quantities in reward
+  units that do not depend on the (arbitrary) coordinates of the learned basis, unlike ``μ``.
+* ``basis_updates_per_ppo_update = k > 0``: after each PPO update (:meth:`GLiBRLBelief.after_policy_update`)
+  ``k`` Adam steps of the same loss on the rollout just collected, with the belief's own optimizer.
+
+The prior hyper-parameters must suit the reward scale: with ``b₀ = 1`` (noise std ≈ 1) rewards of
+size 0.1–1 are explained as noise, and the marginal likelihood then *shrinks* the basis (``|φ| ≈ 0.02``
+on the grid) so that the posterior hardly moves when the goal is found; the grid and bandit
+defaults (:mod:`bayes_agents.defaults`) use ``λ = b₀ = 0.01``.
 
 Minibatch note: in ``BayesPPO`` a sequence that starts mid-trial continues from the statistics
 stored in the rollout buffer (computed with the basis of collection time, no gradient), so the loss
@@ -82,8 +101,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -117,6 +137,11 @@ class GLiBRLOutput(BeliefOutput):
     :param noise_rate: posterior ``b_j``, ``[.., O+1]``.
     :param log_marginal_increment: ``log p(y_t | y_{<t})`` of the valid targets of the step, ``[..]``.
     :param transition_mask: 1.0 where the step has a transition (a fitted reward target), ``[..]``.
+    :param action_reward_mean: with ``action_predictions``, the posterior predictive mean of the reward
+        of each discrete action taken from the current observation, ``μ_Oᵀ φ(obs_t, a)``, ``[.., A]``.
+    :param action_reward_log_variance: the log squared scale of that Student-t predictive,
+        ``log((b_O/a_O)(1 + φᵀ Λ_rew⁻¹ φ))`` (its variance is ``2a_O/(2a_O − 2)`` times this for
+        ``a_O > 1``), ``[.., A]``.
     """
 
     group_precision_cholesky: Tensor | None = None
@@ -125,6 +150,8 @@ class GLiBRLOutput(BeliefOutput):
     noise_rate: Tensor | None = None
     log_marginal_increment: Tensor | None = None
     transition_mask: Tensor | None = None
+    action_reward_mean: Tensor | None = None
+    action_reward_log_variance: Tensor | None = None
 
     def dense_precision(self) -> Tensor:
         """The block-diagonal ``precision`` as one ``[.., L, L]`` matrix (``L = (O+1)·d``)."""
@@ -183,6 +210,19 @@ class GLiBRLBelief(Belief):
     :param model_loss_weight: ``>= 0``, factor of the per-transition negative log marginal likelihood
         in :meth:`aux_loss`.
     :param detach_policy_input: stop the RL loss from reaching the basis through the policy input.
+    :param fit_dynamics: fit the state-difference targets; ``False`` fits the reward only (for
+        environments whose dynamics do not depend on the task, e.g. ``BayesGrid-v0``: the dynamics
+        then carry no task information, yet dominate the marginal likelihood and the shared basis).
+        The dynamics outputs then stay at their prior and are left out of the policy input.
+    :param normalize_policy_input: give the policy its features relative to the prior (see
+        :meth:`policy_input`), so that they are zero before any data whatever the hyper-parameters.
+    :param action_predictions: discrete actions only: add to the policy input the posterior predictive
+        mean and log squared scale of the reward of every action from the current observation (``2A``
+        features, in reward units, independent of the basis' coordinates).
+    :param basis_updates_per_ppo_update: extra Adam steps of the model loss on the last rollout after
+        each PPO update (:meth:`after_policy_update`, called by :class:`~bayes_agents.BayesPPO`), with
+        the belief's own optimizer; 0 (default) trains the basis by the PPO optimizer's steps only.
+    :param basis_lr: learning rate of those extra steps.
     """
 
     def __init__(
@@ -197,6 +237,11 @@ class GLiBRLBelief(Belief):
         prior_noise_rate: float = 1.0,
         model_loss_weight: float = 1.0,
         detach_policy_input: bool = True,
+        fit_dynamics: bool = True,
+        normalize_policy_input: bool = True,
+        action_predictions: bool = False,
+        basis_updates_per_ppo_update: int = 0,
+        basis_lr: float = 1e-3,
     ):
         super().__init__()
         check_input_layout(input_dim, input_layout)
@@ -207,8 +252,14 @@ class GLiBRLBelief(Belief):
             )
         for size in basis_hidden_sizes:
             check_positive_int("basis_hidden_sizes entries", size)
-        if not isinstance(detach_policy_input, bool):
-            raise ValueError(f"detach_policy_input must be a bool, got {detach_policy_input!r}")
+        for name, flag in (
+            ("detach_policy_input", detach_policy_input),
+            ("fit_dynamics", fit_dynamics),
+            ("normalize_policy_input", normalize_policy_input),
+            ("action_predictions", action_predictions),
+        ):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name} must be a bool, got {flag!r}")
         self.input_layout = input_layout
         self.input_dim = input_dim
         self.basis_dim = basis_dim
@@ -220,6 +271,22 @@ class GLiBRLBelief(Belief):
         self.prior_noise_rate = _check_real("prior_noise_rate", prior_noise_rate, allow_zero=False)
         self.model_loss_weight = _check_real("model_loss_weight", model_loss_weight, allow_zero=True)
         self.detach_policy_input = detach_policy_input
+        self.fit_dynamics = fit_dynamics
+        self.normalize_policy_input = normalize_policy_input
+        if action_predictions and not input_layout.discrete_actions:
+            raise ValueError("action_predictions needs discrete actions (a one-hot prev_action)")
+        self.action_predictions = action_predictions
+        if (
+            isinstance(basis_updates_per_ppo_update, bool)
+            or not isinstance(basis_updates_per_ppo_update, int)
+            or basis_updates_per_ppo_update < 0
+        ):
+            raise ValueError(
+                f"basis_updates_per_ppo_update must be an int >= 0, got {basis_updates_per_ppo_update!r}"
+            )
+        self.basis_updates_per_ppo_update = basis_updates_per_ppo_update
+        self.basis_lr = _check_real("basis_lr", basis_lr, allow_zero=False)
+        self._basis_optimizer: torch.optim.Optimizer | None = None
 
         obs_dim = input_layout.obs_dim
         self.n_outputs = obs_dim + 1
@@ -377,6 +444,27 @@ class GLiBRLBelief(Belief):
             - (a + 0.5) * torch.log1p((targets - location).square() / spread)
         )
 
+    def _action_reward_predictions(self, posterior: NIGPosterior, obs: Tensor) -> tuple[Tensor, Tensor]:
+        """Predictive mean and log variance of the reward of each discrete action from ``obs``
+        ``[.., O]`` under ``posterior`` (leading dims ``[..]``): ``[.., A]`` each."""
+        actions = self.input_layout.action_dim
+        one_hot = torch.eye(actions, dtype=obs.dtype, device=obs.device)
+        inputs = torch.cat(
+            [
+                obs.unsqueeze(-2).expand(*obs.shape[:-1], actions, obs.shape[-1]),
+                one_hot.expand(*obs.shape[:-1], -1, -1),
+            ],
+            dim=-1,
+        )
+        features = self.basis(inputs)  # [.., A, d]
+        reward = self.n_outputs - 1
+        mean = (features * posterior.mean[..., reward, :].unsqueeze(-2)).sum(-1)
+        cholesky = posterior.group_precision_cholesky[..., 1, :, :].unsqueeze(-3)  # [.., 1, d, d]
+        whitened = torch.linalg.solve_triangular(cholesky, features.unsqueeze(-1), upper=False)
+        leverage = whitened.squeeze(-1).square().sum(-1)  # φᵀ Λ_rew⁻¹ φ
+        noise_scale = posterior.rate[..., reward] / posterior.concentration[..., reward]
+        return mean, noise_scale.log().unsqueeze(-1) + torch.log1p(leverage)
+
     # ------------------------------------------------------------------------------ belief pass
     def sequence(self, inputs: Tensor, state: Tensor, episode_starts: Tensor) -> tuple[GLiBRLOutput, Tensor]:
         inputs, starts = self._prepare_sequence(inputs, state, episode_starts)
@@ -388,7 +476,7 @@ class GLiBRLBelief(Belief):
             [carried["has_previous"][:, 0].unsqueeze(0) > 0.5, starts.new_ones(steps - 1, batch)]
         )
         has_transition = has_previous & ~starts
-        dynamics_valid = has_transition & (new_episode < 0.5)
+        dynamics_valid = has_transition & (new_episode < 0.5) & self.fit_dynamics
         dtype = inputs.dtype
         group_mask = torch.stack([dynamics_valid, has_transition], dim=-1).to(dtype)  # [T, B, 2]
         target_mask = group_mask[..., self.output_group]  # [T, B, O+1]
@@ -426,6 +514,9 @@ class GLiBRLBelief(Belief):
         inverse_cholesky = torch.linalg.solve_triangular(cholesky, identity, upper=False)
         scale = (current.concentration / current.rate).sqrt()[..., None, None]  # [T, B, O+1, 1, 1]
         block_cholesky = scale * current.group_precision_cholesky[..., self.output_group, :, :]
+        action_mean, action_log_variance = (
+            self._action_reward_predictions(current, obs) if self.action_predictions else (None, None)
+        )
         output = GLiBRLOutput(
             mean=current.mean.flatten(-2),
             precision=block_cholesky @ block_cholesky.transpose(-1, -2),
@@ -438,6 +529,8 @@ class GLiBRLBelief(Belief):
             noise_rate=current.rate,
             log_marginal_increment=increment,
             transition_mask=has_transition.to(dtype),
+            action_reward_mean=action_mean,
+            action_reward_log_variance=action_log_variance,
         )
         next_state = self.state_layout.pack(
             {
@@ -451,14 +544,49 @@ class GLiBRLBelief(Belief):
     # ------------------------------------------------------------------------------ consumers
     @property
     def policy_input_dim(self) -> int:
-        """``L + 2d + (O+1)``: mean weights, log-diagonal of ``Λ_g⁻¹``, log noise scales."""
-        return self.latent_dim + 2 * self.basis_dim + self.n_outputs
+        """``L + 2d + (O+1)`` (mean weights, log-diagonal of ``Λ_g⁻¹``, log noise scales), or
+        ``2d + 1`` with ``fit_dynamics=False`` (the reward output's only)."""
+        size = (
+            2 * self.basis_dim + 1
+            if not self.fit_dynamics
+            else self.latent_dim + 2 * self.basis_dim + self.n_outputs
+        )
+        return size + 2 * self.input_layout.action_dim if self.action_predictions else size
 
     def policy_input(self, output: BeliefOutput) -> Tensor:
-        """``[mean, log diag Λ_dyn⁻¹, log diag Λ_rew⁻¹, log(b/a)]``, ``[.., policy_input_dim]``."""
+        """``[mean, log diag Λ_dyn⁻¹, log diag Λ_rew⁻¹, log(b/a)]``, ``[.., policy_input_dim]``.
+
+        With ``fit_dynamics=False`` only the reward output's parts ``[μ_O, log diag Λ_rew⁻¹,
+        log(b_O/a_O)]``. With ``normalize_policy_input`` (default) each part is taken relative to
+        the prior, so all are 0 before any data: the means in units of their prior scale,
+        ``μ·sqrt(λ a₀/b₀)``; ``log diag(λ Λ_g⁻¹) ≤ 0`` (the weights' posterior variance factors
+        over the prior's); ``log((b/a)/(b₀/a₀))``. Unnormalised, a small ``λ`` or ``b₀`` would
+        offset them by ``−log λ`` or ``log b₀`` (e.g. ±4.6 for 0.01).
+
+        With ``action_predictions``, ``[action_reward_mean, action_reward_log_variance]`` follow
+        (the log variance less ``log(b₀/a₀)`` when normalised).
+        """
         output = _require_glibrl_output(output)
+        mean, log_variance = output.mean, output.log_variance_diagonal
         log_noise_scale = output.noise_rate.log() - output.noise_concentration.log()
-        features = torch.cat([output.mean, output.log_variance_diagonal.flatten(-2), log_noise_scale], dim=-1)
+        if not self.fit_dynamics:
+            mean = mean[..., -self.basis_dim :]
+            log_variance = log_variance[..., 1:, :]
+            log_noise_scale = log_noise_scale[..., -1:]
+        if self.normalize_policy_input:
+            prior_scale = self.prior_noise_rate / self.prior_noise_concentration
+            mean = mean * math.sqrt(self.prior_precision / prior_scale)
+            log_variance = log_variance + math.log(self.prior_precision)
+            log_noise_scale = log_noise_scale - math.log(prior_scale)
+        parts = [mean, log_variance.flatten(-2), log_noise_scale]
+        if self.action_predictions:
+            log_predictive = output.action_reward_log_variance
+            if self.normalize_policy_input:
+                log_predictive = log_predictive - math.log(
+                    self.prior_noise_rate / self.prior_noise_concentration
+                )
+            parts += [output.action_reward_mean, log_predictive]
+        features = torch.cat(parts, dim=-1)
         return features.detach() if self.detach_policy_input else features
 
     def aux_loss(self, output: BeliefOutput) -> Tensor:
@@ -470,6 +598,63 @@ class GLiBRLBelief(Belief):
         output = _require_glibrl_output(output)
         transitions = output.transition_mask.sum().clamp(min=1.0)
         return -self.model_loss_weight * output.log_marginal_increment.sum() / transitions
+
+    def model_update(self, inputs: Tensor, episode_starts: Tensor, n_updates: int) -> float:
+        """``n_updates`` Adam steps (own optimizer, ``basis_lr``) of :meth:`aux_loss` on sequences.
+
+        :param inputs: ``x_t`` ``[T, B, input_dim]``, e.g. a rollout; each column starts from the
+            prior at ``t = 0`` (a column that begins mid-trial is a contiguous piece of one task's
+            data, whose log marginal likelihood is as valid a loss as a whole trial's).
+        :param episode_starts: ``[T, B]`` trial starts.
+        :return: the mean loss before the steps.
+        """
+        check_positive_int("n_updates", n_updates)
+        if self._basis_optimizer is None:
+            self._basis_optimizer = torch.optim.Adam(self.basis.parameters(), lr=self.basis_lr)
+        starts = torch.as_tensor(episode_starts, device=inputs.device) > 0.5
+        starts = torch.cat([torch.ones_like(starts[:1]), starts[1:]])
+        state = self.initial_state(inputs.shape[1]).to(inputs)
+        losses = []
+        with torch.enable_grad():
+            for _ in range(n_updates):
+                output, _ = self.sequence(inputs, state, starts)
+                loss = self.aux_loss(output)
+                self._basis_optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self._basis_optimizer.step()
+                losses.append(float(loss.detach()))
+        self._basis_optimizer.zero_grad(set_to_none=True)
+        return sum(losses) / n_updates
+
+    def after_policy_update(self, model: Any) -> None:
+        """BayesPPO hook: ``basis_updates_per_ppo_update`` :meth:`model_update` steps on the rollout
+        of ``model.rollout_buffer`` (logged as ``belief/basis_loss``); nothing if that is 0."""
+        if self.basis_updates_per_ppo_update == 0:
+            return
+        buffer = model.rollout_buffer
+        n_steps, n_envs = buffer.buffer_size, buffer.n_envs
+
+        def time_major(array: np.ndarray) -> np.ndarray:
+            # After train() RecurrentPPO's buffer holds its arrays flattened env-major.
+            if buffer.generator_ready:
+                return array.reshape(n_envs, n_steps, *array.shape[1:]).swapaxes(0, 1)
+            return array
+
+        device = self._reference_parameter().device
+        observations = buffer.observations
+        if isinstance(observations, dict):
+            obs = {
+                key: torch.as_tensor(time_major(array), device=device).flatten(0, 1)
+                for key, array in observations.items()
+            }
+        else:
+            obs = torch.as_tensor(time_major(observations), device=device).flatten(0, 1)
+        with torch.no_grad():
+            inputs = model.policy.extract_features(obs).view(n_steps, n_envs, -1)
+        starts = time_major(buffer.episode_starts).reshape(n_steps, n_envs)
+        dtype = self._reference_parameter().dtype
+        loss = self.model_update(inputs.to(dtype), torch.as_tensor(starts), self.basis_updates_per_ppo_update)
+        model.logger.record("belief/basis_loss", loss)
 
     def sample(
         self,

@@ -180,6 +180,10 @@ class VariBADBelief(Belief):
     :param backprop_rl_loss: let the RL loss reach the encoder through the policy input.
     :param normalize_policy_input: standardise the policy input by running statistics (see the
         module docstring).
+    :param policy_reward_beliefs: also give the policy the multi-head decoder's reward probabilities
+        at the posterior mean, ``p(r > reward_threshold | head, μ_t)`` for every head (grid: every
+        cell), detached (the RL loss never trains the decoder). Not part of the VariBAD paper's
+        policy input: a read-out of the belief in the task's own terms (see the module docstring).
     """
 
     def __init__(
@@ -207,6 +211,7 @@ class VariBADBelief(Belief):
         decodes_per_elbo: int | None = None,
         backprop_rl_loss: bool = False,
         normalize_policy_input: bool = True,
+        policy_reward_beliefs: bool = False,
     ):
         super().__init__()
         check_input_layout(input_dim, input_layout)
@@ -243,6 +248,7 @@ class VariBADBelief(Belief):
             ("state_decoder", state_decoder),
             ("backprop_rl_loss", backprop_rl_loss),
             ("normalize_policy_input", normalize_policy_input),
+            ("policy_reward_beliefs", policy_reward_beliefs),
         ]:
             if not isinstance(flag, bool):
                 raise TypeError(f"{name} must be a bool, got {flag!r}")
@@ -265,6 +271,12 @@ class VariBADBelief(Belief):
         self.decodes_per_elbo = decodes_per_elbo
         self.backprop_rl_loss = backprop_rl_loss
         self.normalize_policy_input = normalize_policy_input
+        self.policy_reward_beliefs = policy_reward_beliefs
+        if policy_reward_beliefs and reward_decoder not in ("per_state", "per_action"):
+            raise ValueError(
+                'policy_reward_beliefs needs a multi-head reward_decoder ("per_state" or "per_action"), '
+                f"got {reward_decoder!r}"
+            )
 
         layout = input_layout
         self.state_embedding = nn.Linear(layout.obs_dim, state_embed_size)
@@ -374,15 +386,20 @@ class VariBADBelief(Belief):
 
     @property
     def policy_input_dim(self) -> int:
-        return 2 * self.latent_dim
+        return 2 * self.latent_dim + (self.n_reward_heads if self.policy_reward_beliefs else 0)
 
     def policy_input(self, output: BeliefOutput) -> Tensor:
         """``[μ, log σ²]`` ``[.., 2L]`` (standardised if ``normalize_policy_input``), detached unless
-        ``backprop_rl_loss``."""
+        ``backprop_rl_loss``; with ``policy_reward_beliefs`` followed by the per-head reward
+        probabilities at ``μ`` ``[.., n_reward_heads]`` (detached)."""
         features = torch.cat([output.mean, self.log_variance(output)], dim=-1)
         if self.normalize_policy_input:
             features = self.policy_input_normalizer(features)
-        return features if self.backprop_rl_loss else features.detach()
+        features = features if self.backprop_rl_loss else features.detach()
+        if self.policy_reward_beliefs:
+            with torch.no_grad():
+                features = torch.cat([features, self.reward_probabilities(output.mean)], dim=-1)
+        return features
 
     @torch.no_grad()
     def update_policy_input_statistics(self, trials: Sequence[Tensor]) -> None:
