@@ -15,9 +15,11 @@ from typing import Any
 _PPO: dict[str, dict[str, Any]] = {
     # VariBAD's gridworld settings (16 envs × 60 steps, 4 minibatches, entropy 0.01, γ = λ = 0.95)
     # except clip 0.2 (VariBAD: 0.05), 4 epochs (2) and lr 1e-3 (7e-4), which learned faster within
-    # a CPU budget (600k steps, one seed: trial return 20.3 vs 17.1). The lr decays linearly to 0:
-    # at a constant 1e-3 RL² peaks at 87-93% of Bayes-optimal near 1M steps and then degrades (one
-    # seed from 32.5 to 11.0 by 1.5M); with the decay that seed ends at 31.8.
+    # a CPU budget (600k steps, one seed: trial return 20.3 vs 17.1). lr and clip range decay
+    # linearly to 0 over the budget: at constant values RL² peaks at 87-93% of Bayes-optimal near
+    # 1M steps and then degrades (a seed fell from 32.5 to 11.0 by 1.5M); decaying the lr alone
+    # still lost one of three seeds late (33.4 at 1M, 20.0 at 2M: 82.5% over 3 seeds); decaying
+    # both gives 94.6% ± 2.9% over 3 seeds at 2M steps (benchmarks/results/learning_grid.json).
     "BayesGrid-v0": dict(
         n_steps=60,
         batch_size=240,

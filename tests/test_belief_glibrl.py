@@ -68,6 +68,17 @@ def batch_posterior(features, targets, masks):
     return result
 
 
+def assert_posterior_row_matches(posterior, row: int, reference) -> None:
+    """Row ``row`` of a belief posterior equals the batch conjugate ``reference`` (one entry per output)."""
+    for j, (mean, precision, concentration, rate) in enumerate(reference):
+        group = 0 if j < OBS else 1
+        cholesky = posterior.group_precision_cholesky[row, group].numpy()
+        np.testing.assert_allclose(cholesky @ cholesky.T, precision, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(posterior.mean[row, j].numpy(), mean, rtol=1e-8, atol=1e-10)
+        assert posterior.concentration[row, j].item() == pytest.approx(concentration, rel=1e-12)
+        assert posterior.rate[row, j].item() == pytest.approx(rate, rel=1e-9)
+
+
 def test_online_posterior_equals_batch_conjugate_posterior():
     belief = make_belief()
     inputs, starts = random_inputs(40, 3, seed=1)
@@ -77,13 +88,7 @@ def test_online_posterior_equals_batch_conjugate_posterior():
     for row in range(3):
         features, targets, masks = stacked_transitions(belief, inputs, row)
         assert 0 < masks[:, 0].sum() < len(masks)  # both kinds of transition occur
-        for j, (mean, precision, concentration, rate) in enumerate(batch_posterior(features, targets, masks)):
-            group = 0 if j < OBS else 1
-            cholesky = posterior.group_precision_cholesky[row, group].numpy()
-            np.testing.assert_allclose(cholesky @ cholesky.T, precision, rtol=1e-10, atol=1e-10)
-            np.testing.assert_allclose(posterior.mean[row, j].numpy(), mean, rtol=1e-8, atol=1e-10)
-            assert posterior.concentration[row, j].item() == pytest.approx(concentration, rel=1e-12)
-            assert posterior.rate[row, j].item() == pytest.approx(rate, rel=1e-9)
+        assert_posterior_row_matches(posterior, row, batch_posterior(features, targets, masks))
 
 
 def test_transition_masks_trial_start_and_inner_episode_boundaries():
@@ -346,13 +351,7 @@ def test_reward_only_model_fits_the_reward_and_gives_its_features():
         features, targets, masks = stacked_transitions(belief, inputs, row)
         masks[:, :OBS] = False  # no state-difference target is fitted
         reference = batch_posterior(features, targets, masks)
-        for j, (mean, precision, concentration, rate) in enumerate(reference):
-            group = 0 if j < OBS else 1
-            cholesky = posterior.group_precision_cholesky[row, group].numpy()
-            np.testing.assert_allclose(cholesky @ cholesky.T, precision, rtol=1e-10, atol=1e-10)
-            np.testing.assert_allclose(posterior.mean[row, j].numpy(), mean, rtol=1e-8, atol=1e-10)
-            assert posterior.concentration[row, j].item() == pytest.approx(concentration, rel=1e-12)
-            assert posterior.rate[row, j].item() == pytest.approx(rate, rel=1e-9)
+        assert_posterior_row_matches(posterior, row, reference)
         assert reference[0][2] == a0 and reference[0][3] == b0  # the dynamics outputs are the prior
         mean, precision, concentration, rate = reference[-1]
         expected = np.concatenate(
