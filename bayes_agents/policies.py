@@ -546,7 +546,8 @@ class GLiBRLPolicy(BeliefPolicy):
     (True), ``fit_dynamics`` (True), ``normalize_policy_input`` (True), ``action_predictions``
     (False; discrete actions), ``basis_updates_per_ppo_update`` (0) and ``basis_lr`` (1e-3; extra
     basis steps in ``after_policy_update``). The package's grid and bandit defaults
-    (:func:`bayes_agents.methods.method_defaults`) change the prior scale and switch the options on. The head sees the posterior features and the observation; ``n_samples`` must be 0. See
+    (:func:`bayes_agents.methods.method_defaults`) change the prior scale and switch the options on.
+    The head sees the posterior features and the observation; ``n_samples`` must be 0. See
     :class:`~bayes_agents.beliefs.glibrl.GLiBRLBelief`.
     """
 
