@@ -85,8 +85,9 @@ LAPLACE_SETTINGS: dict[str, Any] = dict(window=1, covariance="full", variant="su
 
 #: Run-level defaults of the ``bayes-rl`` CLI; envs without an entry use ``_RUN_FALLBACK``.
 _RUN: dict[str, dict[str, Any]] = {
-    # 16 envs as VariBAD; RL² learns visibly within 500k steps (≈ 4 CPU-minutes at ≈ 2,000 steps/s).
-    "BayesGrid-v0": dict(n_envs=16, timesteps=500_000, eval_tasks=105, final_eval_tasks=420),
+    # 16 envs as VariBAD; 1M steps, over which lr and clip decay: 2.4 minutes of training on one idle
+    # core, trial return 29.0 (78% of Bayes-optimal) in one run.
+    "BayesGrid-v0": dict(n_envs=16, timesteps=1_000_000, eval_tasks=105, final_eval_tasks=420),
     # The Laplace-VRNN paper's bandit batch (8 envs × 100 steps per update).
     "BayesBandit-v0": dict(n_envs=8, timesteps=400_000, eval_tasks=200, final_eval_tasks=1000),
 }

@@ -2,7 +2,7 @@
 
 Runs in a few minutes on 2 CPU cores:
 
-    python examples/quickstart.py [--timesteps 500000]
+    python examples/quickstart.py [--timesteps 1000000]
 
 1. Meta-trains an RL² agent with ``BayesPPO`` on 16 batched grid envs.
 2. Turns it into a Laplace-VRNN agent post hoc (same weights, no training): same actions, but now
@@ -52,7 +52,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--timesteps", type=int, default=500_000)
+    parser.add_argument("--timesteps", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(2)
