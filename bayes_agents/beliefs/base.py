@@ -22,6 +22,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -291,6 +292,35 @@ class RunningNormalizer(nn.Module):
         """``clip((values − mean) / sqrt(var + ε))``, differentiable in ``values``."""
         scale = torch.rsqrt(self.var + self.epsilon)
         return ((values - self.mean) * scale).clamp(-self.clip, self.clip)
+
+
+def rollout_inputs(model: Any) -> tuple[Tensor, Tensor]:
+    """The RL² inputs of the rollout in ``model.rollout_buffer`` (an sb3-contrib ``RecurrentPPO``), for
+    beliefs that train a model of their own in ``after_policy_update``.
+
+    Works before and after ``train()``, which leaves the buffer's arrays flattened env-major.
+
+    :return: ``x_t`` ``[n_steps, n_envs, D]`` (time-major, from the policy's features extractor, on
+        its device, no gradient) and SB3's episode starts ``[n_steps, n_envs]`` (1 where a trial
+        starts).
+    """
+    buffer, policy = model.rollout_buffer, model.policy
+    n_steps, n_envs = buffer.buffer_size, buffer.n_envs
+
+    def time_major(array: Any) -> Tensor:
+        array = torch.as_tensor(array, device=policy.device)
+        if buffer.generator_ready:
+            return array.reshape(n_envs, n_steps, *array.shape[1:]).transpose(0, 1)
+        return array
+
+    observations = buffer.observations
+    if isinstance(observations, dict):
+        obs = {key: time_major(array).flatten(0, 1) for key, array in observations.items()}
+    else:
+        obs = time_major(observations).flatten(0, 1)
+    with torch.no_grad():
+        inputs = policy.extract_features(obs).view(n_steps, n_envs, -1)
+    return inputs, time_major(buffer.episode_starts).reshape(n_steps, n_envs)
 
 
 def _check_n_samples(n_samples: int) -> None:

@@ -103,7 +103,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -115,6 +114,7 @@ from .base import (
     _check_n_samples,
     check_input_layout,
     check_positive_int,
+    rollout_inputs,
 )
 from .laplace import segmented_cumsum
 
@@ -631,29 +631,9 @@ class GLiBRLBelief(Belief):
         of ``model.rollout_buffer`` (logged as ``belief/basis_loss``); nothing if that is 0."""
         if self.basis_updates_per_ppo_update == 0:
             return
-        buffer = model.rollout_buffer
-        n_steps, n_envs = buffer.buffer_size, buffer.n_envs
-
-        def time_major(array: np.ndarray) -> np.ndarray:
-            # After train() RecurrentPPO's buffer holds its arrays flattened env-major.
-            if buffer.generator_ready:
-                return array.reshape(n_envs, n_steps, *array.shape[1:]).swapaxes(0, 1)
-            return array
-
-        device = self._reference_parameter().device
-        observations = buffer.observations
-        if isinstance(observations, dict):
-            obs = {
-                key: torch.as_tensor(time_major(array), device=device).flatten(0, 1)
-                for key, array in observations.items()
-            }
-        else:
-            obs = torch.as_tensor(time_major(observations), device=device).flatten(0, 1)
-        with torch.no_grad():
-            inputs = model.policy.extract_features(obs).view(n_steps, n_envs, -1)
-        starts = time_major(buffer.episode_starts).reshape(n_steps, n_envs)
+        inputs, starts = rollout_inputs(model)
         dtype = self._reference_parameter().dtype
-        loss = self.model_update(inputs.to(dtype), torch.as_tensor(starts), self.basis_updates_per_ppo_update)
+        loss = self.model_update(inputs.to(dtype), starts, self.basis_updates_per_ppo_update)
         model.logger.record("belief/basis_loss", loss)
 
     def sample(

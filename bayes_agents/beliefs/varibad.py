@@ -83,6 +83,7 @@ from .base import (
     check_choice,
     check_input_layout,
     check_positive_int,
+    rollout_inputs,
 )
 from .rl2 import RL2Belief
 
@@ -712,28 +713,9 @@ class VariBADBelief(Belief):
         """BayesPPO hook: buffer the trials of ``model.rollout_buffer`` and train the VAE; logs
         ``vae/elbo``, ``vae/reconstruction``, ``vae/kl``, ``vae/buffer_trials`` and
         ``vae/seconds_per_update`` to ``model.logger``."""
-        buffer = model.rollout_buffer
-        n_steps, n_envs = buffer.buffer_size, buffer.n_envs
-
-        def env_major(array: np.ndarray) -> np.ndarray:
-            # RecurrentPPO's buffer.get() flattens its arrays env-major ([n_envs * n_steps, ..]).
-            if buffer.generator_ready:
-                return array.reshape(n_envs, n_steps, *array.shape[1:])
-            return array.swapaxes(0, 1)
-
-        observations = buffer.observations
-        if isinstance(observations, dict):
-            obs = {
-                key: torch.as_tensor(env_major(array)).flatten(0, 1) for key, array in observations.items()
-            }
-        else:
-            obs = torch.as_tensor(env_major(observations)).flatten(0, 1)
-        policy = model.policy
-        with torch.no_grad():
-            inputs = policy.extract_features(_to_device(obs, policy))
-        starts = env_major(buffer.episode_starts).reshape(n_envs, n_steps)  # get() appends a unit dim
+        inputs, starts = rollout_inputs(model)
         self.add_trials(
-            inputs.view(n_envs, n_steps, -1), starts, getattr(model, "_last_episode_starts", None)
+            inputs.transpose(0, 1), starts.transpose(0, 1), getattr(model, "_last_episode_starts", None)
         )
         stats = self.vae_update()
         # After the VAE step, so that the statistics are those of the encoder the policy will see.
@@ -742,10 +724,3 @@ class VariBADBelief(Belief):
         model.logger.record("vae/buffer_trials", self.buffered_trials)
         for name, value in stats.items():
             model.logger.record(f"vae/{name}", value)
-
-
-def _to_device(obs: Tensor | dict[str, Tensor], policy: nn.Module) -> Tensor | dict[str, Tensor]:
-    device = policy.device
-    if isinstance(obs, dict):
-        return {key: value.to(device) for key, value in obs.items()}
-    return obs.to(device)
