@@ -334,6 +334,13 @@ def check_positive_int(name: str, value: int) -> None:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
 
 
+def check_bools(flags: dict[str, object], error: type[Exception] = TypeError) -> None:
+    """Raise ``error`` naming the first of ``flags`` (name → value) that is not a bool."""
+    for name, flag in flags.items():
+        if not isinstance(flag, bool):
+            raise error(f"{name} must be a bool, got {flag!r}")
+
+
 def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     """Raise ``ValueError`` unless ``value`` is one of ``allowed``."""
     if value not in allowed:

@@ -112,6 +112,7 @@ from .base import (
     InputLayout,
     StateLayout,
     _check_n_samples,
+    check_bools,
     check_input_layout,
     check_positive_int,
     rollout_inputs,
@@ -252,14 +253,15 @@ class GLiBRLBelief(Belief):
             )
         for size in basis_hidden_sizes:
             check_positive_int("basis_hidden_sizes entries", size)
-        for name, flag in (
-            ("detach_policy_input", detach_policy_input),
-            ("fit_dynamics", fit_dynamics),
-            ("normalize_policy_input", normalize_policy_input),
-            ("action_predictions", action_predictions),
-        ):
-            if not isinstance(flag, bool):
-                raise ValueError(f"{name} must be a bool, got {flag!r}")
+        check_bools(
+            {
+                "detach_policy_input": detach_policy_input,
+                "fit_dynamics": fit_dynamics,
+                "normalize_policy_input": normalize_policy_input,
+                "action_predictions": action_predictions,
+            },
+            error=ValueError,
+        )
         self.input_layout = input_layout
         self.input_dim = input_dim
         self.basis_dim = basis_dim

@@ -80,6 +80,7 @@ from .base import (
     RunningNormalizer,
     StateLayout,
     _check_n_samples,
+    check_bools,
     check_choice,
     check_input_layout,
     check_positive_int,
@@ -245,14 +246,14 @@ class VariBADBelief(Belief):
             raise ValueError(f'grid_size is only used by reward_decoder="per_state", got {reward_decoder!r}')
         if reward_decoder == "per_action" and not input_layout.discrete_actions:
             raise ValueError('reward_decoder="per_action" needs a Discrete action space')
-        for name, flag in [
-            ("state_decoder", state_decoder),
-            ("backprop_rl_loss", backprop_rl_loss),
-            ("normalize_policy_input", normalize_policy_input),
-            ("policy_reward_beliefs", policy_reward_beliefs),
-        ]:
-            if not isinstance(flag, bool):
-                raise TypeError(f"{name} must be a bool, got {flag!r}")
+        check_bools(
+            {
+                "state_decoder": state_decoder,
+                "backprop_rl_loss": backprop_rl_loss,
+                "normalize_policy_input": normalize_policy_input,
+                "policy_reward_beliefs": policy_reward_beliefs,
+            }
+        )
 
         self.input_dim = input_dim
         self.input_layout = input_layout
