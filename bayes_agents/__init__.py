@@ -8,8 +8,12 @@ BayesPPO(LaplacePolicy, env).learn(10_000)          # + the belief's auxiliary l
 
 Beliefs for existing SB3 projects (PPO, A2C, SAC, TD3): :mod:`bayes_agents.extractors` over the
 history of :class:`bayes_envs.TrialHistoryWrapper`, trained with :class:`BeliefAuxLossCallback`.
+
+A belief is registered once (:func:`register_belief`, :mod:`bayes_agents.beliefs.registry`); its
+policy (``LaplacePolicy``), extractor (``LaplaceExtractor``) and CLI method are derived from that.
 """
 
+from bayes_agents.beliefs.registry import BELIEFS, register_belief
 from bayes_agents.callbacks import BeliefAuxLossCallback
 from bayes_agents.extractors import (
     EXTRACTORS,
@@ -22,6 +26,7 @@ from bayes_agents.extractors import (
     VRNNExtractor,
 )
 from bayes_agents.policies import (
+    POLICY_ALIASES,
     BeliefPolicy,
     GLiBRLPolicy,
     LaplacePolicy,
@@ -33,7 +38,9 @@ from bayes_agents.policies import (
 from bayes_agents.ppo import BayesPPO, laplace_from_rl2, resolve_schedules
 
 __all__ = [
+    "BELIEFS",
     "EXTRACTORS",
+    "POLICY_ALIASES",
     "BayesPPO",
     "BeliefAuxLossCallback",
     "BeliefExtractor",
@@ -51,5 +58,6 @@ __all__ = [
     "VariBADExtractor",
     "VariBADPolicy",
     "laplace_from_rl2",
+    "register_belief",
     "resolve_schedules",
 ]

@@ -23,6 +23,8 @@ under ``belief/vae_*``.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 from stable_baselines3.common.buffers import DictReplayBuffer, DictRolloutBuffer
@@ -105,8 +107,7 @@ class BeliefAuxLossCallback(BaseCallback):
         ]
         self.optimizer = torch.optim.Adam(parameters, lr=self.learning_rate) if parameters else None
         self._trains_own_model = any(
-            callable(getattr(extractor.belief, "vae_update", None)) and not extractor.freeze_belief
-            for extractor in self.extractors
+            extractor.belief.trains_on_trials and not extractor.freeze_belief for extractor in self.extractors
         )
         self._timesteps_seen = self.model.num_timesteps
 
@@ -195,8 +196,7 @@ class BeliefAuxLossCallback(BaseCallback):
         ``vae_update``) get the trials of the new steps, as ``BayesPPO``'s ``after_policy_update`` does,
         and update every ``model_update_interval`` rollouts."""
         belief = extractor.belief
-        add_trials, vae_update = getattr(belief, "add_trials", None), getattr(belief, "vae_update", None)
-        if not (callable(add_trials) and callable(vae_update)) or extractor.freeze_belief:
+        if not belief.trains_on_trials or extractor.freeze_belief:
             return
         if new_observations is not None:
             inputs, trial_starts = extractor.current_inputs(new_observations)
@@ -204,7 +204,57 @@ class BeliefAuxLossCallback(BaseCallback):
             next_starts = getattr(self.model, "_last_episode_starts", None)
             if getattr(self.model, "replay_buffer", None) is not None:
                 next_starts = None  # off-policy: a running trial is completed by the next trial start
-            add_trials(inputs.view(n_envs, -1, inputs.shape[-1]), trial_starts.view(n_envs, -1), next_starts)
+            belief.add_trials(
+                inputs.view(n_envs, -1, inputs.shape[-1]), trial_starts.view(n_envs, -1), next_starts
+            )
         if update:
-            for key, value in vae_update().items():
+            for key, value in belief.update_trial_model().items():
                 self.logger.record(f"belief/vae_{key}", float(value))
+
+
+class ProgressCallback(BaseCallback):
+    """Prints training progress every ``every_seconds``: steps done of ``total``, env steps/s and the
+    mean trial return of the last episodes (SB3's ``ep_info_buffer``); one line at the end.
+
+    The examples use it (``model.learn(n, callback=ProgressCallback(n))``); ``bayes-rl train`` shows
+    the same with a progress bar when ``tqdm`` is installed. Works with any SB3 algorithm.
+
+    :param total: the ``learn`` budget (``None``: the steps of the current ``learn`` call).
+    :param every_seconds: seconds between lines (> 0).
+    """
+
+    def __init__(self, total: int | None = None, every_seconds: float = 10.0, prefix: str = "") -> None:
+        super().__init__()
+        if total is not None and (isinstance(total, bool) or not isinstance(total, int) or total < 1):
+            raise ValueError(f"total must be an int >= 1 or None, got {total!r}")
+        if not isinstance(every_seconds, (int, float)) or not 0 < every_seconds < float("inf"):
+            raise ValueError(f"every_seconds must be a finite number > 0, got {every_seconds!r}")
+        self.total, self.every_seconds, self.prefix = total, float(every_seconds), prefix
+        self._start = self._last = 0.0
+        self._start_steps = 0
+
+    def _on_training_start(self) -> None:
+        self._start = self._last = time.monotonic()
+        self._start_steps = self.model.num_timesteps
+        if self.total is None:
+            self.total = int(self.locals.get("total_timesteps", 0)) or None
+
+    def line(self) -> str:
+        """The current progress line."""
+        steps = self.model.num_timesteps
+        elapsed = max(time.monotonic() - self._start, 1e-9)
+        rate = (steps - self._start_steps) / elapsed
+        returns = [info["r"] for info in self.model.ep_info_buffer or []]
+        trial = f"trial return {np.mean(returns):.2f}" if returns else "trial return -"
+        done = f"{steps:>10,} / {self.total:,} steps" if self.total else f"{steps:>10,} steps"
+        return f"{self.prefix}{done}  {rate:,.0f} steps/s  {trial}"
+
+    def _on_step(self) -> bool:
+        now = time.monotonic()
+        if now - self._last >= self.every_seconds:
+            self._last = now
+            print(self.line(), flush=True)
+        return True
+
+    def _on_training_end(self) -> None:
+        print(self.line(), flush=True)

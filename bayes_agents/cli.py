@@ -11,9 +11,9 @@ Also ``python -m bayes_agents``. Each subcommand's ``--help`` documents its opti
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import textwrap
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,16 +31,32 @@ EXAMPLES = """examples:
   bayes-rl sweep examples/configs/grid_sweep.yaml --address auto     # on a running Ray cluster
 """
 
-TRAIN_DESCRIPTION = """\
+SECURITY_NOTE = """\
+security: RUN_DIR/model.zip is Stable-Baselines3's format, which unpickles Python objects when it is
+loaded (bayes-rl evaluate, BayesPPO.load) and so can run code: evaluate or load only run directories
+you trust. RUN_DIR/checkpoint.pt (train --resume) loads without executing code
+(torch.load(weights_only=True)).
+"""
+TRAIN_DESCRIPTION = (
+    """\
 Train a belief policy with BayesPPO using the per-(env, method) defaults, then evaluate it against
 the environment's references. Progress bar, metrics.jsonl (+ TensorBoard events if tensorboard is
-installed), atomic checkpoints; Ctrl-C finishes the update, checkpoints and stops.
+installed), atomic checkpoints; Ctrl-C finishes the update, checkpoints and stops. Every config
+value is checked (and the env and model built once) before RUN_DIR is touched.
+
 """
-EVALUATE_DESCRIPTION = """\
+    + SECURITY_NOTE
+)
+EVALUATE_DESCRIPTION = (
+    """\
 Roll out one full trial on each of N fixed, seeded test tasks with the trained model, the
 environment's reference policies (oracle, posterior sampling / Thompson sampling, random) and exact
-references (grid Bayes-optimal); print a table and write RUN_DIR/evaluation.json.
+references (grid Bayes-optimal); print a table and write RUN_DIR/evaluation.json. The model is
+checked against RUN_DIR/config.json first.
+
 """
+    + SECURITY_NOTE
+)
 SWEEP_DESCRIPTION = """\
 Expand CONFIG's grid of configs x seeds, train and evaluate every run (Ray Tune; locally by default,
 on a cluster with --address; or a local process pool with --executor local), then aggregate the
@@ -50,10 +66,26 @@ runs are reused and interrupted ones resumed when a sweep is run again.
 """
 
 
-def _set_threads(threads: int | None) -> None:
-    import torch
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (``bayes-rl train: error: ...``), exit status 2."""
 
-    torch.set_num_threads(threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or 1)
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: an int >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {text!r}")
+    return value
+
+
+def _set_threads(threads: int | None) -> None:
+    experiment.set_torch_threads(threads)
 
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -145,22 +177,23 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         spec, executor=args.executor, address=args.address, workers=args.workers, reps=args.reps
     )
     print(sweep.format_table(result))
-    print(
-        f"\nwritten {result['table_path']} and {result.get('plot_path') or '(no plot: matplotlib missing)'}"
-    )
+    plot = f" and {result['plot_path']}" if result.get("plot_path") else ""
+    print(f"\nwritten {result['table_path']}{plot}")
+    if result.get("plot_note"):
+        print(f"no plot: {result['plot_note']}")
     return 0 if not result["failed"] else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``bayes-rl`` argument parser (every option documented in ``--help``)."""
     formatter = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="bayes-rl",
         description=__doc__.split("\n\n")[0].replace("``", ""),
         epilog=EXAMPLES,
         formatter_class=formatter,
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     keys_help = textwrap.dedent(
         """\
@@ -204,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         action="store_true",
         help="continue from RUN_DIR's checkpoint (exactly); "
-        "the config must match the run's (timesteps, device, checkpoint_every may change)",
+        "the config must match the run's (timesteps, not below the steps done, device and "
+        "checkpoint_every may change)",
     )
     train.add_argument("--force", action="store_true", help="overwrite an existing run in RUN_DIR")
     train.add_argument("--n-envs", type=int, help="parallel training envs (default: per env)")
@@ -227,7 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--verbose", "-v", action="store_true", help="also print SB3's table of metrics per update"
     )
-    train.add_argument("--threads", type=int, help="torch threads (default: $OMP_NUM_THREADS or 1)")
+    train.add_argument(
+        "--threads", type=_positive_int, help="torch threads, >= 1 (default: $OMP_NUM_THREADS or 1)"
+    )
     train.set_defaults(handler=cmd_train)
 
     evaluate = commands.add_parser(
@@ -240,10 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--n-tasks", type=int, help="test tasks (default: the run's final_eval_tasks)")
     evaluate.add_argument("--seed", type=int, help="test-task seed (default: the run's eval_seed, 10000)")
     evaluate.add_argument(
-        "--out", metavar="FILE", help="JSON file to write (default RUN_DIR/evaluation.json)"
+        "--out",
+        metavar="FILE",
+        help="JSON file to write (default RUN_DIR/evaluation.json; never another file of a run directory)",
     )
     evaluate.add_argument("--no-references", action="store_true", help="evaluate the agent only")
-    evaluate.add_argument("--threads", type=int, help="torch threads (default: $OMP_NUM_THREADS or 1)")
+    evaluate.add_argument(
+        "--threads", type=_positive_int, help="torch threads, >= 1 (default: $OMP_NUM_THREADS or 1)"
+    )
     evaluate.set_defaults(handler=cmd_evaluate)
 
     plot = commands.add_parser(
@@ -284,9 +324,11 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "--address", help="Ray cluster address (e.g. auto or ray://host:10001); default: a local Ray instance"
     )
-    sweep.add_argument("--workers", type=int, default=2, help="concurrent runs (default 2; one CPU each)")
     sweep.add_argument(
-        "--reps", type=int, default=2000, help="bootstrap resamples for the CIs (default 2000)"
+        "--workers", type=_positive_int, default=2, help="concurrent runs (default 2; one CPU each)"
+    )
+    sweep.add_argument(
+        "--reps", type=_positive_int, default=2000, help="bootstrap resamples for the CIs (default 2000)"
     )
     sweep.set_defaults(handler=cmd_sweep)
     return parser
@@ -296,10 +338,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``bayes-rl`` and ``python -m bayes_agents``; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+
+    def show_warning(message: Warning | str, category: type[Warning], *rest: Any, **kwargs: Any) -> None:
+        print(f"bayes-rl {args.command}: warning: {message}", file=sys.stderr)
+
     try:
-        return int(args.handler(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = show_warning
+            return int(args.handler(args) or 0)
     except (ConfigError, RunDirectoryError) as error:
-        print(f"bayes-rl {args.command}: error: {error}", file=sys.stderr)
+        text = " ".join(str(error).split())  # one line
+        print(f"bayes-rl {args.command}: error: {text}", file=sys.stderr)
         return 2
     except ImportError as error:
         print(f"bayes-rl {args.command}: error: {error}", file=sys.stderr)

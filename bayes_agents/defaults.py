@@ -1,4 +1,5 @@
-"""Per-environment training defaults, taken from the papers (see DESIGN.md and each entry).
+"""Per-environment training defaults, taken from the papers (see each entry and
+docs/specification.md#training-defaults).
 
 ``ppo_settings(env_id)`` gives ``BayesPPO``/``RecurrentPPO`` keywords and ``belief_settings(env_id)``
 the ``policy_kwargs`` used by the examples and benchmarks; both return fresh dicts to modify.
@@ -87,14 +88,33 @@ LAPLACE_SETTINGS: dict[str, Any] = dict(window=1, covariance="full", variant="su
 _RUN: dict[str, dict[str, Any]] = {
     # 16 envs as VariBAD; 1M steps, over which lr and clip decay: 2.4 minutes of training on one idle
     # core, trial return 29.0 (78% of Bayes-optimal) in one run.
-    "BayesGrid-v0": dict(n_envs=16, timesteps=1_000_000, eval_tasks=105, final_eval_tasks=420),
+    "BayesGrid-v0": dict(
+        n_envs=16,
+        timesteps=1_000_000,
+        eval_tasks=105,
+        final_eval_tasks=420,
+        norm_obs=False,
+        norm_reward=False,
+    ),
     # The Laplace-VRNN paper's bandit batch (8 envs × 100 steps per update).
-    "BayesBandit-v0": dict(n_envs=8, timesteps=400_000, eval_tasks=200, final_eval_tasks=1000),
+    "BayesBandit-v0": dict(
+        n_envs=8, timesteps=400_000, eval_tasks=200, final_eval_tasks=1000, norm_obs=False, norm_reward=False
+    ),
 }
-_RUN_FALLBACK: dict[str, Any] = dict(n_envs=16, timesteps=1_000_000, eval_tasks=100, final_eval_tasks=500)
+_RUN_FALLBACK: dict[str, Any] = dict(
+    n_envs=16, timesteps=1_000_000, eval_tasks=100, final_eval_tasks=500, norm_obs=False, norm_reward=False
+)
+for _env_id in MUJOCO_IDS + METAWORLD_IDS:
+    # Observation and reward normalisation (bayes_envs.RL2VecNormalize): the VariBAD reference
+    # normalises the policy's rewards on every MuJoCo env (norm_rew_for_policy=True in
+    # config/mujoco/args_*_{rl2,varibad}.py) and its states (norm_obs_for_policy /
+    # norm_state_for_policy=True in the args_*_varibad.py files). Stock PPO on HalfCheetahVel learns
+    # with normalisation (−287 → −249 per inner episode over 1M steps, issue #16) where RL² without
+    # it did not (−283 after 1.23M steps).
+    _RUN[_env_id] = {**_RUN_FALLBACK, "norm_obs": True, "norm_reward": True}
 #: Per-(env, method) corrections: ``{"ppo": {...}, "policy": {...}}`` applied last.
 _METHOD_ENV: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
-    # Full-covariance Laplace costs 5.6× RL² per update on a CPU (README, training speed); the
+    # Full-covariance Laplace costs 5.6× RL² per update on a CPU (docs/results.md#training-speed); the
     # diagonal precision keeps the grid run within a few minutes.
     ("BayesGrid-v0", "laplace"): {"policy": dict(covariance="diag")},
     # The full 64×64 precision costs several times more per update on a CPU.
@@ -145,7 +165,8 @@ def belief_settings(env_id: str) -> dict[str, Any]:
 
 
 def run_settings(env_id: str) -> dict[str, Any]:
-    """Run-level defaults (``n_envs``, ``timesteps``, ``eval_tasks``, ``final_eval_tasks``) for ``env_id``.
+    """Run-level defaults (``n_envs``, ``timesteps``, ``eval_tasks``, ``final_eval_tasks``, ``norm_obs``,
+    ``norm_reward``) for ``env_id``.
 
     Envs without an entry get generic values (any registered env can be trained by the CLI).
     """

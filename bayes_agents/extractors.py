@@ -38,10 +38,8 @@ from stable_baselines3.common.preprocessing import get_flattened_obs_dim
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import Tensor
 
-from bayes_agents.beliefs import Belief, BeliefOutput, InputLayout, LaplaceBelief, RL2Belief
-from bayes_agents.beliefs.glibrl import GLiBRLBelief
-from bayes_agents.beliefs.varibad import VariBADBelief
-from bayes_agents.beliefs.vrnn import VRNNBelief
+from bayes_agents.beliefs import Belief, BeliefOutput, InputLayout, observation_bounds
+from bayes_agents.beliefs.registry import BeliefSpec, on_register
 from bayes_envs.core import RL2_KEYS
 from bayes_envs.wrappers import HISTORY_KEYS, HISTORY_MASK_KEY, TrialHistory
 
@@ -111,7 +109,12 @@ class BeliefExtractor(BaseFeaturesExtractor):
             if self.needs_input_layout:
                 if discrete_actions is None:
                     discrete_actions = _looks_one_hot(observation_space["history_prev_action"])
-                layout = InputLayout(part_sizes[0], part_sizes[1], bool(discrete_actions))
+                layout = InputLayout(
+                    part_sizes[0],
+                    part_sizes[1],
+                    bool(discrete_actions),
+                    **observation_bounds(observation_space[OBS_KEY]),
+                )
                 belief = self.belief_class(input_dim, input_layout=layout, **belief_kwargs)
             else:
                 belief = self.belief_class(input_dim, **belief_kwargs)
@@ -187,46 +190,6 @@ class BeliefExtractor(BaseFeaturesExtractor):
         return torch.cat([observations[OBS_KEY].flatten(1), belief.to(observations[OBS_KEY].dtype)], dim=1)
 
 
-class RL2Extractor(BeliefExtractor):
-    """RL² belief (recurrent point estimate); keywords of :class:`~bayes_agents.beliefs.RL2Belief`."""
-
-    belief_class = RL2Belief
-
-
-class LaplaceExtractor(BeliefExtractor):
-    """Laplace-VRNN belief (posterior mean as features); keywords of
-    :class:`~bayes_agents.beliefs.LaplaceBelief` (``window`` there is the Jacobian window k, not the
-    history length)."""
-
-    belief_class = LaplaceBelief
-
-
-class VariBADExtractor(BeliefExtractor):
-    """VariBAD belief (features ``[μ_t, log σ_t²]``); keywords of
-    :class:`~bayes_agents.beliefs.varibad.VariBADBelief` (its ``input_layout`` comes from the
-    observation space). Its VAE is trained by :class:`~bayes_agents.callbacks.BeliefAuxLossCallback`."""
-
-    belief_class = VariBADBelief
-    needs_input_layout = True
-
-
-class GLiBRLExtractor(BeliefExtractor):
-    """GLiBRL belief (posterior features of the Bayesian linear regression); keywords of
-    :class:`~bayes_agents.beliefs.glibrl.GLiBRLBelief` (its ``input_layout`` comes from the
-    observation space). Its basis is trained on the marginal likelihood by
-    :class:`~bayes_agents.callbacks.BeliefAuxLossCallback`."""
-
-    belief_class = GLiBRLBelief
-    needs_input_layout = True
-
-
-class VRNNExtractor(BeliefExtractor):
-    """VRNN belief (posterior mean as features); keywords of
-    :class:`~bayes_agents.beliefs.vrnn.VRNNBelief`."""
-
-    belief_class = VRNNBelief
-
-
 class HistoryPredictor:
     """Recurrent-style ``predict`` for a model trained on :class:`~bayes_envs.wrappers.TrialHistoryWrapper`
     observations, fed with the plain RL² Dict observations of a ``VecEnv`` (``bayes_envs.make_vec``).
@@ -289,11 +252,18 @@ class HistoryPredictor:
         return actions, state
 
 
-#: The extractor of each belief method, by the method names of :mod:`bayes_agents.methods`.
-EXTRACTORS: dict[str, type[BeliefExtractor]] = {
-    "rl2": RL2Extractor,
-    "laplace": LaplaceExtractor,
-    "varibad": VariBADExtractor,
-    "glibrl": GLiBRLExtractor,
-    "vrnn": VRNNExtractor,
-}
+#: The extractor of each registered belief by its method name (``"laplace"``: ``LaplaceExtractor``),
+#: derived from :mod:`bayes_agents.beliefs.registry`; the classes live in this module under their
+#: names (``bayes_agents.extractors.LaplaceExtractor``).
+EXTRACTORS: dict[str, type[BeliefExtractor]] = {}
+
+
+def _derive_extractor(spec: BeliefSpec) -> None:
+    extractor_class = spec.derive(BeliefExtractor, "Extractor", __name__, spec.extractor_doc)
+    globals()[spec.extractor_name] = extractor_class
+    EXTRACTORS[spec.method] = extractor_class
+
+
+# RL2Extractor, LaplaceExtractor, VariBADExtractor, GLiBRLExtractor, VRNNExtractor, and any belief
+# registered later.
+on_register(_derive_extractor)

@@ -2,7 +2,8 @@
 
 Each name maps to its :class:`~bayes_agents.policies.BeliefPolicy` subclass and to the policy
 keywords that turn the shared per-environment defaults (:mod:`bayes_agents.defaults`) into that
-method's defaults (e.g. Laplace-VRNN's window and covariance).
+method's defaults (e.g. Laplace-VRNN's window and covariance). Both come from the belief's
+registration (:func:`bayes_agents.beliefs.registry.register_belief`): a registered belief is a method.
 """
 
 from __future__ import annotations
@@ -10,21 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from bayes_agents.defaults import (
-    LAPLACE_SETTINGS,
-    belief_settings,
-    has_defaults,
-    method_env_settings,
-    ppo_settings,
-)
-from bayes_agents.policies import (
-    BeliefPolicy,
-    GLiBRLPolicy,
-    LaplacePolicy,
-    RL2Policy,
-    VariBADPolicy,
-    VRNNPolicy,
-)
+from bayes_agents.beliefs.registry import BeliefSpec, on_register
+from bayes_agents.defaults import belief_settings, has_defaults, method_env_settings, ppo_settings
+from bayes_agents.policies import POLICIES, BeliefPolicy
 
 
 @dataclass(frozen=True)
@@ -44,24 +33,17 @@ class Method:
     shared_keys: frozenset[str] | None = None
 
 
-METHODS: dict[str, Method] = {
-    "rl2": Method("rl2", RL2Policy),
-    "laplace": Method("laplace", LaplacePolicy, dict(LAPLACE_SETTINGS)),
-    # The Laplace-VRNN paper's RL baseline: amortised full-covariance posterior on the RL² recurrence.
-    "vrnn": Method("vrnn", VRNNPolicy, dict(covariance="full", n_samples=1)),
-    # VariBAD and GLiBRL have their own encoders: only the policy-head width is shared.
-    # VariBAD's VAE takes more and faster steps than the reference's 3 per PPO update at lr 1e-3: on
-    # random grid trials that schedule stays at the prior (posterior collapse) for 2,000-3,000 VAE
-    # steps, i.e. the first ~1M env steps of a CPU-sized budget; 20 steps at 3e-3 leave it within
-    # ~100k env steps (p(goal cell | goal found) 0.99 on the policy's trials at 500k).
-    "varibad": Method(
-        "varibad",
-        VariBADPolicy,
-        dict(vae_updates_per_ppo_update=20, vae_lr=3e-3),
-        shared_keys=frozenset({"net_arch"}),
-    ),
-    "glibrl": Method("glibrl", GLiBRLPolicy, shared_keys=frozenset({"net_arch"})),
-}
+#: The methods by name, one per registered belief (in registration order).
+METHODS: dict[str, Method] = {}
+
+
+def _add_method(spec: BeliefSpec) -> None:
+    METHODS[spec.method] = Method(
+        spec.method, POLICIES[spec.method], dict(spec.policy_kwargs), spec.shared_keys
+    )
+
+
+on_register(_add_method)
 
 
 def get_method(name: str) -> Method:

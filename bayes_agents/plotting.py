@@ -29,6 +29,7 @@ from bayes_agents.experiment import (
     EVALUATIONS_FILE,
     METRICS_FILE,
     read_config,
+    read_json,
     read_jsonl,
 )
 
@@ -50,8 +51,6 @@ def t_interval(values: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarra
 
 
 def _load_run(run_dir: Path) -> dict[str, Any]:
-    import json
-
     config = read_config(run_dir)
     evaluation_path = run_dir / EVALUATION_FILE
     return {
@@ -60,7 +59,7 @@ def _load_run(run_dir: Path) -> dict[str, Any]:
         "label": f"{config['env_id']} / {config['method']}",
         "evaluations": read_jsonl(run_dir / EVALUATIONS_FILE),
         "metrics": read_jsonl(run_dir / METRICS_FILE),
-        "evaluation": json.loads(evaluation_path.read_text()) if evaluation_path.is_file() else None,
+        "evaluation": read_json(evaluation_path) if evaluation_path.is_file() else None,
     }
 
 

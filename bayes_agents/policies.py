@@ -22,12 +22,14 @@ ratio pure noise.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import gymnasium as gym
+import numpy as np
 import torch
 from gymnasium import spaces
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
@@ -44,10 +46,8 @@ from stable_baselines3.common.type_aliases import Schedule
 from torch import Tensor, nn
 from torch.distributions import Categorical, Normal
 
-from bayes_agents.beliefs import Belief, BeliefOutput, InputLayout, LaplaceBelief, RL2Belief
-from bayes_agents.beliefs.glibrl import GLiBRLBelief
-from bayes_agents.beliefs.varibad import VariBADBelief
-from bayes_agents.beliefs.vrnn import VRNNBelief
+from bayes_agents.beliefs import Belief, BeliefOutput, InputLayout, LaplaceBelief, observation_bounds
+from bayes_agents.beliefs.registry import BeliefSpec, on_register
 
 RL2_KEYS = ("obs", "prev_action", "prev_reward", "new_episode")
 #: Noise keys are integers below 2**24, so that float32 state slots hold them exactly.
@@ -159,6 +159,12 @@ class BeliefPolicy(RecurrentActorCriticPolicy):
     :param n_samples: posterior samples ``n_Z`` averaged in the action head; 0 uses the posterior
         mean (and is what point-estimate beliefs always do).
     :param detach_critic: stop the value loss from training the belief.
+    :param reuse_rollout_precision: Laplace beliefs under the stock ``RecurrentPPO``: the update takes
+        the stop-gradient posterior terms (precision, entropy, KL offsets, sample offsets) of each
+        minibatch sequence from the rollout that computed them (:class:`RolloutTermsCache`) instead
+        of recomputing the window Jacobians for every minibatch of every epoch (~10x faster updates).
+        The precision is then that of the rollout's weights, as PPO's old log-probabilities are.
+        False: the exact recompute at the current weights. (``BayesPPO`` has its own switch.)
     :param belief_kwargs: the belief's own hyper-parameters (e.g. ``hidden_size``, ``latent_dim``).
 
     The remaining parameters are Stable-Baselines3's ``ActorCriticPolicy`` ones; ``net_arch``
@@ -190,6 +196,7 @@ class BeliefPolicy(RecurrentActorCriticPolicy):
         optimizer_kwargs: dict[str, Any] | None = None,
         n_samples: int = 0,
         detach_critic: bool = False,
+        reuse_rollout_precision: bool = True,
         **belief_kwargs: Any,
     ) -> None:
         if not isinstance(action_space, (spaces.Discrete, spaces.Box)):
@@ -215,15 +222,12 @@ class BeliefPolicy(RecurrentActorCriticPolicy):
         self.n_samples = n_samples
         self.detach_critic = bool(detach_critic)
         self.belief_kwargs = dict(belief_kwargs)
+        if not isinstance(reuse_rollout_precision, bool):
+            raise TypeError(f"reuse_rollout_precision must be a bool, got {reuse_rollout_precision!r}")
+        self.reuse_rollout_precision = reuse_rollout_precision
         self._last_output: BeliefOutput | None = None
-        self._loss_mask: Tensor | None = None
-        self._pending_aux_loss: Tensor | None = None
-        #: Precomputed stop-gradient parts of the next ``evaluate_actions`` minibatch; set by
-        #: BayesPPO, consumed (and cleared) by that call.
-        self._minibatch_cache: MinibatchCache | None = None
-        #: Set by BayesPPO during a rollout: ``forward`` (one rollout step) hands it the step's
-        #: detached belief output and posterior-sample offsets (``add(output, offsets)``).
-        self._rollout_record: Any = None
+        #: The record of the last rollout run through ``forward`` (Laplace, reuse_rollout_precision).
+        self._terms_cache: RolloutTermsCache | None = None
         # The belief is built in _build_mlp_extractor (it needs the features size, and must exist
         # before ActorCriticPolicy creates the optimizer). RecurrentActorCriticPolicy.__init__ is
         # skipped on purpose: it would build two LSTMs that the belief replaces.
@@ -270,6 +274,7 @@ class BeliefPolicy(RecurrentActorCriticPolicy):
             obs_dim=sizes[0],
             action_dim=sizes[1],
             discrete_actions=isinstance(self.action_space, spaces.Discrete),
+            **observation_bounds(self.observation_space["obs"]),
         )
         return self.belief_class(input_dim, input_layout=layout, **self.belief_kwargs)
 
@@ -287,7 +292,12 @@ class BeliefPolicy(RecurrentActorCriticPolicy):
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
-        data.update(n_samples=self.n_samples, detach_critic=self.detach_critic, **self.belief_kwargs)
+        data.update(
+            n_samples=self.n_samples,
+            detach_critic=self.detach_critic,
+            reuse_rollout_precision=self.reuse_rollout_precision,
+            **self.belief_kwargs,
+        )
         return data
 
     # ------------------------------------------------------------------------------ state slots
@@ -427,23 +437,104 @@ class BeliefPolicy(RecurrentActorCriticPolicy):
         belief = belief.detach() if self.detach_critic else belief
         return self.value_net(self.mlp_extractor.forward_critic(self._head_inputs(belief, features)))
 
+    # ------------------------------------------------------------------------------ acting path
+    @torch.inference_mode()
+    def act(
+        self,
+        obs: Tensor | dict[str, Tensor],
+        lstm_states: tuple[Tensor, Tensor],
+        episode_starts: Tensor,
+        deterministic: bool = False,
+        record: Any = None,
+    ) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor]]:
+        """One acting step for ``B`` envs, fused: belief step, heads, sampling, log-probability and
+        value, under ``torch.inference_mode`` and without SB3 ``Distribution`` objects.
+
+        It gives the actions, log-probabilities and values of the generic path (``get_distribution``
+        + ``predict_values``), drawing from torch's global generator exactly as SB3's distributions
+        do (``Categorical.sample``, ``Normal.rsample``).
+
+        :param lstm_states: the packed state slots ``(1, B, slot)`` ×2 (see :meth:`pack_state`).
+        :param episode_starts: ``[B]`` (1 resets the belief before this step).
+        :param record: optional callable ``record(features, output, sample_offsets)`` that receives the
+            step's inputs ``x_t``, belief output and posterior-sample offsets (Laplace; else None),
+            e.g. to keep the stop-gradient Laplace terms for the update.
+        :return: actions ``[B, *action_shape]``, values ``[B, 1]``, log-probabilities ``[B]`` and the
+            next state slots (inference tensors: no autograd graph may be built on them).
+        """
+        features = self.extract_features(obs)
+        starts = (episode_starts > 0.5).view(1, -1)
+        state, keys = self.unpack_state(lstm_states)
+        output, state = self.belief.sequence(features.unsqueeze(0), state, starts)
+        output = output.apply(lambda value: value[0])
+        offsets = None
+        if self.n_samples > 0 and output.is_distribution:
+            step_keys, keys = next_noise_keys(keys, starts)
+            latent = self.belief.latent_dim
+            draws = standard_normal_from_keys(step_keys[0], self.n_samples * latent, output.mean.dtype)
+            noise = draws.view(-1, self.n_samples, latent).transpose(0, 1)  # [n_Z, B, L]
+            if isinstance(self.belief, LaplaceBelief):
+                offsets = self.belief.sample_offsets(output.precision, output.precision_cholesky, noise)
+                latents = output.mean + offsets
+            else:
+                latents = self.belief.sample(output, self.n_samples, noise=noise)
+        else:
+            latents = self.belief.policy_input(output).unsqueeze(0)
+        if record is not None:
+            record(features, output, offsets)
+        self._last_output = output
+        parameters = self.action_net(self.mlp_extractor.forward_actor(self._head_inputs(latents, features)))
+        parameters = parameters.mean(dim=0)
+        if isinstance(self.action_space, spaces.Discrete):
+            log_pmf = parameters - parameters.logsumexp(-1, keepdim=True)  # as torch's Categorical
+            probs = torch.softmax(log_pmf, dim=-1)
+            if deterministic:
+                actions = probs.argmax(dim=-1)
+            else:
+                actions = torch.multinomial(probs, 1, True)[:, 0]
+            log_prob = log_pmf.gather(-1, actions.unsqueeze(-1))[:, 0]
+        else:
+            scale = torch.ones_like(parameters) * self.log_std.exp()
+            actions = parameters if deterministic else parameters + torch.randn_like(parameters) * scale
+            log_prob = (  # torch's Normal.log_prob, summed over the action dims (as SB3)
+                -((actions - parameters) ** 2) / (2 * scale**2)
+                - scale.log()
+                - math.log(math.sqrt(2 * math.pi))
+            ).sum(dim=1)
+        values = self._values(output, features)
+        slots = self.pack_state(state, keys)
+        return actions.reshape((-1, *self.action_space.shape)), values, log_prob, slots
+
     # ------------------------------------------------------------------------------ SB3 entry points
     def forward(
         self, obs: Tensor, lstm_states: RNNStates, episode_starts: Tensor, deterministic: bool = False
     ) -> tuple[Tensor, Tensor, Tensor, RNNStates]:
-        features = self.extract_features(obs)
-        (output, noise), slots = self._process_sequence(features, lstm_states.pi, episode_starts)
-        offsets = None
-        if noise is not None and isinstance(self.belief, LaplaceBelief):  # = belief.sample - mean
-            offsets = self.belief.sample_offsets(output.precision, output.precision_cholesky, noise)
-        if self._rollout_record is not None:
-            self._rollout_record.add(self._last_output, offsets)
-        distribution = self._action_distribution(output, noise, features, sample_offsets=offsets)
-        actions = distribution.get_actions(deterministic=deterministic)
-        log_prob = distribution.log_prob(actions)
-        values = self._values(output, features)
-        actions = actions.reshape((-1, *self.action_space.shape))
+        """One rollout step of the stock ``RecurrentPPO.collect_rollouts``: :meth:`act` (no gradient).
+
+        A Laplace policy with ``reuse_rollout_precision`` also records the step (see
+        :class:`RolloutTermsCache`) so that the stock update can take the stop-gradient terms of each
+        minibatch sequence from the rollout instead of recomputing them."""
+        record = None
+        if self.reuse_rollout_precision and isinstance(self.belief, LaplaceBelief):
+            if self._terms_cache is None or self._terms_cache.closed:
+                self._terms_cache = RolloutTermsCache()
+            if not self._terms_cache.full:
+                record = functools.partial(self._terms_cache.add, lstm_states.pi, episode_starts)
+        actions, values, log_prob, slots = self.act(
+            obs, lstm_states.pi, episode_starts, deterministic, record
+        )
+        slots = tuple(slot.clone() for slot in slots)  # normal tensors: the algorithm keeps them
         return actions, values, log_prob, RNNStates(slots, slots)
+
+    def _predict(  # type: ignore[override]
+        self,
+        observation: Tensor,
+        lstm_states: tuple[Tensor, Tensor],
+        episode_starts: Tensor,
+        deterministic: bool = False,
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        actions, _, _, slots = self.act(observation, lstm_states, episode_starts, deterministic)
+        return actions, slots
 
     def get_distribution(
         self, obs: Tensor, lstm_states: tuple[Tensor, Tensor], episode_starts: Tensor
@@ -462,22 +553,61 @@ class BeliefPolicy(RecurrentActorCriticPolicy):
     def evaluate_actions(
         self, obs: Tensor, actions: Tensor, lstm_states: RNNStates, episode_starts: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
+        """Values, log-probabilities and entropies of a training minibatch (stock ``RecurrentPPO``).
+
+        For a Laplace policy whose last rollout was recorded by :meth:`forward`, every minibatch
+        sequence that is found in the record (same start state, bit for bit, and the same inputs and
+        resets) takes its stop-gradient terms from it; otherwise everything is recomputed."""
         features = self.extract_features(obs)
-        cache, self._minibatch_cache = self._minibatch_cache, None
+        cache = None
+        if self._terms_cache is not None:
+            cache = self._terms_cache.lookup(features, lstm_states.pi, episode_starts, self)
+            if self.training:  # an update: the next rollout starts a new record
+                self._terms_cache.closed = True
+        values, log_prob, entropy, _ = self._evaluate(
+            features, actions, lstm_states.pi, episode_starts, cache
+        )
+        return values, log_prob, entropy
+
+    def evaluate_minibatch(
+        self,
+        obs: Tensor | dict[str, Tensor],
+        actions: Tensor,
+        lstm_states: tuple[Tensor, Tensor],
+        episode_starts: Tensor,
+        cache: MinibatchCache | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor, BeliefOutput]:
+        """:meth:`evaluate_actions` for :class:`~bayes_agents.BayesPPO`: also returns the minibatch's
+        belief output (flattened ``[n_seq * T, ..]``, with gradient) for the auxiliary loss, and takes
+        the stop-gradient Laplace terms from ``cache`` if given."""
+        return self._evaluate(self.extract_features(obs), actions, lstm_states, episode_starts, cache)
+
+    def _evaluate(
+        self,
+        features: Tensor,
+        actions: Tensor,
+        lstm_states: tuple[Tensor, Tensor],
+        episode_starts: Tensor,
+        cache: MinibatchCache | None,
+    ) -> tuple[Tensor, Tensor, Tensor, BeliefOutput]:
         if cache is None:
-            (output, noise), _ = self._process_sequence(features, lstm_states.pi, episode_starts)
+            (output, noise), _ = self._process_sequence(features, lstm_states, episode_starts)
             distribution = self._action_distribution(output, noise, features)
         else:
-            output, offsets = self._cached_belief_pass(features, lstm_states.pi, episode_starts, cache)
+            output, offsets = self._cached_belief_pass(features, lstm_states, episode_starts, cache)
             distribution = self._action_distribution(output, None, features, sample_offsets=offsets)
-        if self._loss_mask is not None:
-            # Only BayesPPO sets a mask; it then adds this loss to the PPO loss (see BayesPPO.train).
-            self._pending_aux_loss = self._masked_aux_loss(output, self._loss_mask)
-        return self._values(output, features), distribution.log_prob(actions), distribution.entropy()
+        log_prob = distribution.log_prob(actions)
+        return self._values(output, features), log_prob, distribution.entropy(), output
 
     def _masked_aux_loss(self, output: BeliefOutput, mask: Tensor) -> Tensor:
-        """The belief's auxiliary loss over the rows ``mask`` ``[N]`` of ``output``."""
-        return self.belief.aux_loss(output.apply(lambda value: value[mask]))
+        """The belief's auxiliary loss over the rows ``mask`` ``[N]`` of ``output`` (the belief knows
+        which fields its loss reads: Laplace's reads ``kl_to_previous`` only, so the ``[N, L, L]``
+        precisions and factors are not copied)."""
+        return self.belief.aux_loss_rows(output, mask)
+
+    def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        self._terms_cache = None  # recorded with other weights
+        return super().load_state_dict(*args, **kwargs)
 
     # ------------------------------------------------------------------------------ belief statistics
     @property
@@ -486,84 +616,155 @@ class BeliefPolicy(RecurrentActorCriticPolicy):
         return self._last_output
 
 
-class RL2Policy(BeliefPolicy):
-    """RL²: the policy conditions on a recurrent point estimate of the task.
+class RolloutTermsCache:
+    """The stop-gradient Laplace terms of the rollout steps that the stock ``RecurrentPPO`` ran through
+    :meth:`BeliefPolicy.forward`, for its update (``reuse_rollout_precision``, on by default).
 
-    Belief keywords (``policy_kwargs``): ``hidden_size`` (128), ``latent_dim`` (64), ``rnn``
-    (``"lstm"``/``"gru"``), ``embed_sizes`` — see :class:`~bayes_agents.beliefs.RL2Belief`.
+    Each step records its inputs ``x_t``, its packed start state, its resets and its terms
+    (``previous_precision``, ``kl_offset``, ``entropy``, posterior-sample offsets). A training
+    minibatch sequence is matched to the recorded rows by the exact bytes of its start state and then
+    verified position by position: the rows of the sequence must have exactly the recorded inputs and
+    resets, and any positions after the verified ones must be SB3's padding (all-zero inputs, no
+    reset). The terms are a deterministic function of the weights, the start state and the inputs, so
+    an exact match is the recompute at the rollout's weights; a minibatch with any unmatched sequence
+    is recomputed in full. The precisions are thus those of the rollout's weights in every epoch, as
+    PPO's old log-probabilities are (they carry no gradient either way). A new record starts with the
+    first rollout step after an update; loading weights drops it.
+
+    A record that reaches ``max_elements`` floats (2**26, 256 MB in float32: e.g. ~7,000 env steps of
+    the default k = 15, L = 64 policy) is not used (the update recomputes everything).
     """
 
-    belief_class = RL2Belief
+    def __init__(self, max_elements: int = 2**26) -> None:
+        self.max_elements, self.elements = max_elements, 0
+        self.closed = False
+        self.steps: list[tuple[Tensor, Tensor, Tensor, BeliefOutput, Tensor | None]] = []
+        self._stacked: tuple[Any, ...] | None = None
 
+    @property
+    def full(self) -> bool:
+        return self.elements >= self.max_elements
 
-class LaplacePolicy(BeliefPolicy):
-    """Laplace-VRNN: RL²'s recurrence with a Laplace-approximated Gaussian task posterior.
+    def add(
+        self,
+        slots: tuple[Tensor, Tensor],
+        episode_starts: Tensor,
+        features: Tensor,
+        output: BeliefOutput,
+        offsets: Tensor | None,
+    ) -> None:
+        """Record one step (the ``record`` of :meth:`BeliefPolicy.act`, with its start state slots)."""
+        state = torch.cat([slots[0][0], slots[1][0]], dim=1)
+        terms = (output.previous_precision, output.kl_offset, output.entropy, offsets)
+        self.steps.append((features, state, episode_starts > 0.5, *terms))
+        self.elements += sum(value.numel() for value in (features, state, *terms[:3]))
+        self._stacked = None
+        if self.full:  # too large: not used, so not kept
+            self.steps.clear()
 
-    Belief keywords (``policy_kwargs``): those of :class:`RL2Policy` plus ``window`` (k),
-    ``covariance`` (``"full"``/``"diag"``), ``variant`` (``"stationary"``, ``"sum_precision"``,
-    ``"markov"``), ``damping`` and ``beta`` (KL penalty, applied by :class:`~bayes_agents.BayesPPO`);
-    ``n_samples`` posterior samples are averaged in the action head (0: posterior mean). See
-    :class:`~bayes_agents.beliefs.LaplaceBelief`. Under :class:`~bayes_agents.BayesPPO` the update
-    reuses the precisions the rollout computed (``reuse_rollout_precision``); stock ``RecurrentPPO``
-    recomputes them for every minibatch.
-    """
+    def _stack(self) -> tuple[Any, ...]:
+        if self._stacked is None:
+            columns = list(zip(*self.steps, strict=True))
+            stacked = [None if column[0] is None else torch.stack(column) for column in columns]
+            if stacked[6] is not None:  # sample offsets [T, n_Z, B, L] → [n_Z, T·B, L], in row order
+                stacked[6] = stacked[6].transpose(0, 1).flatten(1, 2)
+            host = stacked[1].flatten(0, 1).cpu().numpy()  # the start states [T, B, 2·slot]
+            index: dict[bytes, list[int]] = {}
+            for row in range(host.shape[0]):
+                index.setdefault(host[row].tobytes(), []).append(row)
+            self._stacked = (index, *stacked)
+        return self._stacked
 
-    belief_class = LaplaceBelief
+    @staticmethod
+    def _verify(
+        rec_features: Tensor, rec_starts: Tensor, step: Tensor, env: Tensor, inputs: Tensor, starts: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """For sequences ``[n, T, ..]`` matched to recorded rows ``(step, env)`` ``[n]``: how many
+        leading positions have exactly the recorded inputs and resets ``[n]``, and whether every later
+        position is padding (all-zero inputs, no reset) ``[n]``."""
+        n_steps = rec_starts.shape[0]
+        length = inputs.shape[1]
+        at = step.unsqueeze(1) + torch.arange(length, device=inputs.device)  # [n, T]
+        inside = at < n_steps
+        at = at.clamp(max=n_steps - 1)
+        envs = env.unsqueeze(1).expand_as(at)
+        same = (rec_features[at, envs] == inputs).all(-1) & (rec_starts[at, envs] == starts) & inside
+        verified = same.long().cumprod(1).sum(1)
+        later = torch.arange(length, device=inputs.device) >= verified.unsqueeze(1)
+        padding_tail = ~(((inputs != 0).any(-1) | starts) & later).any(1)
+        return verified, padding_tail
 
-    def _masked_aux_loss(self, output: BeliefOutput, mask: Tensor) -> Tensor:
-        # The KL penalty reads kl_to_previous only: do not copy the [N, L, L] precisions and factors.
-        return self.belief.aux_loss(
-            BeliefOutput(mean=output.mean[mask], kl_to_previous=output.kl_to_previous[mask])
+    def lookup(
+        self, features: Tensor, slots: tuple[Tensor, Tensor], episode_starts: Tensor, policy: BeliefPolicy
+    ) -> MinibatchCache | None:
+        """The cache of a padded minibatch ``[n_seq * T, D]`` if every sequence is in the record.
+
+        Never from a truncated record (``full``): a real step after its end could pass for padding."""
+        if not self.steps or self.full:
+            return None
+        index, rec_features, _, rec_starts, previous_precision, kl_offset, entropy, offsets = self._stack()
+        n_envs = rec_starts.shape[1]
+        n_seq = slots[0].shape[1]
+        inputs = features.detach().reshape(n_seq, -1, features.shape[-1])
+        starts = episode_starts.reshape(n_seq, -1) > 0.5
+        length = inputs.shape[1]
+        keys = torch.cat([slots[0][0], slots[1][0]], dim=1).detach().cpu().numpy()
+        candidates = [index.get(keys[sequence].tobytes(), ()) for sequence in range(n_seq)]
+        if not all(candidates):
+            return None
+        positions = torch.arange(length, device=features.device)
+        # First try each sequence's first candidate, all at once (one device sync); states shared by
+        # several rows (e.g. two envs at the prior) then try every candidate one by one.
+        first = torch.as_tensor([rows[0] for rows in candidates], device=features.device)
+        step, env = first // n_envs, first % n_envs
+        verified, padding_tail = self._verify(rec_features, rec_starts, step, env, inputs, starts)
+        accepted = ((verified > 0) & padding_tail).cpu()
+        for sequence in np.flatnonzero(~accepted.numpy()):
+            for row in candidates[sequence][1:]:
+                one = torch.as_tensor([row], device=features.device)
+                got, tail = self._verify(
+                    rec_features,
+                    rec_starts,
+                    one // n_envs,
+                    one % n_envs,
+                    inputs[sequence : sequence + 1],
+                    starts[sequence : sequence + 1],
+                )
+                if bool(got[0] > 0) and bool(tail[0]):
+                    step[sequence], env[sequence], verified[sequence] = one // n_envs, one % n_envs, got[0]
+                    break
+            else:
+                return None
+        # Padding positions take the sequence's last verified row (finite values, masked out).
+        steps = step.unsqueeze(1) + torch.minimum(positions, (verified - 1).unsqueeze(1))
+        rows = (steps * n_envs + env.unsqueeze(1)).flatten()
+        sample_offsets = None
+        if offsets is not None and policy.n_samples > 0:
+            sample_offsets = offsets[:, rows]  # [n_Z, N, L]
+        # Indexing copies the recorded (inference) tensors into normal ones, which autograd may save.
+        return MinibatchCache(
+            valid=torch.arange(rows.shape[0], device=features.device),
+            previous_precisions=(previous_precision.flatten(0, 1)[rows],),
+            kl_offset=kl_offset.flatten()[rows],
+            entropy=entropy.flatten()[rows],
+            sample_offsets=sample_offsets,
         )
 
 
-class VariBADPolicy(BeliefPolicy):
-    """VariBAD: the policy conditions on ``[state, μ_t, log σ_t²]`` of a VAE-trained task posterior.
-
-    Belief keywords (``policy_kwargs``): ``latent_dim`` (5), ``hidden_size`` (GRU, 64),
-    ``state_embed_size``/``action_embed_size``/``reward_embed_size`` (8), ``reward_decoder``
-    (``"per_state"`` with ``grid_size`` for the grid, ``"per_action"`` for the bandit, ``"gaussian"``
-    (default) or ``"bernoulli"``), ``reward_decoder_sizes`` ((32, 32)), ``reward_decoder_inputs``,
-    ``reward_threshold``, ``state_decoder``, ``state_decoder_sizes``, ``kl_weight`` (0.01), ``vae_lr``
-    (1e-3), ``vae_updates_per_ppo_update`` (3), ``vae_batch_trials`` (25), ``buffer_trials`` (1000),
-    ``elbo_times``, ``decodes_per_elbo``, ``backprop_rl_loss`` (False), ``normalize_policy_input`` (True)
-    and ``policy_reward_beliefs`` (False). The VAE trains only under
-    :class:`~bayes_agents.BayesPPO` (its ``after_policy_update`` hook); ``n_samples`` must be 0. See
-    :class:`~bayes_agents.beliefs.varibad.VariBADBelief`.
-    """
-
-    belief_class = VariBADBelief
-    needs_input_layout = True
+#: The policy class of every registered belief by its name (``"LaplacePolicy"``): ``BayesPPO``'s
+#: policy aliases. The classes are derived from :mod:`bayes_agents.beliefs.registry` and live in
+#: this module under those names (``bayes_agents.policies.LaplacePolicy``), so saved models load.
+POLICY_ALIASES: dict[str, type[BeliefPolicy]] = {}
+#: The same classes by method name (``"laplace"``).
+POLICIES: dict[str, type[BeliefPolicy]] = {}
 
 
-class GLiBRLPolicy(BeliefPolicy):
-    """GLiBRL: the policy conditions on a conjugate Bayesian linear model of the transitions.
-
-    Belief keywords (``policy_kwargs``): ``basis_dim`` (d, 16), ``basis_hidden_sizes`` ((64, 64)),
-    ``prior_precision`` (λ, 1.0), ``prior_noise_concentration`` (a₀, 1.0), ``prior_noise_rate``
-    (b₀, 1.0), ``model_loss_weight`` (1.0; the per-transition negative log marginal likelihood that
-    trains the basis, applied by :class:`~bayes_agents.BayesPPO`), ``detach_policy_input``
-    (True), ``fit_dynamics`` (True), ``normalize_policy_input`` (True), ``action_predictions``
-    (False; discrete actions), ``basis_updates_per_ppo_update`` (0) and ``basis_lr`` (1e-3; extra
-    basis steps in ``after_policy_update``). The package's grid and bandit defaults
-    (:func:`bayes_agents.methods.method_defaults`) change the prior scale and switch the options on.
-    The head sees the posterior features and the observation; ``n_samples`` must be 0. See
-    :class:`~bayes_agents.beliefs.glibrl.GLiBRLBelief`.
-    """
-
-    belief_class = GLiBRLBelief
-    needs_input_layout = True
+def _derive_policy(spec: BeliefSpec) -> None:
+    policy_class = spec.derive(BeliefPolicy, "Policy", __name__, spec.policy_doc)
+    globals()[spec.policy_name] = policy_class
+    POLICY_ALIASES[spec.policy_name] = policy_class
+    POLICIES[spec.method] = policy_class
 
 
-class VRNNPolicy(BeliefPolicy):
-    """VRNN (the Laplace-VRNN paper's variational baseline): RL²'s recurrence with an amortised Gaussian
-    task posterior whose mean and covariance are predicted from the cell output.
-
-    Belief keywords (``policy_kwargs``): those of :class:`RL2Policy` plus ``covariance`` (``"full"``:
-    ``Σ = U diag(exp s) Uᵀ`` with ``U`` a Cayley map; ``"diag"``), ``beta`` (KL penalty
-    ``β·KL(q_t ‖ sg q_{t−1})``, applied by :class:`~bayes_agents.BayesPPO`) and ``log_variance_bound``;
-    ``n_samples`` posterior samples are averaged in the action head (0: posterior mean). See
-    :class:`~bayes_agents.beliefs.vrnn.VRNNBelief`.
-    """
-
-    belief_class = VRNNBelief
+# RL2Policy, LaplacePolicy, VariBADPolicy, GLiBRLPolicy, VRNNPolicy, and any belief registered later.
+on_register(_derive_policy)

@@ -1,16 +1,19 @@
 """``BayesPPO``: sb3-contrib's ``RecurrentPPO`` plus the belief's auxiliary loss and statistics.
 
-Stock ``RecurrentPPO.train()`` has no hook for an extra loss term. Rather than copying it,
-``BayesPPO.train()`` runs the stock loop with two per-update hooks:
+``BayesPPO`` extends ``RecurrentPPO`` the way ``RecurrentPPO`` extends ``PPO``: it overrides
+``collect_rollouts()`` and ``train()`` (and owns its rollout buffer), nothing is patched at run time.
 
-* the rollout buffer's minibatch generator is wrapped so that the policy knows each minibatch's
-  padding mask, and the policy's ``evaluate_actions`` computes the belief's auxiliary loss
-  (e.g. Laplace ``β·KL(q_t ‖ sg q_{t−1})``) over the unpadded steps;
-* ``evaluate_actions`` is wrapped so that the log-probabilities it returns carry the auxiliary loss's
-  gradient: back-propagating any loss built on them also back-propagates the auxiliary loss (with
-  weight 1), so the stock loop's single ``loss.backward()`` yields the gradients of ``PPO loss +
-  auxiliary loss``, which are clipped and applied (one backward pass through the recurrence, not two);
-* the optimizer's ``zero_grad`` is wrapped to record the belief statistics of each applied minibatch.
+* ``collect_rollouts()`` acts through the policy's fused acting step (:meth:`BeliefPolicy.act`: belief
+  step, heads, sampling, log-probability and value in one ``torch.inference_mode`` call), bootstraps
+  time-limit truncations with one batched value pass, and stores each step in a
+  :class:`BeliefRolloutBuffer` (preallocated by SB3's buffer).
+* ``train()`` is PPO's clipped-surrogate update over the buffer's padded sequence minibatches, read top
+  to bottom: per minibatch the PPO loss plus the belief's auxiliary loss (e.g. Laplace
+  ``β·KL(q_t ‖ sg q_{t−1})``, masked to the unpadded steps) in one backward pass, gradient clipping,
+  one optimizer step; it logs the keys stock ``RecurrentPPO`` logs (``train/loss`` is the PPO loss,
+  as there; early stop at ``1.5·target_kl``), plus ``belief/aux_loss``, ``belief/entropy`` and
+  ``belief/kl_to_previous``, then calls the belief's ``after_policy_update(model)`` hook (beliefs that
+  train a model of their own on the collected trials).
 
 For a Laplace-VRNN belief the stop-gradient part of the posterior is by default not recomputed for
 every minibatch of every epoch (``reuse_rollout_precision=True``). That part is everything but the
@@ -26,44 +29,48 @@ rounding). Without a record of the buffered rollout (e.g. ``train()`` called twi
 terms are rebuilt once from the belief states the buffer stored, whose ``data_precision`` is the
 rollout's. In this mode the minibatch's belief output has no ``precision``/``precision_cholesky``
 (nothing in the update reads them) and ``kl_to_previous``/``entropy`` are 0 at padding.
-``reuse_rollout_precision=False`` recomputes everything from the current weights (what stock
-``RecurrentPPO`` does).
+``reuse_rollout_precision=False`` recomputes everything from the current weights. (Under the stock
+``RecurrentPPO`` the policy's own ``reuse_rollout_precision`` does the same through a verified rollout
+record, :class:`~bayes_agents.policies.RolloutTermsCache`.)
 
-Two buffer economies apply to every belief policy: its critic states are its actor states (one
-belief), so the buffer's second copy of them is dropped after each rollout; and during ``train()``
-SB3's minibatch sampler is handed row ids in place of the stored states (it copies every row's
-state, then keeps the sequence starts), and each sampled minibatch gets the real states of its
-sequence starts. The buffer's arrays are restored afterwards.
+Buffer economies (:class:`BeliefRolloutBuffer`): a belief policy's critic states are its actor states
+(one belief), so the buffer keeps one copy of them; and a minibatch gathers the states of its
+sequence starts only (SB3's sampler copies every row's state, then keeps the starts; a Laplace state
+holds an ``[L, L]`` matrix).
 
-After each update it logs the belief statistics (``belief/entropy``, ``belief/kl_to_previous``,
-``belief/aux_loss``) and calls the belief's ``after_policy_update`` hook (used by beliefs that
-train a model of their own on the collected trials).
+Tested with stable-baselines3 / sb3-contrib 2.4 to 2.9 (see ``pyproject.toml``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import io
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from gymnasium import spaces
 from sb3_contrib import RecurrentPPO
+from sb3_contrib.common.recurrent.buffers import (
+    RecurrentDictRolloutBuffer,
+    RecurrentRolloutBuffer,
+    create_sequencers,
+)
 from sb3_contrib.common.recurrent.type_aliases import RNNStates
-from stable_baselines3.common.utils import LinearSchedule
+from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.utils import explained_variance, obs_as_tensor
+from stable_baselines3.common.vec_env import VecEnv
 from torch import Tensor
 
 from bayes_agents.beliefs import BeliefOutput, LaplaceBelief
 from bayes_agents.policies import (
+    POLICY_ALIASES,
     BeliefPolicy,
-    GLiBRLPolicy,
     LaplacePolicy,
     MinibatchCache,
     RL2Policy,
-    VariBADPolicy,
-    VRNNPolicy,
     next_noise_keys,
 )
 
@@ -73,6 +80,20 @@ _POSITIONS = {
 }
 #: Constructor arguments that may be given as a schedule string (see :func:`resolve_schedule`).
 SCHEDULE_ARGUMENTS = ("learning_rate", "clip_range", "clip_range_vf")
+
+
+class LinearDecay:
+    """``progress_remaining ↦ start · progress_remaining``: from ``start`` at the beginning of ``learn``
+    to 0 at its end (SB3 schedules take the fraction of the budget left). A class, so it pickles."""
+
+    def __init__(self, start: float) -> None:
+        self.start = float(start)
+
+    def __call__(self, progress_remaining: float) -> float:
+        return self.start * progress_remaining
+
+    def __repr__(self) -> str:
+        return f"LinearDecay({self.start})"
 
 
 def resolve_schedule(name: str, value: Any) -> Any:
@@ -91,7 +112,7 @@ def resolve_schedule(name: str, value: Any) -> Any:
         start = None
     if prefix != "lin" or start is None or not start > 0:
         raise ValueError(f'{name} must be a number, a schedule or "lin_<value > 0>", got {value!r}')
-    return LinearSchedule(start, 0.0, 1.0)
+    return LinearDecay(start)
 
 
 def resolve_schedules(ppo_kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -119,14 +140,8 @@ class BayesPPO(RecurrentPPO):
     from ``v`` to 0 over the budget of ``learn`` (see :func:`resolve_schedule`).
     """
 
-    policy_aliases = {  # noqa: RUF012
-        **RecurrentPPO.policy_aliases,
-        "RL2Policy": RL2Policy,
-        "LaplacePolicy": LaplacePolicy,
-        "VariBADPolicy": VariBADPolicy,
-        "GLiBRLPolicy": GLiBRLPolicy,
-        "VRNNPolicy": VRNNPolicy,
-    }
+    # Every registered belief's policy by name (bayes_agents.beliefs.registry).
+    policy_aliases = {**RecurrentPPO.policy_aliases, **POLICY_ALIASES}  # noqa: RUF012
 
     def __init__(self, *args: Any, reuse_rollout_precision: bool = True, **kwargs: Any) -> None:
         if not isinstance(reuse_rollout_precision, bool):
@@ -158,91 +173,218 @@ class BayesPPO(RecurrentPPO):
             raise TypeError(
                 f"BayesPPO needs a BeliefPolicy (e.g. RL2Policy, LaplacePolicy), got {type(self.policy)}"
             )
+        dict_obs = isinstance(self.observation_space, spaces.Dict)
+        buffer_class = BeliefDictRolloutBuffer if dict_obs else BeliefRolloutBuffer
+        self.rollout_buffer = buffer_class(
+            self.n_steps,
+            self.observation_space,
+            self.action_space,
+            (self.n_steps, 1, self.n_envs, self.policy.lstm_actor.hidden_size),
+            self.device,
+            gamma=self.gamma,
+            gae_lambda=self.gae_lambda,
+            n_envs=self.n_envs,
+        )
+        self._rollout_record: _RolloutRecorder | None = None
         # Distinct posterior-sample noise streams per env (the stock algorithm starts all at key 0).
         generator = torch.Generator().manual_seed(self.seed if self.seed is not None else 0)
         slots = self.policy.randomize_noise_keys(self._last_lstm_states.pi, generator)
         self._last_lstm_states = RNNStates(slots, slots)
 
-    def train(self) -> None:
+    def collect_rollouts(
+        self,
+        env: VecEnv,
+        callback: BaseCallback,
+        rollout_buffer: BeliefRolloutBuffer | BeliefDictRolloutBuffer,
+        n_rollout_steps: int,
+    ) -> bool:
+        """Fill ``rollout_buffer`` with ``n_rollout_steps`` steps of every env (see the module docstring).
+
+        :return: False if a callback stopped the rollout early, else True.
+        """
+        assert self._last_obs is not None, "No previous observation was provided"
         policy: BeliefPolicy = self.policy  # type: ignore[assignment]
-        buffer, optimizer = self.rollout_buffer, policy.optimizer
-        stock_get, stock_zero_grad, stock_evaluate = buffer.get, optimizer.zero_grad, policy.evaluate_actions
-        aux_losses: list[Tensor] = []
-        entropies: list[Tensor] = []
-        kls: list[Tensor] = []
-
-        def get_with_mask(batch_size: int | None = None) -> Iterator[Any]:
-            for rollout_data in stock_get(batch_size):
-                policy._loss_mask = rollout_data.mask > 1e-8
-                yield rollout_data
-
-        def evaluate_with_aux(*args: Any, **kwargs: Any) -> tuple[Tensor, Tensor, Tensor]:
-            values, log_prob, entropy = stock_evaluate(*args, **kwargs)
-            aux_loss = policy._pending_aux_loss
-            if aux_loss is not None and aux_loss.requires_grad:
-                log_prob = _AddGradient.apply(log_prob, aux_loss)
-            return values, log_prob, entropy
-
-        def zero_grad_and_record(set_to_none: bool = True) -> None:
-            # Called once per applied minibatch, after evaluate_actions: record its statistics.
-            stock_zero_grad(set_to_none=set_to_none)
-            aux_loss, policy._pending_aux_loss = policy._pending_aux_loss, None
-            if aux_loss is None:
-                return
-            output = policy.last_belief_output
-            if output is not None and output.entropy is not None and policy._loss_mask is not None:
-                entropies.append(output.entropy[policy._loss_mask].mean())
-                kls.append(output.kl_to_previous[policy._loss_mask].mean())
-            aux_losses.append(aux_loss.detach())  # no device sync per minibatch
-
-        reuse = self.reuse_rollout_precision and isinstance(policy.belief, LaplaceBelief)
-        with contextlib.ExitStack() as patches:
-            patches.enter_context(_patched(buffer, "get", get_with_mask))
-            patches.enter_context(_patched(optimizer, "zero_grad", zero_grad_and_record))
-            patches.enter_context(_patched(policy, "evaluate_actions", evaluate_with_aux))
-            rows = self._rollout_rows() if reuse else None
-            states = patches.enter_context(_StatesById.swapped_in(buffer))
-            stock_get_samples = buffer._get_samples
-
-            def get_samples(batch_inds: np.ndarray, *args: Any, **kwargs: Any) -> Any:
-                samples = stock_get_samples(batch_inds, *args, **kwargs)
-                if rows is not None:
-                    padded_rows = _padded_rows(batch_inds, buffer.seq_start_indices)
-                    policy._minibatch_cache = rows.minibatch(padded_rows)
-                return states.with_states(samples)
-
-            patches.enter_context(_patched(buffer, "_get_samples", get_samples))
-            try:
-                super().train()
-            finally:
-                policy._loss_mask, policy._pending_aux_loss, policy._minibatch_cache = None, None, None
-                self._rollout_record = None  # release the record (a later call uses the buffer's states)
-        if aux_losses:
-            self.logger.record("belief/aux_loss", float(torch.stack(aux_losses).mean()))
-        if entropies:
-            self.logger.record("belief/entropy", float(torch.stack(entropies).mean()))
-            self.logger.record("belief/kl_to_previous", float(torch.stack(kls).mean()))
-        hook = getattr(policy.belief, "after_policy_update", None)
-        if callable(hook):
-            hook(self)
-
-    def collect_rollouts(self, *args: Any, **kwargs: Any) -> bool:
-        """``RecurrentPPO.collect_rollouts``; for a Laplace belief with ``reuse_rollout_precision`` the
-        stop-gradient terms of every step are also kept for ``train()``, as the rollout computed them."""
-        policy: BeliefPolicy = self.policy  # type: ignore[assignment]
+        policy.set_training_mode(False)
+        rollout_buffer.reset()
+        callback.on_rollout_start()
         self._rollout_record = None
+        recorder = None
         if self.reuse_rollout_precision and isinstance(policy.belief, LaplaceBelief):
-            policy._rollout_record = _RolloutRecorder(self.n_steps)
-        try:
-            complete = super().collect_rollouts(*args, **kwargs)
-        finally:
-            self._rollout_record, policy._rollout_record = policy._rollout_record, None
-        # A belief policy's critic states are its actor states (one belief): drop the buffer's second
-        # copy, which every minibatch would otherwise gather (the Laplace state holds an [L, L] matrix).
+            recorder = _RolloutRecorder(n_rollout_steps)
+        box = isinstance(self.action_space, spaces.Box)
+        slots = self._last_lstm_states.pi
+        n_steps = 0
+        while n_steps < n_rollout_steps:
+            obs = obs_as_tensor(self._last_obs, self.device)
+            starts = torch.as_tensor(self._last_episode_starts, dtype=torch.float32, device=self.device)
+            actions, values, log_probs, next_slots = policy.act(
+                obs, slots, starts, record=None if recorder is None else recorder.add
+            )
+            actions = actions.cpu().numpy()
+            clipped = np.clip(actions, self.action_space.low, self.action_space.high) if box else actions
+            new_obs, rewards, dones, infos = env.step(clipped)
+            self.num_timesteps += env.num_envs
+            callback.update_locals(locals())
+            if not callback.on_step():
+                return False
+            self._update_info_buffer(infos, dones)
+            n_steps += 1
+            if not box:
+                actions = actions.reshape(-1, 1)
+            # A trial cut by a time limit is bootstrapped with the value of its last observation, in
+            # the state after this step (as RecurrentPPO does; one batched pass for all such envs).
+            truncated = [
+                index
+                for index, done in enumerate(dones)
+                if done
+                and infos[index].get("terminal_observation") is not None
+                and infos[index].get("TimeLimit.truncated", False)
+            ]
+            if truncated:
+                rewards = rewards + self.gamma * self._terminal_values(infos, truncated, next_slots, rewards)
+            rollout_buffer.add(
+                self._last_obs, actions, rewards, self._last_episode_starts, values, log_probs, slots=slots
+            )
+            self._last_obs, self._last_episode_starts, slots = new_obs, dones, next_slots
+            self._last_lstm_states = RNNStates(slots, slots)  # as RecurrentPPO: callbacks may read it
+
+        slots = tuple(slot.clone() for slot in slots)  # normal tensors (act returns inference tensors)
+        self._last_lstm_states = RNNStates(slots, slots)
+        with torch.inference_mode():
+            starts = torch.as_tensor(dones, dtype=torch.float32, device=self.device)
+            values = policy.predict_values(obs_as_tensor(new_obs, self.device), slots, starts)
+        rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
+        self._rollout_record = recorder
+        callback.on_rollout_end()
+        return True
+
+    def _terminal_values(
+        self,
+        infos: list[dict[str, Any]],
+        indices: list[int],
+        slots: tuple[Tensor, Tensor],
+        rewards: np.ndarray,
+    ) -> np.ndarray:
+        """Values of the terminal observations of envs ``indices`` in their states ``slots``, as an
+        array shaped like ``rewards`` (0 elsewhere)."""
+        terminal = [infos[index]["terminal_observation"] for index in indices]
+        if isinstance(terminal[0], dict):
+            stacked: Any = {key: np.stack([obs[key] for obs in terminal]) for key in terminal[0]}
+        else:
+            stacked = np.stack(terminal)
+        obs = self.policy.obs_to_tensor(stacked)[0]
+        rows = torch.as_tensor(indices, device=self.device)
+        state = (slots[0][:, rows], slots[1][:, rows])
+        with torch.inference_mode():
+            values = self.policy.predict_values(obs, state, torch.zeros(len(indices), device=self.device))
+        bootstrap = np.zeros_like(rewards)
+        bootstrap[indices] = values[:, 0].cpu().numpy()
+        return bootstrap
+
+    def train(self) -> None:
+        """One PPO update on the buffered rollout (see the module docstring)."""
+        policy: BeliefPolicy = self.policy  # type: ignore[assignment]
+        policy.set_training_mode(True)
+        self._update_learning_rate(policy.optimizer)
+        clip_range = self.clip_range(self._current_progress_remaining)
+        clip_range_vf = None
+        if self.clip_range_vf is not None:
+            clip_range_vf = self.clip_range_vf(self._current_progress_remaining)
+        rows = None
+        if self.reuse_rollout_precision and isinstance(policy.belief, LaplaceBelief):
+            rows = self._rollout_rows()
+        self._rollout_record = None  # released (a later call uses the buffer's states)
+
+        pg_losses, value_losses, entropy_losses, clip_fractions = [], [], [], []
+        aux_losses, belief_entropies, belief_kls = [], [], []
+        approx_kl_divs: list[Tensor] = []
+        continue_training = True
+        for epoch in range(self.n_epochs):
+            approx_kl_divs = []
+            for data in self.rollout_buffer.get(self.batch_size):
+                actions = data.actions
+                if isinstance(self.action_space, spaces.Discrete):
+                    actions = data.actions.long().flatten()
+                mask = data.mask > 1e-8  # the unpadded steps
+                cache = None if rows is None else rows.minibatch(data.rows)
+                values, log_prob, entropy, output = policy.evaluate_minibatch(
+                    data.observations, actions, data.lstm_states.pi, data.episode_starts, cache
+                )
+                values = values.flatten()
+
+                advantages = data.advantages
+                if self.normalize_advantage:
+                    advantages = (advantages - advantages[mask].mean()) / (advantages[mask].std() + 1e-8)
+                ratio = torch.exp(log_prob - data.old_log_prob)
+                policy_loss = -torch.mean(
+                    torch.min(
+                        advantages * ratio, advantages * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)
+                    )[mask]
+                )
+                values_pred = values
+                if clip_range_vf is not None:
+                    values_pred = data.old_values + torch.clamp(
+                        values - data.old_values, -clip_range_vf, clip_range_vf
+                    )
+                value_loss = torch.mean(((data.returns - values_pred) ** 2)[mask])
+                if entropy is None:  # no analytical entropy: its estimate
+                    entropy_loss = -torch.mean(-log_prob[mask])
+                else:
+                    entropy_loss = -torch.mean(entropy[mask])
+                ppo_loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+                aux_loss = policy._masked_aux_loss(output, mask)
+
+                # Statistics as detached tensors: one device sync per update, not per minibatch. As in
+                # RecurrentPPO, those of a minibatch that stops the update early are included.
+                pg_losses.append(policy_loss.detach())
+                value_losses.append(value_loss.detach())
+                entropy_losses.append(entropy_loss.detach())
+                clip_fractions.append(torch.mean((torch.abs(ratio.detach() - 1) > clip_range).float()[mask]))
+                with torch.no_grad():  # approximate KL(old ‖ new), for logging and early stopping
+                    log_ratio = log_prob - data.old_log_prob
+                    approx_kl_div = torch.mean(((torch.exp(log_ratio) - 1) - log_ratio)[mask])
+                    approx_kl_divs.append(approx_kl_div)
+                if self.target_kl is not None and approx_kl_div.item() > 1.5 * self.target_kl:
+                    continue_training = False
+                    if self.verbose >= 1:
+                        print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div:.2f}")
+                    break
+
+                policy.optimizer.zero_grad()
+                (ppo_loss + aux_loss).backward()  # one backward pass through the recurrence
+                torch.nn.utils.clip_grad_norm_(policy.parameters(), self.max_grad_norm)
+                policy.optimizer.step()
+
+                aux_losses.append(aux_loss.detach())  # belief statistics: applied minibatches only
+                if output.entropy is not None and output.kl_to_previous is not None:
+                    belief_entropies.append(output.entropy.detach()[mask].mean())
+                    belief_kls.append(output.kl_to_previous.detach()[mask].mean())
+            self._n_updates += 1
+            if not continue_training:
+                break
+
         buffer = self.rollout_buffer
-        buffer.hidden_states_vf = buffer.hidden_states_pi[..., :0]
-        buffer.cell_states_vf = buffer.cell_states_pi[..., :0]
-        return complete
+        explained_var = explained_variance(buffer.values.flatten(), buffer.returns.flatten())
+        record = self.logger.record
+        record("train/entropy_loss", _mean(entropy_losses))
+        record("train/policy_gradient_loss", _mean(pg_losses))
+        record("train/value_loss", _mean(value_losses))
+        record("train/approx_kl", _mean(approx_kl_divs))
+        record("train/clip_fraction", _mean(clip_fractions))
+        record("train/loss", ppo_loss.item())
+        record("train/explained_variance", explained_var)
+        if hasattr(policy, "log_std"):
+            record("train/std", torch.exp(policy.log_std).mean().item())
+        record("train/n_updates", self._n_updates, exclude="tensorboard")
+        record("train/clip_range", clip_range)
+        if clip_range_vf is not None:
+            record("train/clip_range_vf", clip_range_vf)
+        if aux_losses:
+            record("belief/aux_loss", _mean(aux_losses))
+        if belief_entropies:
+            record("belief/entropy", _mean(belief_entropies))
+            record("belief/kl_to_previous", _mean(belief_kls))
+        policy.belief.after_policy_update(self)
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "_rollout_record"]
@@ -285,6 +427,98 @@ class BayesPPO(RecurrentPPO):
         return _RolloutRows(terms.previous_precision, terms.kl_offset, terms.entropy, sample_offsets)
 
 
+class BeliefRolloutSamples(NamedTuple):
+    """A padded minibatch of sequences (the fields of sb3-contrib's recurrent samples) plus ``rows``:
+    the buffer row (env-major, ``env * n_steps + step``) of every padded position, -1 at padding."""
+
+    observations: Any
+    actions: Tensor
+    old_values: Tensor
+    old_log_prob: Tensor
+    advantages: Tensor
+    returns: Tensor
+    lstm_states: RNNStates
+    episode_starts: Tensor
+    mask: Tensor
+    rows: np.ndarray
+
+
+class _BeliefBufferMixin:
+    """Recurrent rollout buffer for belief policies: one copy of the belief state per step (the critic's
+    is the actor's; the ``*_vf`` arrays are empty), and minibatches (:class:`BeliefRolloutSamples`)
+    that gather the states of their sequence starts only."""
+
+    def reset(self) -> None:
+        super().reset()  # type: ignore[misc]
+        empty = np.zeros((*self.hidden_state_shape[:-1], 0), dtype=np.float32)  # type: ignore[attr-defined]
+        self.hidden_states_vf, self.cell_states_vf = empty, empty
+
+    def add(self, *args: Any, slots: tuple[Tensor, Tensor], **kwargs: Any) -> None:
+        """SB3's ``add`` of one step, with the packed belief state ``slots`` before it."""
+        self.hidden_states_pi[self.pos] = slots[0].cpu().numpy()  # type: ignore[attr-defined]
+        self.cell_states_pi[self.pos] = slots[1].cpu().numpy()  # type: ignore[attr-defined]
+        self._add_step(*args, **kwargs)
+
+    def _get_samples(  # type: ignore[override]
+        self, batch_inds: np.ndarray, env_change: np.ndarray, env: Any = None
+    ) -> BeliefRolloutSamples:
+        self.seq_start_indices, self.pad, self.pad_and_flatten = create_sequencers(
+            self.episode_starts[batch_inds], env_change[batch_inds], self.device
+        )
+        # SB3's padded layout [n_seq * T] (sequence-major, zeros after each sequence's end), gathered
+        # with one index per field instead of padding every sequence separately.
+        rows = _padded_rows(batch_inds, self.seq_start_indices)
+        padding = rows < 0
+        take = np.where(padding, 0, rows)
+
+        def padded(array: np.ndarray) -> Tensor:
+            values = array[take]
+            values[padding] = 0
+            return self.to_torch(values)
+
+        starts = batch_inds[self.seq_start_indices]
+        slots = tuple(
+            self.to_torch(array[starts].swapaxes(0, 1)).contiguous()  # [1, n_seq, slot]
+            for array in (self.hidden_states_pi, self.cell_states_pi)
+        )
+        return BeliefRolloutSamples(
+            observations=self._padded_observations(padded),
+            actions=padded(self.actions),
+            old_values=padded(self.values).flatten(),
+            old_log_prob=padded(self.log_probs).flatten(),
+            advantages=padded(self.advantages).flatten(),
+            returns=padded(self.returns).flatten(),
+            lstm_states=RNNStates(slots, slots),
+            episode_starts=padded(self.episode_starts).flatten(),
+            mask=self.to_torch((~padding).astype(np.float32)),
+            rows=rows,
+        )
+
+
+class BeliefRolloutBuffer(_BeliefBufferMixin, RecurrentRolloutBuffer):
+    """:class:`_BeliefBufferMixin` for Box observations."""
+
+    def _add_step(self, *args: Any, **kwargs: Any) -> None:
+        RolloutBuffer.add(self, *args, **kwargs)
+
+    def _padded_observations(self, padded: Callable[[np.ndarray], Tensor]) -> Tensor:
+        return padded(self.observations)
+
+
+class BeliefDictRolloutBuffer(_BeliefBufferMixin, RecurrentDictRolloutBuffer):
+    """:class:`_BeliefBufferMixin` for Dict observations (the RL²-input observations of bayes_envs)."""
+
+    def _add_step(self, *args: Any, **kwargs: Any) -> None:
+        DictRolloutBuffer.add(self, *args, **kwargs)
+
+    def _padded_observations(self, padded: Callable[[np.ndarray], Tensor]) -> dict[str, Tensor]:
+        return {key: padded(obs) for key, obs in self.observations.items()}
+
+
+def _mean(values: list[Tensor]) -> float:
+    return float(torch.stack(values).float().mean())
+
+
 class _RolloutRecorder:
     """Keeps the stop-gradient Laplace terms of each rollout step (``add``, called by the policy's
     ``forward``) in env-major tensors ``[n_envs, n_steps, ..]``, the row order of the rollout buffer,
@@ -294,7 +528,8 @@ class _RolloutRecorder:
         self.n_steps, self.steps = n_steps, 0
         self.fields: dict[str, Tensor] = {}
 
-    def add(self, output: BeliefOutput, sample_offsets: Tensor | None) -> None:
+    def add(self, features: Tensor, output: BeliefOutput, sample_offsets: Tensor | None) -> None:
+        """The ``record`` of :meth:`BeliefPolicy.act` (``features`` is not kept)."""
         if self.steps >= self.n_steps:
             raise RuntimeError(f"more rollout steps than n_steps = {self.n_steps}")
         values = {
@@ -306,7 +541,8 @@ class _RolloutRecorder:
             values["sample_offsets"] = sample_offsets.transpose(0, 1)  # [n_envs, n_samples, L]
         for name, value in values.items():
             if name not in self.fields:
-                self.fields[name] = value.new_empty(value.shape[0], self.n_steps, *value.shape[1:])
+                with torch.inference_mode(False):  # normal tensors: the update builds a graph on them
+                    self.fields[name] = value.new_empty(value.shape[0], self.n_steps, *value.shape[1:])
             self.fields[name][:, self.steps] = value
         self.steps += 1
 
@@ -357,88 +593,6 @@ class _RolloutRows:
             entropy=self.entropy[rows_t],
             sample_offsets=sample_offsets,
         )
-
-
-class _StatesById:
-    """Hands SB3's minibatch sampler row ids in place of the belief states it stores per step, and the
-    sampled minibatch the real states of its sequence starts: ``_get_samples`` copies the state of
-    every row of a minibatch before it keeps the ``n_seq`` sequence starts, which for a large state
-    (a Laplace state holds an ``[L, L]`` matrix) costs more than the update's belief pass.
-
-    The ids are the buffer's env-major row indices ``e * n_steps + t`` (float32, exact below 2**24).
-    """
-
-    def __init__(self, buffer: Any) -> None:
-        self.buffer = buffer
-        self.hidden, self.cell = buffer.hidden_states_pi, buffer.cell_states_pi
-        self.flat = buffer.generator_ready  # get() has flattened them: [n_envs * n_steps, 1, slot]
-        n_steps, n_envs = buffer.buffer_size, buffer.n_envs
-        ids = np.arange(n_envs * n_steps, dtype=np.float32)
-        if self.flat:
-            ids = ids.reshape(-1, 1, 1)
-        else:  # as stored: [n_steps, 1, n_envs, 1]
-            ids = ids.reshape(n_envs, n_steps).T.reshape(n_steps, 1, n_envs, 1)
-        buffer.hidden_states_pi, buffer.cell_states_pi = ids, ids[..., :0]
-
-    @classmethod
-    @contextlib.contextmanager
-    def swapped_in(cls, buffer: Any) -> Iterator[_StatesById]:
-        """The ids in the buffer for the duration, then the real states (in the layout get() left)."""
-        states = cls(buffer)
-        try:
-            yield states
-        finally:
-            states.restore()
-
-    def with_states(self, samples: Any) -> Any:
-        """``samples`` of ``_get_samples`` with the real states of its sequence starts."""
-        ids = samples.lstm_states.pi[0][0, :, 0].round().to(torch.int64).cpu().numpy()
-        if self.flat:
-            hidden, cell = self.hidden[ids, 0], self.cell[ids, 0]
-        else:
-            env, step = np.divmod(ids, self.buffer.buffer_size)
-            hidden, cell = self.hidden[step, 0, env], self.cell[step, 0, env]
-        device = samples.lstm_states.pi[0].device
-        slots = (torch.as_tensor(hidden, device=device)[None], torch.as_tensor(cell, device=device)[None])
-        return samples._replace(lstm_states=RNNStates(slots, slots))
-
-    def restore(self) -> None:
-        buffer = self.buffer
-        if buffer.generator_ready and not self.flat:  # as get() flattens the arrays it holds
-            self.hidden, self.cell = (
-                buffer.swap_and_flatten(a.swapaxes(1, 2)) for a in (self.hidden, self.cell)
-            )
-        buffer.hidden_states_pi, buffer.cell_states_pi = self.hidden, self.cell
-
-
-class _AddGradient(torch.autograd.Function):
-    """``tensor`` unchanged, but back-propagating through it also back-propagates the scalar ``extra``
-    with weight 1: the gradient of any loss built on the output gains ``∇ extra``, in the same
-    backward pass (one pass through the shared recurrence instead of two)."""
-
-    @staticmethod
-    def forward(ctx: Any, tensor: Tensor, extra: Tensor) -> Tensor:
-        ctx.extra_shape = extra.shape
-        return tensor.clone()
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
-        return grad, grad.new_ones(ctx.extra_shape)
-
-
-@contextlib.contextmanager
-def _patched(target: Any, name: str, value: Any) -> Iterator[None]:
-    """Set ``target.name = value`` (an instance attribute), then restore the previous one, if any."""
-    missing = object()
-    previous = vars(target).get(name, missing)
-    setattr(target, name, value)
-    try:
-        yield
-    finally:
-        if previous is missing:
-            delattr(target, name)
-        else:
-            setattr(target, name, previous)
 
 
 def _padded_rows(batch_inds: np.ndarray, seq_start_indices: np.ndarray) -> np.ndarray:

@@ -114,7 +114,7 @@ def expand(spec: SweepSpec) -> list[Job]:
         point = dict(zip(keys, values, strict=True))
         label = ",".join(f"{key}={value}" for key, value in point.items() if key != "env_id") or "base"
         for seed in spec.seeds:
-            overrides = experiment._merge(_nest(point), {"seed": seed})
+            overrides = experiment.merge(_nest(point), {"seed": seed})
             config = experiment.resolve_config(file_config=spec.base, overrides=overrides)
             run_dir = spec.out / _slug(config["env_id"]) / _slug(label) / f"seed_{seed}"
             jobs.append(Job(label, config["env_id"], seed, config, str(run_dir)))
@@ -234,7 +234,7 @@ def aggregate(
         raise ImportError("aggregation needs rliable: pip install 'bayes-meta-rl[sweep]'") from error
     done = [outcome for outcome in outcomes if outcome["error"] is None]
     reports = {
-        o["run_dir"]: json.loads((Path(o["run_dir"]) / experiment.EVALUATION_FILE).read_text()) for o in done
+        o["run_dir"]: experiment.read_json(Path(o["run_dir"]) / experiment.EVALUATION_FILE) for o in done
     }
     envs = sorted({o["env_id"] for o in done})
     normalise = len(envs) > 1
@@ -321,20 +321,40 @@ def run_sweep(
         f"on {executor}"
     )
     outcomes = _run_ray(jobs, address, workers, spec.out) if executor == "ray" else _run_local(jobs, workers)
-    table = aggregate(outcomes, spec.metric, reps=reps)
+    failed = [o for o in outcomes if o["error"] is not None]
+    table = aggregate(outcomes, spec.metric, reps=reps) if len(failed) < len(outcomes) else {}
     result = {
         "metric": spec.metric,
         "higher_is_better": METRICS[spec.metric][1],
         "executor": executor,
         "table": table,
         "runs": outcomes,
-        "failed": [o for o in outcomes if o["error"] is not None],
+        "failed": failed,
         "table_path": str(spec.out / "sweep_results.json"),
     }
     plot_path = plot_table(table, spec.metric, spec.out / "sweep_iqm.png") if table else None
     result["plot_path"] = str(plot_path) if plot_path else None
+    result["plot_note"] = _plot_note(outcomes, failed, table, plot_path)
     experiment.atomic_write_text(spec.out / "sweep_results.json", json.dumps(result, indent=2))
     return result
+
+
+def _last_line(error: str) -> str:
+    lines = error.strip().splitlines()
+    return lines[-1] if lines else "unknown error"
+
+
+def _plot_note(
+    outcomes: list[dict[str, Any]], failed: list[dict[str, Any]], table: dict[str, Any], plot_path: Any
+) -> str | None:
+    """Why there is no plot (``None`` if there is one)."""
+    if plot_path:
+        return None
+    if outcomes and len(failed) == len(outcomes):
+        return f"all {len(outcomes)} runs failed; the first: {_last_line(failed[0]['error'])}"
+    if not table:
+        return "no config has finished runs on every env to aggregate"
+    return "matplotlib is missing (pip install 'bayes-meta-rl[plot]')"
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -353,7 +373,5 @@ def format_table(result: dict[str, Any]) -> str:
             f"{row['mean']:>9.2f}  {mean_ci:<18}"
         )
     for failed in result["failed"]:
-        lines.append(
-            f"FAILED {failed['label']} seed {failed['seed']}: {failed['error'].strip().splitlines()[-1]}"
-        )
+        lines.append(f"FAILED {failed['label']} seed {failed['seed']}: {_last_line(failed['error'])}")
     return "\n".join(lines)

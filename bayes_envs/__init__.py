@@ -14,6 +14,7 @@ from gymnasium.envs.registration import register, registry
 from bayes_envs.bandit import BanditTask, BayesBanditEnv
 from bayes_envs.core import MetaEnv, TrialBatch
 from bayes_envs.grid import BayesGridEnv, GridTask
+from bayes_envs.normalize import RL2VecNormalize
 from bayes_envs.regression import FourierRegressionEnv, FourierTask
 from bayes_envs.vec import BatchedVecEnv, make_vec
 from bayes_envs.wrappers import BeliefObservationWrapper, TrialHistory, TrialHistoryWrapper
@@ -28,6 +29,7 @@ __all__ = [
     "FourierTask",
     "GridTask",
     "MetaEnv",
+    "RL2VecNormalize",
     "TrialBatch",
     "TrialHistory",
     "TrialHistoryWrapper",

@@ -155,22 +155,3 @@ class BayesBanditEnv(MetaEnv):
     """
 
     batch_class = BanditBatch
-
-    def __init__(
-        self,
-        render_mode: str | None = None,
-        rl2_inputs: bool = True,
-        *,
-        n_arms: int = 5,
-        alpha: float | None = None,
-        horizon: int = 50,
-        split: str = "train",
-    ) -> None:
-        super().__init__(
-            render_mode=render_mode,
-            rl2_inputs=rl2_inputs,
-            n_arms=n_arms,
-            alpha=alpha,
-            horizon=horizon,
-            split=split,
-        )

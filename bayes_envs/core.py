@@ -15,6 +15,7 @@ so the single and the vectorised env cannot drift apart.
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -52,6 +53,22 @@ def check_finite_float(name: str, value: Any) -> float:
     if not np.isfinite(value):
         raise ValueError(f"{name} must be a finite float, got {value}")
     return float(value)
+
+
+#: The rewards' dtype is float32 (SB3's buffers, the RL² ``prev_reward`` input): its largest value.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_reward_scale(name: str, per_step: float, horizon: int) -> None:
+    """Raise ``ValueError`` unless ``per_step`` (the largest ``|reward|`` the constant ``name`` adds
+    in one step) over a trial of ``horizon`` steps stays finite in float32, so that no reward, inner
+    return or trial return overflows to ``inf``."""
+    if not abs(per_step) * horizon <= FLOAT32_MAX:  # also false for NaN
+        raise ValueError(
+            f"{name} is too large: its reward term reaches {per_step:g} per step, which over a trial of "
+            f"{horizon} steps overflows float32, the rewards' dtype (that term times the trial's steps "
+            f"must be <= {FLOAT32_MAX:.3g})"
+        )
 
 
 def check_split(split: Any) -> str:
@@ -224,7 +241,9 @@ class TrialBatch(ABC):
         }
 
     def check_actions(self, actions: Any) -> np.ndarray:
-        """Validate a batch of actions against the action space, raising ``ValueError`` if any is outside."""
+        """Validate a batch of actions against the action space: ``TypeError`` for actions of the wrong
+        kind (a float, bool or string for a ``Discrete`` space; a string, complex or bool for a ``Box``),
+        ``ValueError`` for a wrong shape or a value outside the space (or NaN/inf)."""
         space = self.action_space
         b = self.batch_size
         arr = np.asarray(actions)
@@ -233,10 +252,12 @@ class TrialBatch(ABC):
             if arr.shape != (b,):
                 raise ValueError(f"expected {b} discrete action(s), got shape {np.shape(actions)}")
             if not np.issubdtype(arr.dtype, np.integer):
-                if not np.issubdtype(arr.dtype, np.floating) or not np.all(np.isfinite(arr)):
-                    raise ValueError(f"actions must be integers in [0, {space.n}), got {actions!r}")
-                if np.any(arr != np.round(arr)):
-                    raise ValueError(f"actions must be integers in [0, {space.n}), got {actions!r}")
+                # Floats (even 2.0), bools, strings...: a float action is a caller's mistake (e.g. a
+                # continuous policy on a discrete env), so it is not silently rounded.
+                raise TypeError(
+                    f"discrete actions must be integers (an int or an integer array) in "
+                    f"[{space.start}, {space.start + space.n}), got {actions!r} of dtype {arr.dtype}"
+                )
             arr = arr.astype(np.int64)
             bad = (arr < space.start) | (arr >= space.start + space.n)
             if bad.any():
@@ -246,6 +267,12 @@ class TrialBatch(ABC):
                 )
             return arr - space.start
         assert isinstance(space, spaces.Box)
+        if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+            # Strings ("0.1"), complex numbers (1+0j), bools and objects would be cast silently.
+            raise TypeError(
+                f"continuous actions must be real numbers (a float or a float/int array), "
+                f"got {actions!r} of dtype {arr.dtype}"
+            )
         try:
             arr = arr.astype(np.float64).reshape((b, *space.shape))
         except (ValueError, TypeError) as error:
@@ -321,10 +348,68 @@ class TrialBatch(ABC):
         raise NotImplementedError(f"{type(self).__name__} has no ansi rendering")
 
 
+def batch_constants(batch_class: type[TrialBatch]) -> dict[str, inspect.Parameter]:
+    """The constants of a :class:`TrialBatch` family: its constructor's keywords with their defaults.
+
+    Read from the ``__init__`` of ``batch_class`` and, while an ``__init__`` forwards ``**constants``,
+    of its bases (a keyword a subclass declares overrides the base's). ``batch_size`` and
+    ``rl2_inputs`` are not constants. This is the one declaration of a family's constants and
+    defaults: the env's constructor signature is built from it (:class:`MetaEnv`).
+
+    :raises TypeError: a constant without a default.
+    """
+    constants: dict[str, inspect.Parameter] = {}
+    for klass in batch_class.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        forwards = False
+        for parameter in list(inspect.signature(vars(klass)["__init__"]).parameters.values())[1:]:
+            if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+                forwards = True
+            elif parameter.kind is inspect.Parameter.VAR_POSITIONAL:
+                continue
+            elif parameter.name not in ("batch_size", "rl2_inputs") and parameter.name not in constants:
+                if parameter.default is inspect.Parameter.empty:
+                    raise TypeError(f"{batch_class.__name__} constant {parameter.name!r} has no default")
+                constants[parameter.name] = parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+        if not forwards:
+            break
+    return constants
+
+
+def _constants_init(batch_class: type[TrialBatch]) -> Any:
+    """``__init__(self, render_mode=None, rl2_inputs=True, *, <constants of batch_class>)`` for an env."""
+    signature = inspect.Signature(
+        [
+            inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+            inspect.Parameter("render_mode", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None),
+            inspect.Parameter("rl2_inputs", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=True),
+            *batch_constants(batch_class).values(),
+        ]
+    )
+
+    def __init__(
+        self: MetaEnv, render_mode: str | None = None, rl2_inputs: bool = True, **constants: Any
+    ) -> None:
+        try:
+            signature.bind(self, render_mode, rl2_inputs, **constants)
+        except TypeError as error:
+            names = list(signature.parameters)[3:]
+            raise TypeError(f"{type(self).__name__}: {error}; its constants are {names}") from None
+        MetaEnv.__init__(self, render_mode=render_mode, rl2_inputs=rl2_inputs, **constants)
+
+    __init__.__signature__ = signature  # type: ignore[attr-defined]
+    __init__.__doc__ = f"The constants and defaults are those of :class:`{batch_class.__name__}`."
+    __init__._constants_of = batch_class  # type: ignore[attr-defined]
+    return __init__
+
+
 class MetaEnv(gym.Env):
     """A Gymnasium env running one trial at a time of a :class:`TrialBatch` family.
 
-    Subclasses set :attr:`batch_class`; their constructor keywords are the family's constants.
+    Subclasses set :attr:`batch_class`; their constructor keywords are the family's constants. A
+    subclass that does not define ``__init__`` gets one whose signature lists the constants and
+    defaults declared by the batch class (:func:`batch_constants`), so they are declared once.
 
     Task API: :meth:`sample_task`, :meth:`set_task`, :attr:`task`, and ``reset(options={"task": task})``
     to pin the task of the next trial. ``reset(seed=s)`` makes the task sequence and all
@@ -333,6 +418,15 @@ class MetaEnv(gym.Env):
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array", "ansi"], "render_fps": 4}
     batch_class: ClassVar[type[TrialBatch]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        inherited = cls.__init__
+        generated = getattr(inherited, "_constants_of", None) is not None
+        if "batch_class" in vars(cls) and (inherited is MetaEnv.__init__ or generated):
+            init = _constants_init(cls.batch_class)
+            init.__qualname__, init.__module__ = f"{cls.__qualname__}.__init__", cls.__module__
+            cls.__init__ = init  # type: ignore[method-assign]
 
     def __init__(self, render_mode: str | None = None, rl2_inputs: bool = True, **constants: Any) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:

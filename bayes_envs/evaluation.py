@@ -9,6 +9,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from bayes_envs.core import check_int
+from bayes_envs.normalize import RL2VecNormalize
 from bayes_envs.references.base import ReferencePolicy
 from bayes_envs.vec import make_vec
 
@@ -156,11 +157,15 @@ def _rollout(
     deterministic: bool,
     parallel: bool,
     env_kwargs: dict[str, Any],
+    normalization: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One trial on each of ``n_tasks`` envs seeded ``seed + i``, stepped together."""
     venv = make_vec(
         env_id, n_tasks, seed=seed, rl2_inputs=True, monitor=False, parallel=parallel, **env_kwargs
     )
+    if normalization is not None:
+        # Frozen statistics: observations (and prev_reward) as in training, raw rewards out.
+        venv = RL2VecNormalize.frozen(normalization, venv)
     observation = venv.reset()
     tasks = list(venv.get_attr("task"))
     episodes = int(venv.get_attr("episodes_per_trial")[0])
@@ -225,6 +230,7 @@ def evaluate(
     episodes_per_trial: int | None = None,
     n_envs: int | None = None,
     parallel: bool = False,
+    normalization: RL2VecNormalize | dict[str, Any] | None = None,
     **env_kwargs: Any,
 ) -> EvaluationResult:
     """Roll out one full trial on each of ``n_tasks`` tasks and collect returns (regret, success,
@@ -242,6 +248,10 @@ def evaluate(
     :param n_envs: step at most this many trials at once (default: all ``n_tasks``), to bound the
         memory of heavy envs (MuJoCo, Meta-World); the tasks do not depend on it.
     :param parallel: step the envs in subprocesses (``make_vec(..., parallel=True)``).
+    :param normalization: observation/reward statistics the policy was trained with: an
+        :class:`~bayes_envs.normalize.RL2VecNormalize` or its ``state_dict()``. Default: the
+        policy's ``get_vec_normalize_env()`` (SB3 models trained on such a wrapper). They are
+        frozen (a copy is used, never updated) and the returns reported are raw.
     :param env_kwargs: the env's constants, e.g. ``split="test"``.
     """
     n_tasks = check_int("n_tasks", n_tasks, 1)
@@ -252,6 +262,17 @@ def evaluate(
     is_reference = isinstance(policy, ReferencePolicy)
     if not is_reference and not callable(getattr(policy, "predict", None)):
         raise TypeError(f"policy must be a ReferencePolicy or have predict(), got {type(policy).__name__}")
+    if (
+        normalization is None
+        and not is_reference
+        and callable(getattr(policy, "get_vec_normalize_env", None))
+    ):
+        normalization = policy.get_vec_normalize_env()
+    if normalization is not None and not isinstance(normalization, dict):
+        if not isinstance(normalization, RL2VecNormalize):
+            kind = type(normalization).__name__
+            raise TypeError(f"normalization must be an RL2VecNormalize or its state_dict(), got {kind}")
+        normalization = normalization.state_dict()
     chunks = [
         _rollout(
             policy,
@@ -262,6 +283,7 @@ def evaluate(
             deterministic,
             parallel,
             env_kwargs,
+            normalization,
         )
         for start in range(0, n_tasks, n_envs)
     ]

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from gymnasium import spaces
 
-from bayes_envs.core import MetaEnv, TrialBatch, check_finite_float, check_int
+from bayes_envs.core import MetaEnv, TrialBatch, check_finite_float, check_int, check_reward_scale
 from bayes_envs.render import Canvas
 
 #: Position change of the actions noop, up, right, down, left.
@@ -61,6 +60,9 @@ class GridBatch(TrialBatch):
         self.size = check_int("size", size, 3)
         self.goal_reward = check_finite_float("goal_reward", goal_reward)
         self.step_reward = check_finite_float("step_reward", step_reward)
+        horizon = self.episode_length * self.episodes_per_trial
+        check_reward_scale("goal_reward", self.goal_reward, horizon)
+        check_reward_scale("step_reward", self.step_reward, horizon)
         self.candidates = goal_candidates(self.size)
         self.position = np.zeros((batch_size, 2), np.int64)
         self.goal = np.zeros((batch_size, 2), np.int64)
@@ -163,25 +165,3 @@ class BayesGridEnv(MetaEnv):
     """
 
     batch_class = GridBatch
-
-    def __init__(
-        self,
-        render_mode: str | None = None,
-        rl2_inputs: bool = True,
-        *,
-        size: int = 5,
-        episode_length: int = 15,
-        episodes_per_trial: int = 4,
-        goal_reward: float = 1.0,
-        step_reward: float = -0.1,
-        split: str = "train",
-    ) -> None:
-        constants: dict[str, Any] = dict(
-            size=size,
-            episode_length=episode_length,
-            episodes_per_trial=episodes_per_trial,
-            goal_reward=goal_reward,
-            step_reward=step_reward,
-            split=split,
-        )
-        super().__init__(render_mode=render_mode, rl2_inputs=rl2_inputs, **constants)

@@ -4,9 +4,9 @@ The module is named ``meta_world`` so that ``import metaworld`` inside it is the
 
 Tasks come straight from ``metaworld.ML1(env_name, seed)`` / ``ML10(seed)`` / ``ML45(seed)``
 (``train_classes``/``train_tasks`` or ``test_classes``/``test_tasks``; Gymnasium's
-``Meta-World/ML1-train`` id is avoided, see DESIGN.md). Building a benchmark is slow (ML10 ~12 s,
-ML45 ~20 s), so each ``(kind, env_name, seed)`` is built once per process and shared by every env
-(:func:`get_benchmark`).
+``Meta-World/ML1-train`` id is avoided, see docs/specification.md#meta-world). Building a
+benchmark is slow (ML10 ~12 s, ML45 ~20 s), so each ``(kind, env_name, seed)`` is built once per
+process and shared by every env (:func:`get_benchmark`).
 
 Splits are Meta-World's: ML1 train and test hold 50 goals each of the same class, drawn with
 seeds ``benchmark_seed`` and ``benchmark_seed + 1`` (so ``ML1(seed=s).test`` is
@@ -265,29 +265,6 @@ class MetaWorldML1Env(_MetaWorldEnv):
     """
 
     batch_class = ML1Batch
-
-    def __init__(
-        self,
-        render_mode: str | None = None,
-        rl2_inputs: bool = True,
-        *,
-        env_name: str = "reach-v3",
-        benchmark_seed: int = 0,
-        max_path_length: int = 500,
-        episodes_per_trial: int = 2,
-        env_cache_size: int = 10,
-        split: str = "train",
-    ) -> None:
-        super().__init__(
-            render_mode=render_mode,
-            rl2_inputs=rl2_inputs,
-            env_name=env_name,
-            benchmark_seed=benchmark_seed,
-            max_path_length=max_path_length,
-            episodes_per_trial=episodes_per_trial,
-            env_cache_size=env_cache_size,
-            split=split,
-        )
 
 
 class MetaWorldML10Env(_MetaWorldEnv):

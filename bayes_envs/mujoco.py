@@ -18,6 +18,9 @@ Train/test splits:
 * ``AntGoal-v0``: the same interleaving over the goal's angle (``split_bins`` sectors).
 
 See :func:`interval_split` for the membership of a value.
+
+Each env's constants and their defaults are declared once, by its batch class; the env's
+constructor signature is built from them (:func:`bayes_envs.core.batch_constants`).
 """
 
 from __future__ import annotations
@@ -29,7 +32,14 @@ from typing import Any, ClassVar
 import numpy as np
 from gymnasium import spaces
 
-from bayes_envs.core import MetaEnv, TrialBatch, check_finite_float, check_int, check_positive_float
+from bayes_envs.core import (
+    MetaEnv,
+    TrialBatch,
+    check_finite_float,
+    check_int,
+    check_positive_float,
+    check_reward_scale,
+)
 
 try:  # the MuJoCo bindings are an optional extra: fail on use, not on `import bayes_envs`
     from gymnasium.envs.mujoco.ant_v5 import AntEnv
@@ -166,6 +176,13 @@ class LocomotionBatch(TrialBatch):
         self.state_space = spaces.Box(-np.inf, np.inf, first.observation_space.shape, np.float32)
         self.action_space = spaces.Box(
             first.action_space.low.astype(np.float32), first.action_space.high.astype(np.float32)
+        )
+        self.horizon = self.episode_length * self.episodes_per_trial
+        largest_action = np.maximum(np.abs(first.action_space.low), np.abs(first.action_space.high))
+        check_reward_scale(
+            "ctrl_cost_weight",
+            self.ctrl_cost_weight * float(np.square(largest_action.astype(np.float64)).sum()),
+            self.horizon,
         )
         self._observations = np.zeros((self.batch_size, *self.state_space.shape), np.float64)
         #: A seed per env, drawn at the trial start, for the start-state noise of the trial.
@@ -391,6 +408,13 @@ class _AntBatch(LocomotionBatch):
             reset_noise_scale=reset_noise_scale,
             exclude_current_positions_from_observation=exclude_current_positions_from_observation,
         )
+        check_reward_scale("healthy_reward", self.healthy_reward, self.horizon)
+        largest_force = max(abs(bound) for bound in self.contact_force_range)
+        check_reward_scale(
+            "contact_cost_weight",
+            self.contact_cost_weight * self.envs[0].data.cfrc_ext.size * largest_force**2,
+            self.horizon,
+        )
 
     @staticmethod
     def _check_range(name: str, value: Any) -> tuple[float, float]:
@@ -554,29 +578,6 @@ class HalfCheetahDirEnv(_LocomotionEnv):
 
     batch_class = HalfCheetahDirBatch
 
-    def __init__(
-        self,
-        render_mode: str | None = None,
-        rl2_inputs: bool = True,
-        *,
-        episode_length: int = 200,
-        episodes_per_trial: int = 2,
-        ctrl_cost_weight: float = 0.05,
-        reset_noise_scale: float = 0.1,
-        exclude_current_positions_from_observation: bool = True,
-        split: str = "train",
-    ) -> None:
-        super().__init__(
-            render_mode=render_mode,
-            rl2_inputs=rl2_inputs,
-            episode_length=episode_length,
-            episodes_per_trial=episodes_per_trial,
-            ctrl_cost_weight=ctrl_cost_weight,
-            reset_noise_scale=reset_noise_scale,
-            exclude_current_positions_from_observation=exclude_current_positions_from_observation,
-            split=split,
-        )
-
 
 class HalfCheetahVelEnv(_LocomotionEnv):
     """HalfCheetah running at a hidden target velocity, on Gymnasium's ``HalfCheetah-v5``.
@@ -590,37 +591,6 @@ class HalfCheetahVelEnv(_LocomotionEnv):
     """
 
     batch_class = HalfCheetahVelBatch
-
-    def __init__(
-        self,
-        render_mode: str | None = None,
-        rl2_inputs: bool = True,
-        *,
-        episode_length: int = 200,
-        episodes_per_trial: int = 2,
-        velocity_low: float = 0.0,
-        velocity_high: float = 3.0,
-        split_bins: int = 30,
-        test_bin_stride: int = 5,
-        ctrl_cost_weight: float = 0.05,
-        reset_noise_scale: float = 0.1,
-        exclude_current_positions_from_observation: bool = True,
-        split: str = "train",
-    ) -> None:
-        super().__init__(
-            render_mode=render_mode,
-            rl2_inputs=rl2_inputs,
-            episode_length=episode_length,
-            episodes_per_trial=episodes_per_trial,
-            velocity_low=velocity_low,
-            velocity_high=velocity_high,
-            split_bins=split_bins,
-            test_bin_stride=test_bin_stride,
-            ctrl_cost_weight=ctrl_cost_weight,
-            reset_noise_scale=reset_noise_scale,
-            exclude_current_positions_from_observation=exclude_current_positions_from_observation,
-            split=split,
-        )
 
 
 class AntDirEnv(_LocomotionEnv):
@@ -643,41 +613,6 @@ class AntDirEnv(_LocomotionEnv):
 
     batch_class = AntDirBatch
 
-    def __init__(
-        self,
-        render_mode: str | None = None,
-        rl2_inputs: bool = True,
-        *,
-        episode_length: int = 200,
-        episodes_per_trial: int = 2,
-        angles: tuple[float, ...] = (0.0, float(np.pi)),
-        ctrl_cost_weight: float = 0.5,
-        contact_cost_weight: float = 5e-4,
-        contact_force_range: tuple[float, float] = (-1.0, 1.0),
-        healthy_reward: float = 1.0,
-        healthy_z_range: tuple[float, float] = (0.2, 1.0),
-        terminate_when_unhealthy: bool = True,
-        reset_noise_scale: float = 0.1,
-        exclude_current_positions_from_observation: bool = True,
-        split: str = "train",
-    ) -> None:
-        super().__init__(
-            render_mode=render_mode,
-            rl2_inputs=rl2_inputs,
-            episode_length=episode_length,
-            episodes_per_trial=episodes_per_trial,
-            angles=angles,
-            ctrl_cost_weight=ctrl_cost_weight,
-            contact_cost_weight=contact_cost_weight,
-            contact_force_range=contact_force_range,
-            healthy_reward=healthy_reward,
-            healthy_z_range=healthy_z_range,
-            terminate_when_unhealthy=terminate_when_unhealthy,
-            reset_noise_scale=reset_noise_scale,
-            exclude_current_positions_from_observation=exclude_current_positions_from_observation,
-            split=split,
-        )
-
 
 class AntGoalEnv(_LocomotionEnv):
     """Ant walking to a hidden goal position, on Gymnasium's ``Ant-v5``.
@@ -695,42 +630,3 @@ class AntGoalEnv(_LocomotionEnv):
     """
 
     batch_class = AntGoalBatch
-
-    def __init__(
-        self,
-        render_mode: str | None = None,
-        rl2_inputs: bool = True,
-        *,
-        episode_length: int = 200,
-        episodes_per_trial: int = 2,
-        goal_radius: float = 3.0,
-        split_bins: int = 30,
-        test_bin_stride: int = 5,
-        ctrl_cost_weight: float = 0.1,
-        contact_cost_weight: float = 5e-4,
-        contact_force_range: tuple[float, float] = (-1.0, 1.0),
-        healthy_reward: float = 0.0,
-        healthy_z_range: tuple[float, float] = (0.2, 1.0),
-        terminate_when_unhealthy: bool = False,
-        reset_noise_scale: float = 0.1,
-        exclude_current_positions_from_observation: bool = False,
-        split: str = "train",
-    ) -> None:
-        super().__init__(
-            render_mode=render_mode,
-            rl2_inputs=rl2_inputs,
-            episode_length=episode_length,
-            episodes_per_trial=episodes_per_trial,
-            goal_radius=goal_radius,
-            split_bins=split_bins,
-            test_bin_stride=test_bin_stride,
-            ctrl_cost_weight=ctrl_cost_weight,
-            contact_cost_weight=contact_cost_weight,
-            contact_force_range=contact_force_range,
-            healthy_reward=healthy_reward,
-            healthy_z_range=healthy_z_range,
-            terminate_when_unhealthy=terminate_when_unhealthy,
-            reset_noise_scale=reset_noise_scale,
-            exclude_current_positions_from_observation=exclude_current_positions_from_observation,
-            split=split,
-        )

@@ -190,22 +190,3 @@ class FourierRegressionEnv(MetaEnv):
 
     batch_class = FourierBatch
     metadata = {"render_modes": ["ansi"], "render_fps": 4}  # noqa: RUF012
-
-    def __init__(
-        self,
-        render_mode: str | None = None,
-        rl2_inputs: bool = True,
-        *,
-        n_points: int = 50,
-        episodes_per_trial: int = 1,
-        n_components: int = 3,
-        split: str = "train",
-    ) -> None:
-        super().__init__(
-            render_mode=render_mode,
-            rl2_inputs=rl2_inputs,
-            n_points=n_points,
-            episodes_per_trial=episodes_per_trial,
-            n_components=n_components,
-            split=split,
-        )

@@ -15,6 +15,11 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvS
 from bayes_envs.core import MetaEnv, TrialBatch, check_int
 
 
+def check_seed(seed: Any) -> int | None:
+    """``seed`` if it is ``None`` or an int >= 0 (the seeds Gymnasium accepts), else raise naming it."""
+    return None if seed is None else check_int("seed", seed, 0)
+
+
 class BatchedVecEnv(VecEnv):
     """``n_envs`` trials of a :class:`~bayes_envs.core.TrialBatch` family stepped as one numpy batch.
 
@@ -48,6 +53,9 @@ class BatchedVecEnv(VecEnv):
     def tasks(self) -> list[Any]:
         """The hidden task of each env's current trial."""
         return list(self.batch.tasks)
+
+    def seed(self, seed: int | None = None) -> Sequence[int | None]:
+        return super().seed(check_seed(seed))
 
     def _start(self, indices: Sequence[int]) -> None:
         tasks = []
@@ -160,11 +168,14 @@ def make_vec(
     Python loop over envs per step); other envs a ``DummyVecEnv``, or a ``SubprocVecEnv`` with
     ``parallel=True``. Env ``i`` is seeded with ``seed + i``.
 
+    :param seed: ``None`` (fresh entropy) or an int >= 0; anything else raises (``TypeError`` for a
+        ``bool``, ``str`` or ``float``, ``ValueError`` for a negative int).
     :param rl2_inputs: Dict observations with previous action, previous reward and new-episode flag.
     :param monitor: wrap in ``VecMonitor`` so that SB3 logs trial returns (``rollout/ep_rew_mean``).
     :param env_kwargs: the env's constants, e.g. ``size=7`` or ``split="test"``.
     """
     n_envs = check_int("n_envs", n_envs, 1)
+    seed = check_seed(seed)
     if ":" in env_id:
         __import__(env_id.split(":", 1)[0])
     env_class, spec_kwargs = _env_class(env_id)

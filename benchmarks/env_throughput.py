@@ -7,13 +7,22 @@ the same run: a single Gymnasium env, ``make_vec`` in process (the batch steps i
 the other) and ``make_vec(..., parallel=True)`` (``SubprocVecEnv``) with ``--heavy-n-envs`` (2, 8)
 worker processes; each worker builds its own Meta-World benchmark first (not timed).
 
+A third table measures where ``parallel=True`` pays: for each ``--crossover-envs`` env
+(HalfCheetahVel-v0 and Meta-World ML1 reach by default) and each N in ``--crossover-n-envs``
+(1, 2, 4, 8, 16), the random-action stepping rate of ``make_vec(env_id, N, parallel=False)``
+(one process, the robots stepped one after the other) against ``make_vec(env_id, N,
+parallel=True)`` (N ``SubprocVecEnv`` workers), interleaved and best of ``--repeats``, with the
+machine's core count, so that the crossover (cores vs envs) can be read off.
+
     python benchmarks/env_throughput.py [--n-envs 256] [--seconds 2] [--heavy-envs ...] [--skip-light]
+    python benchmarks/env_throughput.py --quick     # a smoke run: short timings, HalfCheetahVel only
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -92,6 +101,55 @@ def heavy_rows(env_ids: list[str], n_envs_list: list[int], seconds: float) -> li
     return rows
 
 
+CROSSOVER_ENV_IDS = ["HalfCheetahVel-v0", "MetaWorld-ML1-v0"]
+CROSSOVER_N_ENVS = [1, 2, 4, 8, 16]
+
+
+def crossover_rows(env_ids: list[str], n_envs_list: list[int], seconds: float, repeats: int) -> list[dict]:
+    """In-process vs subprocess ``make_vec`` steps/s of each env for each number of envs.
+
+    The two are measured alternately ``repeats`` times and the best of each is kept (the machine is
+    shared: the best is the least disturbed measurement). ``parallel_speedup`` > 1 means that
+    ``parallel=True`` pays at that number of envs.
+    """
+    rows = []
+    for env_id in env_ids:
+        try:
+            gym.make(env_id).close()
+        except ImportError as error:
+            print(f"skipping {env_id}: {error}")
+            continue
+        for n_envs in n_envs_list:
+            in_process = bayes_envs.make_vec(env_id, n_envs, seed=0, monitor=False, parallel=False)
+            parallel = bayes_envs.make_vec(env_id, n_envs, seed=0, monitor=False, parallel=True)
+            best_in_process = best_parallel = 0.0
+            for _ in range(repeats):
+                best_in_process = max(best_in_process, steps_per_second(in_process, seconds))
+                best_parallel = max(best_parallel, steps_per_second(parallel, seconds))
+            in_process.close()
+            parallel.close()
+            row = {
+                "env_id": env_id,
+                "n_envs": n_envs,
+                "cores": os.cpu_count(),
+                "in_process_steps_per_s": best_in_process,
+                "parallel_steps_per_s": best_parallel,
+                "parallel_speedup": best_parallel / best_in_process,
+            }
+            rows.append(row)
+            print(
+                f"{env_id:<20}{n_envs:>7}{best_in_process:>16,.0f}{best_parallel:>16,.0f}"
+                f"{row['parallel_speedup']:>9.2f}x"
+            )
+    return rows
+
+
+def crossover(rows: list[dict], env_id: str) -> int | None:
+    """The smallest measured number of envs from which ``parallel=True`` is faster, if any."""
+    paying = [row["n_envs"] for row in rows if row["env_id"] == env_id and row["parallel_speedup"] > 1]
+    return min(paying) if paying else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -103,7 +161,45 @@ def main() -> None:
     parser.add_argument("--heavy-envs", nargs="*", default=HEAVY_ENV_IDS, help="none: skip the heavy table")
     parser.add_argument("--heavy-n-envs", type=int, nargs="+", default=[2, 8])
     parser.add_argument("--heavy-out", type=Path, default=RESULTS / "env_throughput_heavy.json")
+    parser.add_argument(
+        "--crossover-envs", nargs="*", default=CROSSOVER_ENV_IDS, help="none: skip the crossover table"
+    )
+    parser.add_argument("--crossover-n-envs", type=int, nargs="+", default=CROSSOVER_N_ENVS)
+    parser.add_argument("--repeats", type=int, default=3, help="crossover: alternating measurements")
+    parser.add_argument("--crossover-out", type=Path, default=RESULTS / "env_throughput_crossover.json")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 0.3 s timings, one repeat, only the HalfCheetahVel-v0 crossover table, "
+        "written to *_quick.json (the numbers are indicative only)",
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.repeats = 0.3, 1
+        args.heavy_envs, args.skip_light = [], True
+        if args.crossover_envs == CROSSOVER_ENV_IDS:
+            args.crossover_envs = ["HalfCheetahVel-v0"]
+        args.crossover_out = args.crossover_out.with_name(args.crossover_out.stem + "_quick.json")
+
+    if args.crossover_envs:
+        print(f"{'env':<20}{'n_envs':>7}{'in-process/s':>16}{'parallel/s':>16}{'speed-up':>10}")
+        rows = crossover_rows(args.crossover_envs, args.crossover_n_envs, args.seconds, args.repeats)
+        for env_id in args.crossover_envs:
+            first = crossover(rows, env_id)
+            where = "never" if first is None else f"from {first} envs"
+            print(f"{env_id}: parallel=True pays {where} on this {os.cpu_count()}-core machine")
+        args.crossover_out.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "benchmark": "env_throughput_crossover",
+            "quick": args.quick,
+            "seconds": args.seconds,
+            "repeats": args.repeats,
+            "cores": os.cpu_count(),
+            "crossover_n_envs": {env_id: crossover(rows, env_id) for env_id in args.crossover_envs},
+            "rows": rows,
+        }
+        args.crossover_out.write_text(json.dumps(payload, indent=2))
+        print(f"wrote {args.crossover_out} (steps/s, random actions)\n")
 
     if args.heavy_envs:
         heavy = heavy_rows(args.heavy_envs, args.heavy_n_envs, args.seconds)

@@ -4,9 +4,10 @@ Defaults follow the VariBAD paper's ML1 experiments (§5.4, Appendix E, ML1-Push
 episodes per trial (VariBAD optimises the return of 2 episodes), 16 envs × 200 steps per update,
 2 epochs, 8 minibatches, clip 0.1, lr 7e-4, entropy 0.001, γ 0.99, λ 0.9, policy layers
 [128, 128, 128]; 20 seeds. Two choices are this benchmark's own, both keywords: inner episodes last
-Meta-World's ``max_path_length`` = 500 steps (DESIGN.md; VariBAD used 150–200), and the budget is
-5e7 env steps per run (the paper's text gives no ML1 frame count). VariBAD's reference success rates
-(episode 1/2, test tasks): reach 100, push 100, pick-place 29.
+Meta-World's ``max_path_length`` = 500 steps (docs/specification.md#meta-world; VariBAD used
+150–200), and the budget is 5e7 env steps per run (the paper's text gives no ML1 frame count).
+VariBAD's reference success rates (episode 1/2, test tasks; docs/specification.md#published-results):
+reach 100, push 100, pick-place 29.
 
 Every ``--eval-every`` steps the deterministic policy is evaluated on fixed test tasks (learning curve
 of return and success rate per inner episode); at the end on ``--final-eval-tasks`` test tasks with 2

@@ -18,11 +18,12 @@ import argparse
 import time
 
 import numpy as np
-import torch
 
 import bayes_envs
 from bayes_agents import BayesPPO, LaplacePolicy, RL2Policy
+from bayes_agents.callbacks import ProgressCallback
 from bayes_agents.defaults import LAPLACE_SETTINGS
+from bayes_agents.experiment import set_torch_threads
 from bayes_envs.evaluation import evaluate
 
 BELIEF = dict(hidden_size=64, latent_dim=16, embed_sizes=(32,), net_arch=[64, 64])
@@ -40,7 +41,7 @@ def main() -> None:
     parser.add_argument("--parallel", action="store_true", help="step the envs in subprocesses")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    set_torch_threads()  # as bayes-rl train: $OMP_NUM_THREADS, else 1
 
     rows, laplace_result = [], None
     for name, (policy_class, policy_kwargs) in POLICIES.items():
@@ -63,7 +64,7 @@ def main() -> None:
         protocol = dict(n_tasks=TEST_TASKS, seed=TEST_SEED, split="test", episodes_per_trial=3)
         untrained = evaluate(model, args.env, **protocol)
         start = time.perf_counter()
-        model.learn(args.timesteps)
+        model.learn(args.timesteps, callback=ProgressCallback(args.timesteps))
         minutes = (time.perf_counter() - start) / 60
         trained = evaluate(model, args.env, **protocol)
         env.close()

@@ -19,13 +19,13 @@ import time
 
 import gymnasium as gym
 import numpy as np
-import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 
 import bayes_envs  # noqa: F401  (registers the envs)
-from bayes_agents.callbacks import BeliefAuxLossCallback
+from bayes_agents.callbacks import BeliefAuxLossCallback, ProgressCallback
 from bayes_agents.defaults import LAPLACE_SETTINGS, belief_settings, ppo_settings
+from bayes_agents.experiment import set_torch_threads
 from bayes_agents.extractors import HistoryPredictor, LaplaceExtractor
 from bayes_agents.ppo import resolve_schedules
 from bayes_envs.evaluation import evaluate
@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--timesteps", type=int, default=7_680)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    set_torch_threads()  # as bayes-rl train: $OMP_NUM_THREADS, else 1
 
     # window=None: the whole 60-step trial, so the extractor's belief is exactly the recurrent one.
     env = make_vec_env(lambda: TrialHistoryWrapper(gym.make(ENV_ID)), n_envs=16, seed=args.seed)
@@ -70,7 +70,9 @@ def main() -> None:
     before = evaluate(predictor, ENV_ID, n_tasks=105, seed=10_000, split="test")
 
     began = time.perf_counter()
-    model.learn(args.timesteps, callback=BeliefAuxLossCallback(batch_size=128))
+    model.learn(
+        args.timesteps, callback=[BeliefAuxLossCallback(batch_size=128), ProgressCallback(args.timesteps)]
+    )
     seconds = time.perf_counter() - began
     after = evaluate(predictor, ENV_ID, n_tasks=105, seed=10_000, split="test")
 

@@ -17,11 +17,12 @@ import argparse
 import time
 
 import numpy as np
-import torch
 
 import bayes_envs
 from bayes_agents import BayesPPO, RL2Policy, laplace_from_rl2
+from bayes_agents.callbacks import ProgressCallback
 from bayes_agents.defaults import belief_settings, ppo_settings
+from bayes_agents.experiment import set_torch_threads
 from bayes_envs.evaluation import evaluate
 from bayes_envs.references import (
     GridPosteriorSampling,
@@ -55,7 +56,7 @@ def main() -> None:
     parser.add_argument("--timesteps", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    set_torch_threads()  # as bayes-rl train: $OMP_NUM_THREADS, else 1
 
     env = bayes_envs.make_vec(ENV_ID, n_envs=16, seed=args.seed)
     model = BayesPPO(
@@ -68,7 +69,7 @@ def main() -> None:
     )
     untrained = evaluate(model, ENV_ID, n_tasks=TEST_TASKS, seed=TEST_SEED).summary()
     start = time.perf_counter()
-    model.learn(args.timesteps)
+    model.learn(args.timesteps, callback=ProgressCallback(args.timesteps))
     minutes = (time.perf_counter() - start) / 60
     trained = evaluate(model, ENV_ID, n_tasks=TEST_TASKS, seed=TEST_SEED).summary()
     laplace = laplace_from_rl2(model, window=1, covariance="full", variant="sum_precision")

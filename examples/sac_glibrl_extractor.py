@@ -25,7 +25,8 @@ import torch
 from stable_baselines3 import SAC
 
 import bayes_envs  # noqa: F401  (registers the envs)
-from bayes_agents.callbacks import BeliefAuxLossCallback
+from bayes_agents.callbacks import BeliefAuxLossCallback, ProgressCallback
+from bayes_agents.experiment import set_torch_threads
 from bayes_agents.extractors import GLiBRLExtractor, HistoryPredictor
 from bayes_envs.evaluation import evaluate
 from bayes_envs.wrappers import TrialHistoryWrapper
@@ -48,7 +49,7 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=16, help="transitions kept in the observation")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    set_torch_threads()  # as bayes-rl train: $OMP_NUM_THREADS, else 1
 
     env = TrialHistoryWrapper(gym.make(ENV_ID), window=args.window)
     model = SAC(
@@ -71,7 +72,9 @@ def main() -> None:
     untrained_actor_belief = copy.deepcopy(model.actor.features_extractor)
 
     began = time.perf_counter()
-    model.learn(args.timesteps, callback=BeliefAuxLossCallback(batch_size=32))
+    model.learn(
+        args.timesteps, callback=[BeliefAuxLossCallback(batch_size=32), ProgressCallback(args.timesteps)]
+    )
     seconds = time.perf_counter() - began
     print(f"trained {args.timesteps} env steps in {seconds:.1f} s ({args.timesteps / seconds:.0f} steps/s)")
 

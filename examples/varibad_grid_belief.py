@@ -27,6 +27,8 @@ import torch
 
 import bayes_envs
 from bayes_agents import BayesPPO
+from bayes_agents.callbacks import ProgressCallback
+from bayes_agents.experiment import set_torch_threads
 from bayes_agents.methods import method_defaults
 from bayes_agents.policies import VariBADPolicy
 from bayes_envs.grid import GridTask, goal_candidates
@@ -35,7 +37,8 @@ from bayes_envs.references import bayes_optimal_episode_returns
 ENV_ID = "BayesGrid-v0"
 SIZE = 5
 #: The package's VariBAD grid defaults: VariBAD's model (latent 5, GRU 64, [32, 32] decoder with 25
-#: Bernoulli heads, DESIGN.md §2) with a faster VAE schedule (20 updates per PPO update at lr 3e-3).
+#: Bernoulli heads, docs/specification.md#varibad) with a faster VAE schedule (20 updates per PPO
+#: update at lr 3e-3).
 VARIBAD_GRID = method_defaults(ENV_ID, "varibad")
 
 
@@ -113,7 +116,7 @@ def main() -> None:
     parser.add_argument("--goal", type=int, nargs=2, default=(3, 4), metavar=("X", "Y"))
     parser.add_argument("--out", default="varibad_grid_belief.png")
     args = parser.parse_args()
-    torch.set_num_threads(1)  # small networks: extra threads only contend
+    set_torch_threads()  # as bayes-rl train: $OMP_NUM_THREADS, else 1 (small networks)
 
     env = bayes_envs.make_vec(ENV_ID, n_envs=16, seed=args.seed)
     model = BayesPPO(
@@ -125,7 +128,7 @@ def main() -> None:
         **VARIBAD_GRID["ppo"],
     )
     start = time.perf_counter()
-    model.learn(args.timesteps)
+    model.learn(args.timesteps, callback=ProgressCallback(args.timesteps))
     minutes = (time.perf_counter() - start) / 60
     vae = {name: model.logger.name_to_value.get(f"vae/{name}", float("nan")) for name in ("elbo", "kl")}
     print(

@@ -539,27 +539,33 @@ def test_after_policy_update_trains_on_the_rollout_in_time_order():
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("kwargs", "error", "message"),
     [
-        ({"basis_dim": 0}, "basis_dim"),
-        ({"basis_hidden_sizes": (8, 0)}, "basis_hidden_sizes"),
-        ({"basis_hidden_sizes": 8}, "basis_hidden_sizes"),
-        ({"prior_precision": 0.0}, "prior_precision"),
-        ({"prior_noise_concentration": -1.0}, "prior_noise_concentration"),
-        ({"prior_noise_rate": float("nan")}, "prior_noise_rate"),
-        ({"model_loss_weight": -0.5}, "model_loss_weight"),
-        ({"detach_policy_input": "yes"}, "detach_policy_input"),
-        ({"fit_dynamics": 1}, "fit_dynamics"),
-        ({"normalize_policy_input": None}, "normalize_policy_input"),
-        ({"action_predictions": "no"}, "action_predictions"),
-        ({"basis_updates_per_ppo_update": -1}, "basis_updates_per_ppo_update"),
-        ({"basis_lr": 0.0}, "basis_lr"),
+        ({"basis_dim": 0}, ValueError, "basis_dim"),
+        ({"basis_dim": 2.0}, TypeError, "basis_dim"),
+        ({"basis_hidden_sizes": (8, 0)}, ValueError, "basis_hidden_sizes"),
+        ({"basis_hidden_sizes": 8}, TypeError, "basis_hidden_sizes"),
+        ({"prior_precision": 0.0}, ValueError, "prior_precision"),
+        ({"prior_precision": 1e300}, ValueError, "prior_precision"),
+        ({"prior_precision": "1"}, TypeError, "prior_precision"),
+        ({"prior_noise_concentration": -1.0}, ValueError, "prior_noise_concentration"),
+        ({"prior_noise_rate": float("nan")}, ValueError, "prior_noise_rate"),
+        ({"prior_noise_rate": float("inf")}, ValueError, "prior_noise_rate"),
+        ({"model_loss_weight": -0.5}, ValueError, "model_loss_weight"),
+        ({"detach_policy_input": "yes"}, TypeError, "detach_policy_input"),
+        ({"fit_dynamics": 1}, TypeError, "fit_dynamics"),
+        ({"normalize_policy_input": None}, TypeError, "normalize_policy_input"),
+        ({"action_predictions": "no"}, TypeError, "action_predictions"),
+        ({"basis_updates_per_ppo_update": -1}, ValueError, "basis_updates_per_ppo_update"),
+        ({"basis_lr": 0.0}, ValueError, "basis_lr"),
+        ({"basis_lr": 1j}, TypeError, "basis_lr"),
     ],
 )
-def test_bad_kwargs_raise_value_error(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+def test_bad_kwargs_raise(kwargs, error, message):
+    """TypeError for a wrong type, ValueError for a wrong value, naming the argument."""
+    with pytest.raises(error, match=message):
         make_belief(**kwargs)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(error, match=message):
         BayesPPO(GLiBRLPolicy, bayes_envs.make_vec("BayesBandit-v0", 1), policy_kwargs=kwargs, device="cpu")
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from bayes_agents.beliefs import COVARIANCES, VARIANTS, Belief, BeliefOutput, LaplaceBelief, RL2Belief
+from bayes_agents.beliefs.base import gaussian_offsets, gaussian_sample
 
 INPUT_DIM, HIDDEN, LATENT, EMBED = 5, 12, 4, (10,)
 FIELDS = ("mean", "precision", "precision_cholesky", "entropy", "kl_to_previous")
@@ -176,13 +177,18 @@ def test_rl2_recurrence_matches_torch_cells():
     ("kwargs", "argument"),
     [
         ({"window": 0}, "window"),
-        ({"window": 2.5}, "window"),
         ({"variant": "kalman"}, "variant"),
         ({"covariance": "low_rank"}, "covariance"),
         ({"rnn": "transformer"}, "rnn"),
         ({"damping": 0.0}, "damping"),
         ({"damping": -1.0}, "damping"),
         ({"damping": float("nan")}, "damping"),
+        ({"damping": float("inf")}, "damping"),
+        ({"damping": 1e300}, "damping"),
+        ({"jitter": float("inf")}, "jitter"),
+        ({"beta": float("nan")}, "beta"),
+        ({"negative_slope": float("nan")}, "negative_slope"),
+        ({"negative_slope": -0.5}, "negative_slope"),
         ({"beta": -0.1}, "beta"),
         ({"latent_dim": 0}, "latent_dim"),
         ({"hidden_size": 0}, "hidden_size"),
@@ -194,6 +200,35 @@ def test_laplace_validation(kwargs, argument):
     arguments = {"input_dim": INPUT_DIM, "hidden_size": HIDDEN, "latent_dim": LATENT, **kwargs}
     with pytest.raises(ValueError, match=argument):
         LaplaceBelief(**arguments)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "argument"),
+    [
+        ({"window": 2.5}, "window"),
+        ({"hidden_size": "16"}, "hidden_size"),
+        ({"damping": "1"}, "damping"),
+        ({"damping": 1 + 0j}, "damping"),
+        ({"beta": True}, "beta"),
+        ({"negative_slope": None}, "negative_slope"),
+        ({"variant": 3}, "variant"),
+        ({"embed_sizes": 8}, "embed_sizes"),
+    ],
+)
+def test_laplace_validation_of_types(kwargs, argument):
+    """One convention for every belief: TypeError for a wrong type, ValueError for a wrong value."""
+    arguments = {"input_dim": INPUT_DIM, "hidden_size": HIDDEN, "latent_dim": LATENT, **kwargs}
+    with pytest.raises(TypeError, match=argument):
+        LaplaceBelief(**arguments)
+
+
+def test_validation_messages_name_the_argument_and_the_range():
+    with pytest.raises(ValueError, match=r"damping must be a finite real number in \(0, 1e6\], got inf"):
+        LaplaceBelief(INPUT_DIM, damping=float("inf"))
+    with pytest.raises(ValueError, match=r"beta must be a finite real number in \[0, 1e6\], got -1.0"):
+        LaplaceBelief(INPUT_DIM, beta=-1.0)
+    with pytest.raises(TypeError, match=r"latent_dim must be an int >= 1, got 2.0"):
+        RL2Belief(INPUT_DIM, latent_dim=2.0)
 
 
 def test_validation_messages_list_the_allowed_values():
@@ -248,3 +283,51 @@ def test_fused_recurrence_equals_stepped_cell(rnn):
     (grad_fused,) = torch.autograd.grad(fused[0].square().sum(), embedded)
     (grad_stepped,) = torch.autograd.grad(stepped[0].square().sum(), embedded)
     torch.testing.assert_close(grad_fused, grad_stepped)
+
+
+@pytest.mark.parametrize("kind", ["diag", "full", "blocks"])
+def test_gaussian_sample_is_mean_plus_the_inverse_transposed_factor_times_noise(kind):
+    """The one Gaussian sampler of all beliefs against the explicit ``μ + L^{-T} ε`` (``Λ = L Lᵀ``)."""
+    generator = torch.Generator().manual_seed(0)
+    batch, latent, n_samples = 3, 6, 4
+    mean = torch.randn(batch, latent, generator=generator, dtype=torch.float64)
+    noise = torch.randn(n_samples, batch, latent, generator=generator, dtype=torch.float64)
+    if kind == "diag":
+        precision = torch.rand(batch, latent, generator=generator, dtype=torch.float64) + 0.5
+        cholesky, dense_cholesky = None, torch.diag_embed(precision.sqrt())
+    else:
+        size = latent if kind == "full" else 3
+        leading = (batch,) if kind == "full" else (batch, latent // 3)
+        factor = torch.randn(*leading, size, size, generator=generator, dtype=torch.float64)
+        precision = factor @ factor.transpose(-1, -2) + torch.eye(size, dtype=torch.float64)
+        cholesky = torch.linalg.cholesky(precision)
+        if kind == "full":
+            dense_cholesky = cholesky
+        else:  # [B, K, d, d] blocks of a block-diagonal factor
+            dense_cholesky = torch.stack([torch.block_diag(*blocks) for blocks in cholesky])
+    expected = mean + (torch.linalg.inv(dense_cholesky).transpose(-1, -2) @ noise.unsqueeze(-1)).squeeze(-1)
+    samples = gaussian_sample(mean, n_samples, precision, cholesky, noise=noise)
+    torch.testing.assert_close(samples, expected)
+    torch.testing.assert_close(mean + gaussian_offsets(noise, precision, cholesky), expected)
+    drawn = gaussian_sample(mean, n_samples, precision, cholesky, generator=torch.Generator().manual_seed(1))
+    assert drawn.shape == (n_samples, batch, latent)
+    with pytest.raises(ValueError, match="noise"):
+        gaussian_sample(mean, n_samples + 1, precision, cholesky, noise=noise)
+    with pytest.raises(TypeError, match="n_samples"):
+        gaussian_sample(mean, 2.0, precision, cholesky)
+
+
+def test_optional_hooks_are_declared_on_the_base():
+    """after_policy_update, add_trials, update_trial_model and reward_probabilities exist on every
+    belief; the base versions do nothing (callers use them without feature tests)."""
+    belief = RL2Belief(INPUT_DIM, hidden_size=HIDDEN, latent_dim=LATENT)
+    assert not belief.trains_on_trials
+    assert belief.after_policy_update(object()) is None
+    assert belief.add_trials(torch.zeros(2, 3, INPUT_DIM), torch.ones(2, 3)) == 0
+    assert belief.update_trial_model() == {}
+    assert belief.reward_probabilities(torch.zeros(LATENT)) is None
+    output, _ = belief.sequence(torch.randn(3, 2, INPUT_DIM), belief.initial_state(2), torch.zeros(3, 2))
+    mask = torch.tensor([True, False])
+    flat = output.apply(lambda value: value[0])
+    expected = belief.aux_loss(flat.apply(lambda value: value[mask]))
+    torch.testing.assert_close(belief.aux_loss_rows(flat, mask), expected)

@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import itertools
 
+import gymnasium as gym
 import pytest
 import torch
+from sb3_contrib import RecurrentPPO
 from torch.distributions import Independent, MultivariateNormal, Normal, kl_divergence
 
+import bayes_envs  # noqa: F401  (registers the envs)
 from bayes_agents.beliefs import COVARIANCES, VARIANTS, LaplaceBelief, RL2Belief, segmented_cumsum
+from bayes_agents.policies import LaplacePolicy
 
 INPUT_DIM, HIDDEN, LATENT, EMBED = 4, 6, 3, (7,)
 
@@ -313,3 +317,30 @@ def test_gradients_flow_through_the_mean_only():
         belief.latent_head.bias.grad, torch.full((LATENT,), 5.0 * steps * batch, dtype=torch.float64)
     )
     assert all(parameter.grad is not None for parameter in belief.parameters())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "argument"),
+    [
+        ({"damping": float("inf")}, "damping"),
+        ({"damping": 1e300}, "damping"),
+        ({"damping": float("nan")}, "damping"),
+        ({"negative_slope": float("nan")}, "negative_slope"),
+        ({"beta": float("inf")}, "beta"),
+        ({"jitter": float("nan")}, "jitter"),
+    ],
+)
+def test_laplace_policy_rejects_non_finite_and_out_of_range_hyper_parameters(kwargs, argument):
+    """These used to build, then gave NaN entropies and torch's "probability tensor contains inf/nan"."""
+    small = {"hidden_size": 8, "latent_dim": 2, "embed_sizes": (), "window": 1}
+    with pytest.raises(ValueError, match=argument):
+        RecurrentPPO(LaplacePolicy, gym.make("BayesGrid-v0"), policy_kwargs={**small, **kwargs}, device="cpu")
+
+
+def test_laplace_aux_loss_rows_equals_the_loss_of_the_rows():
+    belief = LaplaceBelief(5, hidden_size=8, latent_dim=3, embed_sizes=(), window=2)
+    output, _ = belief.sequence(torch.randn(4, 3, 5), belief.initial_state(3), torch.zeros(4, 3))
+    flat = output.apply(lambda value: value.flatten(0, 1))
+    mask = torch.arange(12) % 3 != 1
+    expected = belief.aux_loss(flat.apply(lambda value: value[mask]))
+    torch.testing.assert_close(belief.aux_loss_rows(flat, mask), expected)

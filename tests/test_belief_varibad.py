@@ -4,6 +4,7 @@ training, and the policy under BayesPPO (learn, save/load/predict)."""
 
 from __future__ import annotations
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -13,7 +14,9 @@ import bayes_envs
 from bayes_agents import BayesPPO
 from bayes_agents.beliefs import InputLayout
 from bayes_agents.beliefs.varibad import VariBADBelief, diagonal_gaussian_kl
+from bayes_agents.extractors import VariBADExtractor
 from bayes_agents.policies import VariBADPolicy
+from bayes_envs.wrappers import TrialHistoryWrapper
 
 GRID = InputLayout(obs_dim=2, action_dim=5, discrete_actions=True)
 SMALL = {"latent_dim": 3, "hidden_size": 8, "reward_decoder_sizes": (6,)}
@@ -338,11 +341,47 @@ def test_rl_loss_reaches_the_encoder_only_with_backprop_rl_loss() -> None:
         {"decodes_per_elbo": -2},
         {"reward_decoder_sizes": (8, 0)},
         {"state_decoder_sizes": (-1,)},
+        {"kl_weight": float("inf")},
+        {"vae_lr": float("nan")},
+        {"reward_threshold": float("nan")},
     ],
 )
 def test_bad_keywords_raise_value_error(kwargs) -> None:
     with pytest.raises(ValueError):
         VariBADBelief(GRID.input_dim, input_layout=GRID, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"latent_dim": 2.0},
+        {"kl_weight": "0.1"},
+        {"state_decoder": 1},
+        {"reward_decoder": None},
+        {"reward_decoder_inputs": "state"},
+        {"reward_decoder_sizes": 32},
+    ],
+)
+def test_wrong_types_raise_type_error(kwargs) -> None:
+    with pytest.raises(TypeError, match=next(iter(kwargs))):
+        VariBADBelief(GRID.input_dim, input_layout=GRID, **kwargs)
+
+
+def test_per_state_grid_size_must_match_the_observation() -> None:
+    """A per_state decoder sized for another grid than the env's is an error at construction (a larger
+    one used to train silently), from the layout's observation bounds."""
+    bounded = InputLayout(2, 5, True, obs_low=(0.0, 0.0), obs_high=(4.0, 4.0))  # a 5x5 grid
+    VariBADBelief(bounded.input_dim, input_layout=bounded, reward_decoder="per_state", grid_size=5)
+    for grid_size in (4, 7):
+        with pytest.raises(ValueError, match=rf"grid_size={grid_size} .* needs grid_size=5"):
+            VariBADBelief(
+                bounded.input_dim, input_layout=bounded, reward_decoder="per_state", grid_size=grid_size
+            )
+    # Through the extractor, whose layout comes from the observation space of a 7x7 grid.
+    space = TrialHistoryWrapper(gym.make("BayesGrid-v0", size=7), window=5).observation_space
+    with pytest.raises(ValueError, match=r"needs grid_size=7"):
+        VariBADExtractor(space, reward_decoder="per_state", grid_size=5, hidden_size=8, latent_dim=2)
+    VariBADExtractor(space, reward_decoder="per_state", grid_size=7, hidden_size=8, latent_dim=2)
 
 
 def test_bad_inputs_raise() -> None:

@@ -237,13 +237,25 @@ def test_from_rl2_keeps_the_rl2_mean_and_rejects_bad_arguments() -> None:
     [
         ({"covariance": "banded"}, "covariance"),
         ({"beta": -1.0}, "beta"),
-        ({"beta": "big"}, "beta"),
+        ({"beta": float("inf")}, "beta"),
         ({"log_variance_bound": 0.0}, "log_variance_bound"),
+        ({"log_variance_bound": float("nan")}, "log_variance_bound"),
+        ({"log_variance_bound": 100.0}, "log_variance_bound"),
         ({"hidden_size": 0}, "hidden_size"),
+        ({"negative_slope": float("nan")}, "negative_slope"),
     ],
 )
 def test_bad_kwargs_raise_value_error(kwargs, message) -> None:
     with pytest.raises(ValueError, match=message):
+        VRNNBelief(INPUT_DIM, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"beta": "big"}, "beta"), ({"covariance": None}, "covariance"), ({"hidden_size": 8.0}, "hidden_size")],
+)
+def test_wrong_types_raise_type_error(kwargs, message) -> None:
+    with pytest.raises(TypeError, match=message):
         VRNNBelief(INPUT_DIM, **kwargs)
 
 

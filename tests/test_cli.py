@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import pytest
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
 
+import bayes_envs
 from bayes_agents import experiment
 from bayes_agents.cli import build_parser, main
 from bayes_agents.methods import METHODS
@@ -34,6 +36,15 @@ TINY = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Train as ``bayes-rl train`` does (one torch thread): tiny networks only contend on more."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_config(method: str = "rl2", timesteps: int = 240, **extra: str) -> dict:
     assignments = TINY + [f"{key}={value}" for key, value in extra.items()]
     overrides = experiment.parse_overrides(assignments)
@@ -45,13 +56,32 @@ def set_args(*extra: str) -> list[str]:
     return [arg for assignment in (*TINY, *extra) for arg in ("--set", assignment)]
 
 
+@contextlib.contextmanager
+def captured_figures():
+    """The matplotlib figures saved inside the block, by file name (to read back what was drawn)."""
+    from matplotlib.figure import Figure
+
+    figures: dict[str, Figure] = {}
+    original = Figure.savefig
+
+    def spy(self, fname, *args, **kwargs):
+        figures[Path(fname).name] = self
+        return original(self, fname, *args, **kwargs)
+
+    Figure.savefig = spy
+    try:
+        yield figures
+    finally:
+        Figure.savefig = original
+
+
 def test_train_evaluate_plot_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
     status = main(
         ["train", ENV, "--method", "rl2", "-t", "180", "--out", str(run), "--no-progress", *set_args()]
     )
     assert status == 0
-    for name in ("config.json", "checkpoint.pkl", "model.zip", "metrics.jsonl", "evaluation.json"):
+    for name in ("config.json", "checkpoint.pt", "model.zip", "metrics.jsonl", "evaluation.json"):
         assert (run / name).is_file(), name
     config = json.loads((run / "config.json").read_text())
     assert config["ppo"]["n_steps"] == 15 and config["policy"]["embed_sizes"] == [8]
@@ -86,10 +116,32 @@ def test_train_evaluate_plot_end_to_end(tmp_path: Path, capsys: pytest.CaptureFi
 
     pytest.importorskip("matplotlib")
     plots = tmp_path / "plots"
-    assert main(["plot", str(run), "--out", str(plots)]) == 0
+    with captured_figures() as figures:
+        assert main(["plot", str(run), "--out", str(plots)]) == 0
     written = {path.name for path in plots.glob("*.png")}
-    assert {"learning_curves.png", "inner_episode_returns.png"} <= written
+    assert {"learning_curves.png", "inner_episode_returns.png"} <= written == set(figures)
     assert all(path.stat().st_size > 1000 for path in plots.glob("*.png"))
+    # The drawn data are the run's: the meta-test curve from evaluations.jsonl, references from
+    # evaluation.json (per trial: the sum over inner episodes; per inner episode: the values).
+    (curves,) = figures["learning_curves.png"].axes
+    lines = {line.get_label(): line for line in curves.get_lines()}
+    agent = next(line for label, line in lines.items() if label.startswith("rl2"))
+    np.testing.assert_array_equal(agent.get_xdata(), [0, 120])
+    np.testing.assert_allclose(agent.get_ydata(), [r["trial_return_mean"] for r in evaluations])
+    references = {name: summary["episode_return_mean"] for name, summary in report["references"].items()}
+    references.update(report["exact"])
+    assert set(references) <= set(lines)
+    for name, values in references.items():
+        np.testing.assert_allclose(lines[name].get_ydata(), sum(values))
+    (per_episode,) = figures["inner_episode_returns.png"].axes
+    lines = {line.get_label(): line for line in per_episode.get_lines()}
+    (errorbar,) = per_episode.containers  # the agent's points (mean, CI over seeds)
+    assert errorbar.get_label().startswith("rl2")
+    agent = errorbar.lines[0]
+    np.testing.assert_array_equal(agent.get_xdata(), [1, 2, 3, 4])
+    np.testing.assert_allclose(agent.get_ydata(), report["agent"]["episode_return_mean"])
+    for name, values in references.items():
+        np.testing.assert_allclose(lines[name].get_ydata(), values)
 
 
 class _CtrlCAt(BaseCallback):
@@ -126,10 +178,19 @@ def test_resume_gives_the_uninterrupted_run(tmp_path: Path, method: str, stop: s
     whole = experiment.train(config, tmp_path / "whole", show_progress=False)
     assert whole.finished and whole.num_timesteps == 240
     if stop == "ctrl-c":
-        # Ctrl-C during the second update: it finishes, checkpoints at 120 steps and stops.
-        first = experiment.train(config, tmp_path / "split", show_progress=False, callbacks=[_CtrlCAt(70)])
-        assert first.interrupted
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        # Ctrl-C during the second update: it finishes, checkpoints at 120 steps and stops. The test may
+        # start with SIGINT ignored (nohup, a background job): install Python's handler for the test,
+        # then check that train() puts back whatever handler was installed before it.
+        before = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            installed = signal.getsignal(signal.SIGINT)
+            first = experiment.train(
+                config, tmp_path / "split", show_progress=False, callbacks=[_CtrlCAt(70)]
+            )
+            assert first.interrupted
+            assert signal.getsignal(signal.SIGINT) is installed
+        finally:
+            signal.signal(signal.SIGINT, before)
     else:
         first = experiment.train(config, tmp_path / "split", show_progress=False, pause_at=100)
     assert not first.finished and first.num_timesteps == 120
@@ -152,7 +213,7 @@ def test_resume_with_another_config_or_without_checkpoint_fails(tmp_path: Path) 
     experiment.train(tiny_config(timesteps=60), run, show_progress=False)
     with pytest.raises(experiment.ConfigError, match=r"ppo\.gamma: 0\.95 -> 0\.9"):
         experiment.train(tiny_config(timesteps=120, **{"ppo.gamma": "0.9"}), run, resume=True)
-    with pytest.raises(experiment.RunDirectoryError, match=r"no checkpoint\.pkl"):
+    with pytest.raises(experiment.RunDirectoryError, match=r"no checkpoint\.pt"):
         experiment.train(tiny_config(), tmp_path / "empty", resume=True)
     # a longer budget is a valid resume: training continues from the checkpoint
     longer = experiment.train(tiny_config(timesteps=120), run, resume=True, show_progress=False)
@@ -257,13 +318,13 @@ def test_checkpoint_writes_are_atomic(tmp_path: Path, monkeypatch: pytest.Monkey
     # A checkpoint that fails while being written leaves the previous checkpoint as it was.
     run = tmp_path / "run"
     result = experiment.train(tiny_config(timesteps=60), run, show_progress=False)
-    checkpoint = run / "checkpoint.pkl"
+    checkpoint = run / "checkpoint.pt"
     before = checkpoint.read_bytes()
 
     def failing_fsync(fd: int) -> None:
         raise OSError("I/O error")
 
-    monkeypatch.setattr(experiment.os, "fsync", failing_fsync)
+    monkeypatch.setattr(os, "fsync", failing_fsync)
     with pytest.raises(OSError, match="I/O error"):
         experiment.save_checkpoint(checkpoint, result.model, result.model and tiny_config(timesteps=60), {})
     monkeypatch.undo()
@@ -353,16 +414,25 @@ def test_varibad_run_records_and_plots_the_per_cell_belief(tmp_path: Path) -> No
     assert cells.shape == (60, 5, 5)  # one 5×5 map per step of the 60-step trial
     # The maps are the decoder's probabilities at the posterior means of the first test trial.
     model = experiment.load_model(run)
-    venv = experiment.bayes_envs.make_vec(ENV, 1, seed=report["config"]["eval_seed"], monitor=False)
+    venv = bayes_envs.make_vec(ENV, 1, seed=report["config"]["eval_seed"], monitor=False)
     observation, state, start = venv.reset(), None, np.ones(1, bool)
     for step in range(60):
         action, state = model.predict(observation, state=state, episode_start=start, deterministic=True)
         mean = model.policy.last_belief_output.mean[0]
-        expected = model.policy.belief.reward_probabilities(mean).view(5, 5).detach().numpy()
+        with torch.no_grad():  # predict() may act under inference mode
+            expected = model.policy.belief.reward_probabilities(mean).view(5, 5).numpy()
         np.testing.assert_allclose(cells[step], expected, rtol=1e-5, atol=1e-6)
         observation, _, _, _ = venv.step(action)
         start = np.zeros(1, bool)
     pytest.importorskip("matplotlib")
     plots = tmp_path / "plots"
-    assert main(["plot", str(run), "--out", str(plots)]) == 0
+    with captured_figures() as figures:
+        assert main(["plot", str(run), "--out", str(plots)]) == 0
     assert (plots / "grid_belief.png").stat().st_size > 1000
+    # Eight snapshots over the trial, each the recorded 5×5 map (x right, y up: the transpose).
+    panels = figures["grid_belief.png"].axes
+    steps = np.linspace(0, 59, 8).astype(int)
+    assert [ax.get_title() for ax in panels] == [f"t = {step}" for step in steps]
+    for ax, step in zip(panels, steps, strict=True):
+        (image,) = ax.get_images()
+        np.testing.assert_allclose(np.asarray(image.get_array()), cells[step].T)

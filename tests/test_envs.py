@@ -1,4 +1,5 @@
-"""Exact checks of the three core environments against their specification (DESIGN.md §1)."""
+"""Exact checks of the three core environments against their specification
+(docs/specification.md#environments)."""
 
 from __future__ import annotations
 
@@ -314,7 +315,7 @@ def test_bad_actions_and_order_raise() -> None:
     with pytest.raises(RuntimeError, match="reset"):
         env.step(0)
     env.reset(seed=0)
-    for bad in (5, -1, 1.5, np.array([0, 1])):
+    for bad in (5, -1, np.array([0, 1])):
         with pytest.raises(ValueError, match="action"):
             env.step(bad)
     with pytest.raises(ValueError, match="goal"):
@@ -331,6 +332,89 @@ def test_bad_actions_and_order_raise() -> None:
     venv.reset()
     with pytest.raises(ValueError, match="action"):
         venv.step(np.array([0, 1, 2, 7]))
+
+
+def test_discrete_actions_must_be_integers_not_floats_bools_or_strings() -> None:
+    for env_id in ("BayesGrid-v0", "BayesBandit-v0"):
+        env = gym.make(env_id).unwrapped
+        env.reset(seed=0)
+        for bad in (2.0, 1.5, np.float32(2), np.array(2.0), True, np.bool_(True), "2"):
+            with pytest.raises(TypeError, match="discrete actions must be integers"):
+                env.step(bad)
+        env.step(2)  # ints and integer arrays of any width still work
+        env.step(np.int8(1))
+    venv = bayes_envs.make_vec("BayesGrid-v0", 3, seed=0)
+    venv.reset()
+    with pytest.raises(TypeError, match="integers"):
+        venv.step(np.array([0.0, 1.0, 2.0]))
+    venv.step(np.array([0, 1, 2], np.int32))
+
+
+def test_continuous_actions_must_be_real_numbers() -> None:
+    env = gym.make("FourierRegression-v0").unwrapped
+    env.reset(seed=0)
+    for bad in ("0.1", np.array(["0.1"]), 1 + 0j, np.array([0.1 + 0j]), True, np.array([None])):
+        with pytest.raises(TypeError, match="real numbers"):
+            env.step(bad)
+    for good in (0.1, np.float32(-0.2), np.array([0.3]), 0):
+        env.step(good)
+    venv = bayes_envs.make_vec("FourierRegression-v0", 2, seed=0)
+    venv.reset()
+    with pytest.raises(TypeError, match="real numbers"):
+        venv.step(np.array([["0.1"], ["0.2"]]))
+
+
+def test_make_vec_seed_must_be_a_non_negative_int() -> None:
+    for bad in (True, "0", 1.0, [0]):
+        with pytest.raises(TypeError, match="seed"):
+            bayes_envs.make_vec("BayesGrid-v0", 2, seed=bad)
+    with pytest.raises(ValueError, match="seed"):
+        bayes_envs.make_vec("BayesGrid-v0", 2, seed=-1)
+    venv = bayes_envs.make_vec("BayesGrid-v0", 2, seed=np.int64(3), monitor=False)
+    same = bayes_envs.make_vec("BayesGrid-v0", 2, seed=3, monitor=False)
+    assert venv.reset()["obs"].tolist() == same.reset()["obs"].tolist() and venv.tasks == same.tasks
+    with pytest.raises(TypeError, match="seed"):
+        venv.seed("0")
+
+
+def test_reward_constants_whose_trial_sum_overflows_are_rejected() -> None:
+    # 60 steps per trial by default: |reward|·60 must stay below float32's 3.4e38.
+    for kwargs in ({"step_reward": 1e308}, {"goal_reward": 1e37}, {"step_reward": -1e37}):
+        with pytest.raises(ValueError, match=next(iter(kwargs))):
+            gym.make("BayesGrid-v0", **kwargs)
+    with pytest.raises(ValueError, match="step_reward"):  # fine for 60 steps, not for 6000
+        gym.make("BayesGrid-v0", step_reward=1e36, episode_length=1500)
+    env = gym.make("BayesGrid-v0", goal_reward=5e36, step_reward=-5e36)
+    env.reset(seed=0)
+    total, done = 0.0, False
+    while not done:
+        _, reward, done, _, info = env.step(1)
+        assert np.isfinite(reward)
+        total += reward
+        if info["inner_done"]:
+            assert np.isfinite(info["inner_return"])
+    assert np.isfinite(np.float32(total)) and np.isfinite(env.observation_space["prev_reward"].high).all()
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_env_constructor_constants_are_the_batch_declarations(env_id: str) -> None:
+    import inspect
+
+    from bayes_envs.core import batch_constants
+
+    env_class = type(gym.make(env_id).unwrapped)
+    parameters = inspect.signature(env_class.__init__).parameters
+    assert list(parameters)[:3] == ["self", "render_mode", "rl2_inputs"]
+    declared = {name: p.default for name, p in batch_constants(env_class.batch_class).items()}
+    assert {name: p.default for name, p in list(parameters.items())[3:]} == declared
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in list(parameters.values())[3:])
+    assert "split" in declared and len(declared) >= 4
+    with pytest.raises(TypeError, match="unexpected keyword argument 'not_a_constant'"):
+        gym.make(env_id, not_a_constant=1)
+    # The defaults are the batch's: an env built with them explicitly equals the default env.
+    explicit = gym.make(env_id, **declared).unwrapped
+    default = gym.make(env_id).unwrapped
+    assert explicit.reset(seed=4)[1]["task"] == default.reset(seed=4)[1]["task"]
 
 
 # ----------------------------------------------------------------------------- rendering

@@ -34,7 +34,8 @@ TASK_PAIRS = {
 def expected_reward(
     env_id: str, task, action: np.ndarray, info: dict, x_before: float, y_before: float, dt: float
 ):
-    """The DESIGN.md reward of a step, from positions before/after and the env's contact forces term."""
+    """The reward of a step as specified (docs/specification.md#mujoco), from positions before/after
+    and the env's contact forces term."""
     v_x = (info["x_position"] - x_before) / dt
     v_y = (info["y_position"] - y_before) / dt
     control = float(np.sum(np.square(action)))
@@ -228,6 +229,41 @@ def test_bad_constants_and_tasks_are_rejected() -> None:
     env.reset(seed=0)
     with pytest.raises(ValueError, match="action"):
         env.step(np.full(6, 2.0, np.float32))
+    with pytest.raises(TypeError, match="real numbers"):
+        env.step(np.full(6, "0.1"))
+
+
+def test_reward_constants_whose_trial_sum_overflows_are_rejected() -> None:
+    # A reward term's largest value per step, times the 400 steps of a trial, must fit in float32.
+    for env_id, kwargs in [
+        ("HalfCheetahVel-v0", {"ctrl_cost_weight": 1e300}),  # times ‖a‖² <= 6
+        ("AntDir-v0", {"healthy_reward": 1e308}),
+        ("AntGoal-v0", {"contact_cost_weight": 1e37}),
+    ]:
+        with pytest.raises(ValueError, match=next(iter(kwargs))):
+            gym.make(env_id, **kwargs)
+    gym.make("AntDir-v0", healthy_reward=1e30).close()  # large but finite over the trial
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_constructor_constants_are_declared_once_by_the_batch(env_id: str) -> None:
+    import inspect
+
+    from bayes_envs.core import batch_constants
+
+    env = gym.make(env_id).unwrapped
+    parameters = list(inspect.signature(type(env).__init__).parameters.values())
+    declared = batch_constants(env.batch_class)
+    assert [p.name for p in parameters[:3]] == ["self", "render_mode", "rl2_inputs"]
+    assert {p.name: p.default for p in parameters[3:]} == {name: p.default for name, p in declared.items()}
+    # The documented defaults (VariBAD's settings) are what the env runs with.
+    defaults = {name: p.default for name, p in declared.items()}
+    assert defaults["episode_length"] == 200 and defaults["episodes_per_trial"] == 2
+    batch = env.batch
+    for name in ("ctrl_cost_weight", "reset_noise_scale"):
+        assert getattr(batch, name) == defaults[name]
+    with pytest.raises(TypeError, match="unexpected keyword argument 'velocity'"):
+        gym.make(env_id, velocity=1.0)
 
 
 class ConstantPolicy:

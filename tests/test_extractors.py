@@ -159,6 +159,19 @@ def test_given_belief_is_copied_and_checked() -> None:
         RL2Extractor(gym.make("BayesGrid-v0", rl2_inputs=False).observation_space, **SMALL)
 
 
+class SpyingAuxLossCallback(BeliefAuxLossCallback):
+    """Counts the rollout ends at which the callback's own updates changed a belief parameter."""
+
+    updates_that_changed_the_belief = 0
+
+    def _on_rollout_end(self) -> None:
+        parameters = [p for e in self.extractors for p in e.belief.parameters()]
+        before = [p.detach().clone() for p in parameters]
+        super()._on_rollout_end()
+        if any(not torch.equal(old, new.detach()) for old, new in zip(before, parameters, strict=True)):
+            self.updates_that_changed_the_belief += 1
+
+
 @pytest.mark.parametrize(
     ("algorithm", "env_id", "extractor", "kwargs", "algorithm_kwargs"),
     [
@@ -185,11 +198,29 @@ def test_stock_algorithms_learn_with_the_callback(
     )
     extractors = belief_extractors(model.policy)
     assert len(extractors) == (2 if algorithm in (SAC, TD3) else 1)  # targets are skipped
-    before = [torch.cat([p.detach().flatten() for p in e.belief.parameters()]).clone() for e in extractors]
-    callback = BeliefAuxLossCallback(batch_size=8, model_update_interval=4)
-    model.learn(128 if algorithm is A2C else 64, callback=callback)
-    after = [torch.cat([p.detach().flatten() for p in e.belief.parameters()]) for e in extractors]
+
+    def beliefs(policy) -> list[torch.Tensor]:
+        return [
+            torch.cat([p.detach().flatten() for p in e.belief.parameters()]).clone()
+            for e in belief_extractors(policy)
+        ]
+
+    # The same run without the callback, from the same initial weights and seed.
+    plain = copy.deepcopy(model)
+    before = beliefs(model.policy)
+    callback = SpyingAuxLossCallback(batch_size=8, model_update_interval=4)
+    steps = 128 if algorithm is A2C else 64
+    model.set_random_seed(0)  # the same global random streams for both runs
+    model.learn(steps, callback=callback)
+    plain.set_random_seed(0)
+    plain.learn(steps)
+    after, without = beliefs(model.policy), beliefs(plain.policy)
     assert all(not torch.equal(old, new) for old, new in zip(before, after, strict=True))
+    # The callback itself changed the belief (its auxiliary loss or VAE updates, at rollout ends) ...
+    assert callback.updates_that_changed_the_belief > 0
+    # ... and training with it ends with other belief parameters than training without it.
+    for on, off in zip(after, without, strict=True):
+        assert (on - off).abs().max() > 1e-6
     action, _ = model.predict(env.reset(), deterministic=True)
     assert action.shape[0] == 2
     if extractor is VariBADExtractor:

@@ -146,26 +146,27 @@ def test_bayes_ppo_minibatches_with_rollout_terms_equal_recompute(kwargs, precis
     assert model.rollout_buffer.episode_starts[1:].any()
     policy = model.policy
     parameters = [p for p in policy.parameters() if p.requires_grad]
-    stock_evaluate = policy.evaluate_actions
+    stock_evaluate = policy.evaluate_minibatch
     compared = []
 
-    def evaluate_both(obs, actions, lstm_states, episode_starts):
-        assert policy._minibatch_cache is not None
+    def evaluate_both(obs, actions, lstm_states, episode_starts, cache=None):
+        assert cache is not None
+        mask = torch.zeros(len(episode_starts), dtype=torch.bool).index_fill_(0, cache.valid, True)
         calls = len(precision_calls)
-        cached = stock_evaluate(obs, actions, lstm_states, episode_starts)
+        cached = stock_evaluate(obs, actions, lstm_states, episode_starts, cache)
         assert len(precision_calls) == calls, "the cached path recomputed the Jacobian precision"
-        cached_output, cached_aux = policy.last_belief_output, policy._pending_aux_loss
         recomputed = stock_evaluate(obs, actions, lstm_states, episode_starts)
         assert len(precision_calls) == calls + 1
-        recomputed_output = policy.last_belief_output
-        mask = policy._loss_mask
-        for got, expected in zip(cached, recomputed, strict=True):
+        cached_output, recomputed_output = cached[3], recomputed[3]
+        for got, expected in zip(cached[:3], recomputed[:3], strict=True):
             torch.testing.assert_close(got[mask], expected[mask])
         for name in ("mean", "entropy", "kl_to_previous"):
             expected = getattr(recomputed_output, name)
             torch.testing.assert_close(getattr(cached_output, name)[mask], expected[mask], msg=name)
         assert cached_output.precision is None and cached_output.precision_cholesky is None  # not formed
-        torch.testing.assert_close(cached_aux, policy._pending_aux_loss)
+        cached_aux = policy._masked_aux_loss(cached_output, mask)
+        recomputed_aux = policy._masked_aux_loss(recomputed_output, mask)
+        torch.testing.assert_close(cached_aux, recomputed_aux)
 
         def gradients(evaluated, aux):
             loss = evaluated[1][mask].sum() + evaluated[0].flatten()[mask].sum() + aux
@@ -173,21 +174,19 @@ def test_bayes_ppo_minibatches_with_rollout_terms_equal_recompute(kwargs, precis
             return [torch.zeros_like(p) if g is None else g for p, g in zip(parameters, grads, strict=True)]
 
         for got, expected in zip(
-            gradients(cached, cached_aux), gradients(recomputed, policy._pending_aux_loss), strict=True
+            gradients(cached, cached_aux), gradients(recomputed, recomputed_aux), strict=True
         ):
             torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
         compared.append(int(mask.sum()))
-        policy._pending_aux_loss = cached_aux  # train on the cached path
-        return cached
+        return cached  # train on the cached path
 
-    policy.evaluate_actions = evaluate_both
+    policy.evaluate_minibatch = evaluate_both
     policy.optimizer.step = lambda *args, **kwargs: None  # unchanged weights in every minibatch
     real_train()
     real_train()  # again on the same buffer, whose arrays get() has now flattened env-major
     assert sum(compared) == 2 * 2 * 360  # every buffered step, in both epochs of both updates
-    assert policy._minibatch_cache is None
-    # train() gave the buffer back as it found it: the stock sampler replays the rollout exactly.
-    del policy.evaluate_actions
+    del policy.evaluate_minibatch
+    # The buffer's minibatches replay the rollout exactly (stock evaluate_actions, recomputed terms).
     replayed = 0
     for data in model.rollout_buffer.get(100):
         mask = data.mask > 0

@@ -118,12 +118,10 @@ def test_bayes_ppo_adds_exactly_the_auxiliary_gradient() -> None:
     np.random.seed(0)
     data = next(model.rollout_buffer.get(240))
     optimizer.zero_grad()
-    model.policy._loss_mask = data.mask > 0
-    model.policy.evaluate_actions(
-        data.observations, data.actions.long().flatten(), data.lstm_states, data.episode_starts
+    *_, output = model.policy.evaluate_minibatch(
+        data.observations, data.actions.long().flatten(), data.lstm_states.pi, data.episode_starts
     )
-    aux = model.policy._pending_aux_loss
-    model.policy._loss_mask = model.policy._pending_aux_loss = None
+    aux = model.policy._masked_aux_loss(output, data.mask > 0)
     assert aux.item() > 0
     aux.backward()
     for p, g_aux, g_stock, g_bayes in zip(params, [p.grad for p in params], stock, with_aux, strict=True):

@@ -57,8 +57,10 @@ def rollout(policy, goals, size, length, episodes, prefix_actions=(), on_step=No
     returns = np.zeros((batch, episodes))
     for step in range(length * episodes):
         observation = {
-            "obs": positions.astype(np.float32), "prev_action": prev_action.copy(),
-            "prev_reward": prev_reward.copy(), "new_episode": new_episode.copy(),
+            "obs": positions.astype(np.float32),
+            "prev_action": prev_action.copy(),
+            "prev_reward": prev_reward.copy(),
+            "new_episode": new_episode.copy(),
         }
         actions = np.asarray(policy.act(observation, trial_start, tasks))
         assert actions.shape == (batch,) and ((actions >= 0) & (actions < 5)).all()
@@ -112,10 +114,12 @@ def brute_force_open_loop(size, length, episodes) -> float:
         values = known_goal_values(size, length, episodes, goal)
         hit = (visits == goal).all(axis=2)
         first = np.where(hit.any(axis=1), hit.argmax(axis=1), -1)  # 0-based step index
-        after = np.array([
-            values[s + 1, 0, 0] if (s + 1) % length == 0 else values[s + 1, goal[0], goal[1]]
-            for s in range(horizon)
-        ])
+        after = np.array(
+            [
+                values[s + 1, 0, 0] if (s + 1) % length == 0 else values[s + 1, goal[0], goal[1]]
+                for s in range(horizon)
+            ]
+        )
         found_return = STEP * first + GOAL + after[np.maximum(first, 0)]
         total += np.where(first >= 0, found_return, STEP * horizon)
     return float(total.max() / len(all_goals(size)))
@@ -294,8 +298,10 @@ def test_posterior_sampling_first_target_is_uniform():
     policy = GridPosteriorSampling(seed=4)
     batch = 21 * 400
     observation = {
-        "obs": np.zeros((batch, 2), np.float32), "prev_action": np.zeros((batch, 5), np.float32),
-        "prev_reward": np.zeros((batch, 1), np.float32), "new_episode": np.ones((batch, 1), np.float32),
+        "obs": np.zeros((batch, 2), np.float32),
+        "prev_action": np.zeros((batch, 5), np.float32),
+        "prev_reward": np.zeros((batch, 1), np.float32),
+        "new_episode": np.ones((batch, 1), np.float32),
     }
     policy.act(observation, np.ones(batch, bool), [Task((4, 4))] * batch)
     counts = np.bincount(policy.target, minlength=21)
@@ -332,17 +338,25 @@ def test_function_validation_and_size_limit():
 def test_inconsistent_inputs_are_rejected():
     policy = GridBayesOptimal(4, 3, 2)
     observation = {
-        "obs": np.zeros((2, 2), np.float32), "prev_action": np.zeros((2, 5), np.float32),
-        "prev_reward": np.zeros((2, 1), np.float32), "new_episode": np.ones((2, 1), np.float32),
+        "obs": np.zeros((2, 2), np.float32),
+        "prev_action": np.zeros((2, 5), np.float32),
+        "prev_reward": np.zeros((2, 1), np.float32),
+        "new_episode": np.ones((2, 1), np.float32),
     }
     tasks = [Task((3, 3))] * 2
     policy.act(observation, np.ones(2, bool), tasks)
     with pytest.raises(ValueError, match="batch size"):
         policy.act({k: np.concatenate([v, v]) for k, v in observation.items()}, np.zeros(4, bool), tasks * 2)
-    moved_up = dict(observation, prev_action=np.eye(5, dtype=np.float32)[[1, 1]],
-                    prev_reward=np.full((2, 1), -0.1, np.float32))
+    moved_up = dict(
+        observation,
+        prev_action=np.eye(5, dtype=np.float32)[[1, 1]],
+        prev_reward=np.full((2, 1), -0.1, np.float32),
+    )
     with pytest.raises(ValueError, match="new_episode"):
         policy.act(moved_up, np.zeros(2, bool), tasks)  # claims a new inner episode after one step
     with pytest.raises(ValueError, match="dynamics"):  # up from (0, 0) cannot reach (1, 1)
-        policy.act(dict(moved_up, new_episode=np.zeros((2, 1), np.float32), obs=np.ones((2, 2), np.float32)),
-                   np.zeros(2, bool), tasks)
+        policy.act(
+            dict(moved_up, new_episode=np.zeros((2, 1), np.float32), obs=np.ones((2, 2), np.float32)),
+            np.zeros(2, bool),
+            tasks,
+        )

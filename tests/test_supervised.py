@@ -64,33 +64,66 @@ def test_regression_inputs_pair_each_query_with_the_previous_point() -> None:
     [
         ("rnn", {}),
         ("vrnn", {"covariance": "full"}),
+        ("vrnn", {"covariance": "diag"}),
         ("laplace", {"variant": "sum_precision", "covariance": "diag"}),
     ],
 )
-def test_monte_carlo_cross_entropy_matches_direct_computation(kind, options) -> None:
-    model = make_regression_model(kind, 0, **TINY, **options).double()
+def test_monte_carlo_cross_entropy_matches_the_closed_form_predictive(kind, options) -> None:
+    """With a linear head ``g([z, x]) = wᵀz + a·x + c`` and the posterior ``q_t = N(μ_t, Λ_t⁻¹)``, the
+    predictive is Gaussian in closed form, ``N(y; wᵀμ_t + a·x_t + c, σ² + wᵀΛ_t⁻¹w)`` (``σ²`` alone for a
+    point estimate): the Monte Carlo cross-entropy (sampling, head, log-mean-exp) must converge to
+    its negative log-density, and the squared error to that of its mean."""
+    model = make_regression_model(kind, 0, **{**TINY, "head_sizes": ()}, **options).double()
+    w, a, c, log_std = torch.tensor([0.6, -0.4, 0.5], dtype=torch.float64), 0.8, -0.3, -0.7
     with torch.no_grad():
-        model.log_std.fill_(-0.7)
+        (linear,) = model.head
+        linear.weight.copy_(torch.cat([w, torch.tensor([a], dtype=torch.float64)])[None])
+        linear.bias.fill_(c)
+        model.log_std.fill_(log_std)
     xs, ys = sample_fourier_data(2, 4, np.random.default_rng(3))
     inputs, targets = (value.double() for value in regression_inputs(xs, ys))
+    with torch.no_grad():
+        output = model.beliefs(inputs)
+    n_samples = 40_000 if output.is_distribution else 1
     statistics = model.predictive_statistics(
-        inputs, targets, n_samples=5, generator=torch.Generator().manual_seed(7)
+        inputs, targets, n_samples=n_samples, generator=torch.Generator().manual_seed(7)
     )
-    output = model.beliefs(inputs)
+    # The closed form, from the posterior's mean and precision only (numpy).
+    mu = output.mean.detach().numpy()
+    queries, y = inputs[..., 0].numpy(), targets.numpy()
+    mean = mu @ w.numpy() + a * queries + c
+    spread = np.zeros_like(mean)
     if output.is_distribution:
-        latents = model.belief.sample(output, 5, generator=torch.Generator().manual_seed(7))
-    else:
-        latents = output.mean.unsqueeze(0)
-    sigma = math.exp(-0.7)
-    for t in range(4):
-        for b in range(2):
-            densities = []
-            for latent in latents[:, t, b]:
-                mean = float(model.head(torch.cat([latent, inputs[t, b, :1]])).detach())
-                densities.append(stats.norm.pdf(float(targets[t, b]), loc=mean, scale=sigma))
-            expected = -math.log(np.mean(densities))
-            assert float(statistics["cross_entropy"][t, b]) == pytest.approx(expected, rel=1e-9, abs=1e-9)
-    assert ("entropy" in statistics) == output.is_distribution
+        precision = output.precision.detach().numpy()
+        if precision.ndim == mu.ndim + 1:  # full [T, B, L, L]
+            covariance_w = np.linalg.solve(precision, np.broadcast_to(w.numpy(), mu.shape)[..., None])[..., 0]
+        else:  # diagonal [T, B, L]
+            covariance_w = w.numpy() / precision
+        spread = covariance_w @ w.numpy()
+    sigma2 = math.exp(2 * log_std)
+
+    def negative_log_density(variance):
+        return 0.5 * np.log(2 * np.pi * variance) + (y - mean) ** 2 / (2 * variance)
+
+    expected = negative_log_density(sigma2 + spread)
+    if not output.is_distribution:
+        np.testing.assert_allclose(statistics["cross_entropy"].numpy(), expected, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(statistics["squared_error"].numpy(), (mean - y) ** 2, rtol=1e-12)
+        return
+    # The posterior spread matters here (as much as σ² or more), so a sampler that ignored it would fail.
+    assert (spread > sigma2).all()
+    # Tolerances of five Monte Carlo standard errors, also in closed form: the density
+    # d = N(y; wᵀz + a·x + c, σ²) has E[d²] = N(y; ·, σ²/2 + wᵀΣw) / (2σ√π), and the mean's
+    # estimate has standard deviation sqrt(wᵀΣw / m).
+    second_moment = np.exp(-negative_log_density(sigma2 / 2 + spread)) / (2 * math.sqrt(sigma2 * math.pi))
+    relative_error = np.sqrt(second_moment / np.exp(-expected) ** 2 - 1) / math.sqrt(n_samples)
+    cross_entropy = statistics["cross_entropy"].numpy()
+    assert (np.abs(cross_entropy - expected) <= 5 * relative_error).all()
+    mean_error = 5 * np.sqrt(spread / n_samples)
+    squared_error = statistics["squared_error"].numpy()
+    bound = 2 * np.abs(mean - y) * mean_error + mean_error**2
+    assert (np.abs(squared_error - (mean - y) ** 2) <= bound).all()
+    assert np.abs(expected - negative_log_density(sigma2)).max() > 0.3
 
 
 @pytest.mark.parametrize(

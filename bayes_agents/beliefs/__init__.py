@@ -12,21 +12,28 @@
 
 All share the :class:`Belief` interface (flat ``[B, state_size]`` state, zeros = prior, SB3
 ``episode_start`` semantics) and return a :class:`BeliefOutput`.
+
+Each belief module ends with one :func:`register_belief` call (:mod:`.registry`), from which the
+policy class, the ``BayesPPO`` alias, the features extractor and the CLI method are derived. A new
+belief: its module (a :class:`Belief` subclass and its registration), imported below.
 """
 
-from .base import Belief, BeliefOutput, InputLayout, RunningNormalizer, StateLayout
+from .base import Belief, BeliefOutput, InputLayout, RunningNormalizer, StateLayout, observation_bounds
 from .glibrl import GLiBRLBelief, GLiBRLOutput, NIGPosterior
 from .laplace import COVARIANCES, VARIANTS, LaplaceBelief, segmented_cumsum
+from .registry import BELIEFS, BeliefSpec, get_belief_spec, on_register, register_belief
 from .rl2 import RNN_TYPES, RL2Belief
 from .varibad import VariBADBelief
 from .vrnn import VRNNBelief, cayley, spectral_gaussian_kl
 
 __all__ = [
+    "BELIEFS",
     "COVARIANCES",
     "RNN_TYPES",
     "VARIANTS",
     "Belief",
     "BeliefOutput",
+    "BeliefSpec",
     "GLiBRLBelief",
     "GLiBRLOutput",
     "InputLayout",
@@ -38,6 +45,10 @@ __all__ = [
     "VRNNBelief",
     "VariBADBelief",
     "cayley",
+    "get_belief_spec",
+    "observation_bounds",
+    "on_register",
+    "register_belief",
     "segmented_cumsum",
     "spectral_gaussian_kl",
 ]

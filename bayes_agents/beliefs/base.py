@@ -14,15 +14,26 @@ Conventions shared by all beliefs:
   environments of this package an SB3 episode is a trial, so the belief forgets the previous task.
 * ``step`` is ``sequence`` with ``T = 1``; subclasses implement ``sequence`` only, and ``sequence``
   must equal a loop of ``step`` calls (resets included).
+* Optional hooks are declared (and documented) on :class:`Belief` with do-nothing defaults, so callers
+  use them directly: :meth:`Belief.after_policy_update`, :meth:`Belief.add_trials` and
+  :meth:`Belief.update_trial_model` (capability :attr:`Belief.trains_on_trials`),
+  :meth:`Belief.reward_probabilities` (None without a per-head reward decoder) and
+  :meth:`Belief.aux_loss_rows`.
+* Shared helpers: Gaussian posteriors are sampled by :func:`gaussian_sample` (diagonal, full or
+  block-diagonal precision); hyper-parameters are checked by :func:`check_int`, :func:`check_real`,
+  :func:`check_choice`, :func:`check_bools` and :func:`check_sizes`, with one convention:
+  ``TypeError`` for a wrong type, ``ValueError`` for a wrong value (NaN, ±inf, out of range), the
+  message naming the argument and what it allows.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -77,11 +88,16 @@ class InputLayout:
     :param obs_dim: flat size of ``obs`` (first in ``x_t``).
     :param action_dim: flat size of ``prev_action`` (one-hot for discrete actions).
     :param discrete_actions: whether ``prev_action`` is a one-hot of a ``Discrete`` action.
+    :param obs_low, obs_high: the bounds of each flat ``obs`` entry when the observation space is
+        a bounded ``Box`` (see :func:`observation_bounds`), else None; beliefs that interpret the
+        observation (VariBAD's ``per_state`` decoder: grid coordinates) check themselves against them.
     """
 
     obs_dim: int
     action_dim: int
     discrete_actions: bool
+    obs_low: tuple[float, ...] | None = None
+    obs_high: tuple[float, ...] | None = None
 
     @property
     def input_dim(self) -> int:
@@ -96,6 +112,19 @@ class InputLayout:
         obs = inputs[..., : self.obs_dim]
         action = inputs[..., self.obs_dim : self.obs_dim + self.action_dim]
         return obs, action, inputs[..., -2], inputs[..., -1]
+
+
+def observation_bounds(space: Any) -> dict[str, tuple[float, ...] | None]:
+    """``{"obs_low": .., "obs_high": ..}`` of a gymnasium ``Box`` observation space, flattened, for
+    :class:`InputLayout` (``InputLayout(obs_dim, action_dim, discrete, **observation_bounds(space))``);
+    None for other spaces or unbounded entries."""
+    low, high = getattr(space, "low", None), getattr(space, "high", None)
+    if low is None or high is None:
+        return {"obs_low": None, "obs_high": None}
+    low, high = (tuple(float(value) for value in bound.reshape(-1)) for bound in (low, high))
+    if not all(math.isfinite(value) for value in (*low, *high)):
+        return {"obs_low": None, "obs_high": None}
+    return {"obs_low": low, "obs_high": high}
 
 
 def check_input_layout(input_dim: int, input_layout: InputLayout) -> None:
@@ -157,8 +186,7 @@ class Belief(nn.Module, ABC):
 
         :param device: defaults to the module's device; the dtype is the module's dtype.
         """
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        check_positive_int("batch_size", batch_size)
         reference = self._reference_parameter()
         device = reference.device if device is None else device
         return torch.zeros(batch_size, self.state_size, device=device, dtype=reference.dtype)
@@ -195,11 +223,20 @@ class Belief(nn.Module, ABC):
     ) -> Tensor:
         """``n_samples`` latents ``[n_samples, .., latent_dim]``; a point estimate repeats its mean.
 
+        A Gaussian posterior (``output.precision`` set) is sampled by :func:`gaussian_sample`:
+        ``z = μ + L^{-T} ε`` with ``L`` the (full or block-diagonal) ``precision_cholesky``, or
+        ``z = μ + ε / sqrt(precision)`` for a diagonal precision; differentiable through every field
+        that carries gradient (the Laplace precision carries none by construction).
+
         :param noise: standard normal draws ``[n_samples, .., latent_dim]`` to use instead of drawing
-            them (distributional beliefs); ignored by point estimates.
+            them (distributional beliefs, e.g. common random numbers); ignored by point estimates.
         """
-        _check_n_samples(n_samples)
-        return output.mean.expand(n_samples, *output.mean.shape)
+        if output.precision is None and output.precision_cholesky is None:
+            _check_n_samples(n_samples)
+            return output.mean.expand(n_samples, *output.mean.shape)
+        return gaussian_sample(
+            output.mean, n_samples, output.precision, output.precision_cholesky, generator, noise
+        )
 
     @property
     def policy_input_dim(self) -> int:
@@ -219,6 +256,49 @@ class Belief(nn.Module, ABC):
     def aux_loss(self, output: BeliefOutput) -> Tensor:
         """The auxiliary loss the trainer adds to the RL loss (scalar); zero by default."""
         return output.mean.new_zeros(())
+
+    def aux_loss_rows(self, output: BeliefOutput, mask: Tensor) -> Tensor:
+        """:meth:`aux_loss` over the rows ``mask`` (``[N]`` bool) of an output with leading dim ``[N]``
+        (a training minibatch's unpadded steps). Beliefs whose loss reads few fields override this to
+        index only those (the Laplace KL penalty need not copy ``[N, L, L]`` precisions)."""
+        return self.aux_loss(output.apply(lambda value: value[mask]))
+
+    # ------------------------------------------------------------------------------ optional hooks
+    # Every belief has these; the defaults do nothing, so callers use them without feature tests.
+
+    #: Whether the belief trains a model of its own on whole trials (VariBAD's VAE): it then keeps
+    #: what :meth:`add_trials` hands it and trains on it in :meth:`update_trial_model`. Callers may
+    #: skip preparing trials for beliefs without it.
+    trains_on_trials: ClassVar[bool] = False
+
+    def after_policy_update(self, model: Any) -> None:
+        """Called by :class:`~bayes_agents.BayesPPO` after every PPO update with the model (its
+        ``rollout_buffer`` still holds the rollout, see :func:`rollout_inputs`; log to
+        ``model.logger``). Beliefs that train a model of their own (VariBAD's VAE, GLiBRL's extra
+        basis steps) do it here; the stock ``RecurrentPPO`` never calls it. Nothing by default."""
+
+    def add_trials(
+        self, inputs: Any, episode_starts: Any, next_starts: Any | None = None
+    ) -> int:
+        """Hand the belief the RL² inputs of a rollout, ``x_t`` ``[n_envs, n_steps, input_dim]`` with
+        SB3's ``episode_starts`` ``[n_envs, n_steps]`` and optionally ``next_starts`` ``[n_envs]``
+        (whether the step after the rollout starts a trial), to cut into whole trials for
+        :meth:`update_trial_model` (used by :class:`~bayes_agents.callbacks.BeliefAuxLossCallback`).
+
+        :return: the number of complete trials kept; 0 by default (the belief keeps none).
+        """
+        return 0
+
+    def update_trial_model(self) -> dict[str, float]:
+        """Train the belief's own model on the trials of :meth:`add_trials` (one round, as after a
+        PPO update); returns the statistics to log by name. Nothing (``{}``) by default."""
+        return {}
+
+    def reward_probabilities(self, latent: Tensor) -> Tensor | None:
+        """The belief's read-out of the reward in the task's own terms: per decoder head (grid cell,
+        bandit arm) ``p(r > threshold | head, latent)`` ``[.., n_heads]`` for latents ``[.., L]``;
+        ``None`` for beliefs without such a decoder (the default)."""
+        return None
 
     def _prepare_sequence(
         self, inputs: Tensor, state: Tensor, episode_starts: Tensor
@@ -258,8 +338,8 @@ class RunningNormalizer(nn.Module):
     def __init__(self, size: int, epsilon: float = 1e-8, clip: float = 10.0):
         super().__init__()
         check_positive_int("size", size)
-        self.epsilon = float(epsilon)
-        self.clip = float(clip)
+        self.epsilon = check_real("epsilon", epsilon, 0.0, low_open=True)
+        self.clip = check_real("clip", clip, 0.0, low_open=True)
         self.register_buffer("mean", torch.zeros(size))
         self.register_buffer("var", torch.ones(size))
         self.register_buffer("count", torch.zeros((), dtype=torch.float64))
@@ -323,25 +403,153 @@ def rollout_inputs(model: Any) -> tuple[Tensor, Tensor]:
     return inputs, time_major(buffer.episode_starts).reshape(n_steps, n_envs)
 
 
+# ---------------------------------------------------------------------------------- Gaussian samples
+def standard_normal(
+    mean: Tensor, n_samples: int, generator: torch.Generator | None = None, noise: Tensor | None = None
+) -> Tensor:
+    """``ε`` ``[n_samples, *mean.shape]`` in ``mean``'s dtype: ``noise`` checked (``ValueError`` for a
+    wrong shape) or, when None, drawn from ``generator``."""
+    _check_n_samples(n_samples)
+    shape = (n_samples, *mean.shape)
+    if noise is None:
+        return torch.randn(shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    if tuple(noise.shape) != shape:
+        raise ValueError(f"noise must be {shape}, got {tuple(noise.shape)}")
+    return noise.to(mean.dtype)
+
+
+def gaussian_offsets(
+    noise: Tensor, precision: Tensor | None = None, precision_cholesky: Tensor | None = None
+) -> Tensor:
+    """``z − μ`` of a Gaussian given by its precision ``Λ`` for standard normal ``noise`` ``[n, .., L]``.
+
+    * diagonal: ``ε / sqrt(Λ)`` from ``precision`` ``[.., L]`` (``precision_cholesky`` None);
+    * full: ``L^{-T} ε`` from the lower Cholesky factor ``L`` (``L Lᵀ = Λ``) ``[.., L, L]``;
+    * block diagonal: ``precision_cholesky`` ``[.., K, d, d]`` with ``K·d = L``: the factor of each
+      block of ``d`` consecutive entries.
+
+    Differentiable through the precision (detach it first for a stop-gradient posterior).
+    """
+    if precision_cholesky is None:
+        if precision is None:
+            raise ValueError("gaussian_offsets needs precision (diagonal) or precision_cholesky")
+        return noise * precision.rsqrt()
+    blocks = precision_cholesky.dim() == noise.dim() + 1
+    # Row form of L^T x = ε (x^T L = ε^T): solves without a transposed copy of L.
+    rows = noise.unflatten(-1, (-1, precision_cholesky.shape[-1])) if blocks else noise
+    offsets = torch.linalg.solve_triangular(precision_cholesky, rows.movedim(0, -2), upper=False, left=False)
+    offsets = offsets.movedim(-2, 0)
+    return offsets.flatten(-2) if blocks else offsets
+
+
+def gaussian_sample(
+    mean: Tensor,
+    n_samples: int,
+    precision: Tensor | None = None,
+    precision_cholesky: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    noise: Tensor | None = None,
+) -> Tensor:
+    """Reparameterised samples ``z = μ + offset`` ``[n_samples, .., L]`` of ``N(mean, Λ^{-1})`` (the
+    precision as in :func:`gaussian_offsets`); ``noise`` replaces the standard normal draws (e.g.
+    common random numbers). What every distributional belief's :meth:`Belief.sample` returns."""
+    epsilon = standard_normal(mean, n_samples, generator, noise)
+    return mean + gaussian_offsets(epsilon, precision, precision_cholesky)
+
+
+# ---------------------------------------------------------------------------------- validation
+# One convention for every belief hyper-parameter: TypeError when the value has the wrong type,
+# ValueError when it has the right type but lies outside its allowed range; the message names the
+# argument, what is allowed and the value given.
+
+#: Upper bound of scale-like hyper-parameters (precisions, loss weights): larger values leave the
+#: float32 range of the posterior terms they enter (``damping=1e300`` is ``inf`` in float32 and
+#: makes the entropy NaN) or swamp every other term of the loss.
+MAX_SCALE = 1e6
+
+
 def _check_n_samples(n_samples: int) -> None:
-    if not isinstance(n_samples, int) or n_samples < 1:
-        raise ValueError(f"n_samples must be an int >= 1, got {n_samples!r}")
+    check_int("n_samples", n_samples, minimum=1)
 
 
-def check_positive_int(name: str, value: int) -> None:
-    """Raise ``ValueError`` unless ``value`` is an int >= 1."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+def check_int(name: str, value: int, minimum: int = 1) -> int:
+    """``value`` if it is an int ``>= minimum``: ``TypeError`` for a non-int (bools included),
+    ``ValueError`` below ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
 
 
-def check_bools(flags: dict[str, object], error: type[Exception] = TypeError) -> None:
-    """Raise ``error`` naming the first of ``flags`` (name → value) that is not a bool."""
+def check_positive_int(name: str, value: int) -> int:
+    """``value`` if it is an int >= 1 (:func:`check_int`)."""
+    return check_int(name, value, minimum=1)
+
+
+def check_optional_int(name: str, value: int | None, minimum: int = 1) -> int | None:
+    """None, or ``value`` checked by :func:`check_int`."""
+    return None if value is None else check_int(name, value, minimum)
+
+
+def check_sizes(name: str, sizes: Sequence[int]) -> tuple[int, ...]:
+    """A sequence of layer widths (ints >= 1) as a tuple; ``TypeError`` for a non-sequence."""
+    if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence):
+        raise TypeError(f"{name} must be a sequence of ints >= 1, got {sizes!r}")
+    return tuple(check_int(f"{name} entries", width) for width in sizes)
+
+
+def check_real(
+    name: str,
+    value: float,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """``float(value)`` if it is a finite real number in the range given by ``low``/``high`` (None:
+    unbounded; ``*_open``: that bound excluded). ``TypeError`` for a non-real (bools, strings and
+    complex numbers included), ``ValueError`` for NaN, ±inf or a value out of range."""
+    if low is not None and high is not None:
+        allowed = f"in {'(' if low_open else '['}{_number(low)}, {_number(high)}{')' if high_open else ']'}"
+    elif low is not None:
+        allowed = f"{'>' if low_open else '>='} {_number(low)}"
+    elif high is not None:
+        allowed = f"{'<' if high_open else '<='} {_number(high)}"
+    else:
+        allowed = ""
+    allowed = f"a finite real number {allowed}".rstrip()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be {allowed}, got {value!r}")
+    value = float(value)
+    below = low is not None and (value <= low if low_open else value < low)
+    above = high is not None and (value >= high if high_open else value > high)
+    if not math.isfinite(value) or below or above:
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    return value
+
+
+def _number(value: float) -> str:
+    """``0``, ``1``, ``1e6``: a bound as the messages print it."""
+    if value == int(value) and abs(value) < 1e5:
+        return str(int(value))
+    short = f"{value:.0e}".replace("e+0", "e").replace("e+", "e").replace("e-0", "e-")
+    return short if value == float(short) else repr(value)
+
+
+def check_bools(flags: dict[str, object]) -> None:
+    """``TypeError`` naming the first of ``flags`` (name → value) that is not a bool."""
     for name, flag in flags.items():
         if not isinstance(flag, bool):
-            raise error(f"{name} must be a bool, got {flag!r}")
+            raise TypeError(f"{name} must be a bool (True or False), got {flag!r}")
 
 
-def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    """Raise ``ValueError`` unless ``value`` is one of ``allowed``."""
+def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    """``value`` if it is one of the strings ``allowed``: ``TypeError`` for a non-string,
+    ``ValueError`` for another string."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be one of {allowed}, got {value!r}")
     if value not in allowed:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    return value

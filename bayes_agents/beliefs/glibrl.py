@@ -1,6 +1,6 @@
 """GLiBRL belief: Bayesian linear regression of the transitions on a learnable basis.
 
-Model (DESIGN.md §2, "GLiBRL"; the paper gives only the likelihood form, so the exact choices are
+Model (docs/specification.md#glibrl; the paper gives only the likelihood form, so the exact choices are
 documented here). A learnable basis ``φ_θ(s, a) ∈ R^d`` (an MLP on ``[obs_{t-1}, prev_action_t]``)
 and, per task, a linear model of the targets ``y_t = (s_t − s_{t−1}, r_t) ∈ R^{O+1}``:
 
@@ -107,17 +107,21 @@ import torch
 from torch import Tensor, nn
 
 from .base import (
+    MAX_SCALE,
     Belief,
     BeliefOutput,
     InputLayout,
     StateLayout,
-    _check_n_samples,
     check_bools,
     check_input_layout,
+    check_int,
     check_positive_int,
+    check_real,
+    check_sizes,
     rollout_inputs,
 )
 from .laplace import segmented_cumsum
+from .registry import register_belief
 
 #: Output groups that share a posterior precision: the O state differences, then the reward.
 GROUPS = ("dynamics", "reward")
@@ -188,15 +192,6 @@ class NIGPosterior(NamedTuple):
     rate: Tensor
 
 
-def _check_real(name: str, value: float, allow_zero: bool) -> float:
-    allowed = ">= 0" if allow_zero else "> 0"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite real number {allowed}, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be a finite real number {allowed}, got {value!r}")
-    return float(value)
-
-
 class GLiBRLBelief(Belief):
     """GLiBRL belief (see the module docstring for the exact model).
 
@@ -247,47 +242,36 @@ class GLiBRLBelief(Belief):
         super().__init__()
         check_input_layout(input_dim, input_layout)
         check_positive_int("basis_dim", basis_dim)
-        if isinstance(basis_hidden_sizes, (str, bytes)) or not isinstance(basis_hidden_sizes, Sequence):
-            raise ValueError(
-                f"basis_hidden_sizes must be a sequence of ints >= 1, got {basis_hidden_sizes!r}"
-            )
-        for size in basis_hidden_sizes:
-            check_positive_int("basis_hidden_sizes entries", size)
+        basis_hidden_sizes = check_sizes("basis_hidden_sizes", basis_hidden_sizes)
         check_bools(
             {
                 "detach_policy_input": detach_policy_input,
                 "fit_dynamics": fit_dynamics,
                 "normalize_policy_input": normalize_policy_input,
                 "action_predictions": action_predictions,
-            },
-            error=ValueError,
+            }
         )
         self.input_layout = input_layout
         self.input_dim = input_dim
         self.basis_dim = basis_dim
         self.basis_hidden_sizes = tuple(basis_hidden_sizes)
-        self.prior_precision = _check_real("prior_precision", prior_precision, allow_zero=False)
-        self.prior_noise_concentration = _check_real(
-            "prior_noise_concentration", prior_noise_concentration, allow_zero=False
+        self.prior_precision = check_real("prior_precision", prior_precision, 0.0, MAX_SCALE, low_open=True)
+        self.prior_noise_concentration = check_real(
+            "prior_noise_concentration", prior_noise_concentration, 0.0, MAX_SCALE, low_open=True
         )
-        self.prior_noise_rate = _check_real("prior_noise_rate", prior_noise_rate, allow_zero=False)
-        self.model_loss_weight = _check_real("model_loss_weight", model_loss_weight, allow_zero=True)
+        self.prior_noise_rate = check_real(
+            "prior_noise_rate", prior_noise_rate, 0.0, MAX_SCALE, low_open=True
+        )
+        self.model_loss_weight = check_real("model_loss_weight", model_loss_weight, 0.0, MAX_SCALE)
         self.detach_policy_input = detach_policy_input
         self.fit_dynamics = fit_dynamics
         self.normalize_policy_input = normalize_policy_input
         if action_predictions and not input_layout.discrete_actions:
             raise ValueError("action_predictions needs discrete actions (a one-hot prev_action)")
         self.action_predictions = action_predictions
-        if (
-            isinstance(basis_updates_per_ppo_update, bool)
-            or not isinstance(basis_updates_per_ppo_update, int)
-            or basis_updates_per_ppo_update < 0
-        ):
-            raise ValueError(
-                f"basis_updates_per_ppo_update must be an int >= 0, got {basis_updates_per_ppo_update!r}"
-            )
+        check_int("basis_updates_per_ppo_update", basis_updates_per_ppo_update, minimum=0)
         self.basis_updates_per_ppo_update = basis_updates_per_ppo_update
-        self.basis_lr = _check_real("basis_lr", basis_lr, allow_zero=False)
+        self.basis_lr = check_real("basis_lr", basis_lr, 0.0, 1.0, low_open=True)
         self._basis_optimizer: torch.optim.Optimizer | None = None
 
         obs_dim = input_layout.obs_dim
@@ -638,29 +622,35 @@ class GLiBRLBelief(Belief):
         loss = self.model_update(inputs.to(dtype), starts, self.basis_updates_per_ppo_update)
         model.logger.record("belief/basis_loss", loss)
 
-    def sample(
-        self,
-        output: BeliefOutput,
-        n_samples: int,
-        generator: torch.Generator | None = None,
-        noise: Tensor | None = None,
-    ) -> Tensor:
-        """Weights from ``N(mean, precision⁻¹)`` (the Gaussian with the Student-t's scale), ``[n, .., L]``."""
-        _check_n_samples(n_samples)
-        output = _require_glibrl_output(output)
-        shape = (n_samples, *output.mean.shape)
-        if noise is None:
-            noise = torch.randn(
-                shape, generator=generator, dtype=output.mean.dtype, device=output.mean.device
-            )
-        elif noise.shape != shape:
-            raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
-        noise = noise.unflatten(-1, (self.n_outputs, self.basis_dim)).unsqueeze(-1)
-        cholesky = output.precision_cholesky.transpose(-1, -2)
-        return output.mean + torch.linalg.solve_triangular(cholesky, noise, upper=True).flatten(-3)
-
 
 def _require_glibrl_output(output: BeliefOutput) -> GLiBRLOutput:
     if not isinstance(output, GLiBRLOutput):
         raise TypeError(f"expected a GLiBRLOutput from GLiBRLBelief, got {type(output).__name__}")
     return output
+
+
+register_belief(
+    "glibrl",
+    GLiBRLBelief,
+    prefix="GLiBRL",
+    needs_input_layout=True,
+    # GLiBRL has its own encoder (the basis): only the policy-head width is shared.
+    shared_keys={"net_arch"},
+    policy_doc="""GLiBRL: the policy conditions on a conjugate Bayesian linear model of the transitions.
+
+    Belief keywords (``policy_kwargs``): ``basis_dim`` (d, 16), ``basis_hidden_sizes`` ((64, 64)),
+    ``prior_precision`` (λ, 1.0), ``prior_noise_concentration`` (a₀, 1.0), ``prior_noise_rate``
+    (b₀, 1.0), ``model_loss_weight`` (1.0; the per-transition negative log marginal likelihood that
+    trains the basis, applied by :class:`~bayes_agents.BayesPPO`), ``detach_policy_input``
+    (True), ``fit_dynamics`` (True), ``normalize_policy_input`` (True), ``action_predictions``
+    (False; discrete actions), ``basis_updates_per_ppo_update`` (0) and ``basis_lr`` (1e-3; extra
+    basis steps in ``after_policy_update``). The package's grid and bandit defaults
+    (:func:`bayes_agents.methods.method_defaults`) change the prior scale and switch the options on.
+    The head sees the posterior features and the observation; ``n_samples`` must be 0. See
+    :class:`~bayes_agents.beliefs.glibrl.GLiBRLBelief`.
+    """,
+    extractor_doc="""GLiBRL belief (posterior features of the Bayesian linear regression); keywords of
+    :class:`~bayes_agents.beliefs.glibrl.GLiBRLBelief` (its ``input_layout`` comes from the
+    observation space). Its basis is trained on the marginal likelihood by
+    :class:`~bayes_agents.callbacks.BeliefAuxLossCallback`.""",
+)

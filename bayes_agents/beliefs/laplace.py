@@ -1,6 +1,6 @@
 """Laplace-VRNN belief: the RL² recurrence with a Laplace-approximated Gaussian posterior.
 
-Model (Laplace-VRNN paper, section 4 and appendix A.3, with the conventions of DESIGN.md §2):
+Model (Laplace-VRNN paper, section 4 and appendix A.3, as specified in docs/specification.md#laplace-vrnn):
 
 * ``h_t`` is the recurrent carry after processing ``x_t`` and ``φ_t = W h_t + b`` the RL² latent.
   The "hidden state" the Jacobians are taken with respect to is the full Markov state of the cell:
@@ -54,10 +54,24 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import BeliefOutput, StateLayout, _check_n_samples, check_choice, check_positive_int
+from bayes_agents.defaults import LAPLACE_SETTINGS
+
+from .base import (
+    MAX_SCALE,
+    BeliefOutput,
+    StateLayout,
+    check_choice,
+    check_positive_int,
+    check_real,
+    gaussian_offsets,
+)
+from .registry import register_belief
 from .rl2 import RL2Belief
 
 VARIANTS = ("stationary", "sum_precision", "markov")
+#: Up to this many rows (e.g. one acting step of a few envs) the Jacobian products take a path
+#: with less per-call overhead (same values up to rounding).
+_FEW_ROWS = 16
 COVARIANCES = ("full", "diag")
 
 
@@ -179,9 +193,10 @@ class LaplaceBelief(RL2Belief):
     :param window: number ``k >= 1`` of most recent inputs whose Jacobians form ``P_t`` (paper: 15).
     :param covariance: ``"full"`` (``[L, L]`` precision) or ``"diag"``.
     :param variant: ``"stationary"``, ``"sum_precision"`` or ``"markov"``.
-    :param damping: prior precision ``> 0`` added on the diagonal at a reset.
-    :param beta: weight ``>= 0`` of the KL penalty in :meth:`aux_loss`.
-    :param jitter: ``>= 0`` added to the diagonal of a full precision (a numerical floor for its
+    :param damping: prior precision in ``(0, 1e6]`` added on the diagonal at a reset (beyond
+        :data:`~.base.MAX_SCALE` the float32 posterior terms lose the data precision or overflow).
+    :param beta: weight in ``[0, 1e6]`` of the KL penalty in :meth:`aux_loss`.
+    :param jitter: in ``[0, 1]``, added to the diagonal of a full precision (a numerical floor for its
         Cholesky factorisation); part of the reported ``precision``.
     :param jacobian_block_elements: scratch size (floats) of the blocked Jacobian products: rows are
         processed in blocks of ``jacobian_block_elements / (k·H·(H + L))`` (at least 1). The default
@@ -209,19 +224,9 @@ class LaplaceBelief(RL2Belief):
         check_positive_int("window", window)
         check_choice("covariance", covariance, COVARIANCES)
         check_choice("variant", variant, VARIANTS)
-        for name, value, allowed in (
-            ("damping", damping, "> 0"),
-            ("beta", beta, ">= 0"),
-            ("jitter", jitter, ">= 0"),
-        ):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"{name} must be a real number {allowed}, got {value!r}")
-        if not damping > 0:
-            raise ValueError(f"damping must be a real number > 0, got {damping!r}")
-        if not beta >= 0:
-            raise ValueError(f"beta must be a real number >= 0, got {beta!r}")
-        if not jitter >= 0:
-            raise ValueError(f"jitter must be a real number >= 0, got {jitter!r}")
+        damping = check_real("damping", damping, 0.0, MAX_SCALE, low_open=True)
+        beta = check_real("beta", beta, 0.0, MAX_SCALE)
+        jitter = check_real("jitter", jitter, 0.0, 1.0)
         check_positive_int("jacobian_block_elements", jacobian_block_elements)
         # Set before RL2Belief.__init__, which builds the state layout through _make_state_layout.
         self.window = window
@@ -322,8 +327,15 @@ class LaplaceBelief(RL2Belief):
         state_jacobian = buffer[: size * rows * size].view(size, rows, size)
         mean_jacobian = buffer[size * rows * size : rows * size * (size + self.latent_dim)]
         weight_hh = self.cell.weight_hh.view(n_gates, size, size).permute(1, 0, 2)  # [H_out, G, H_in]
-        # One batched product over the output unit a: K[a, m, :] = Σ_g factor[m, g, a] W_hh[g, a, :].
-        torch.bmm(gate_factors.permute(2, 0, 1), weight_hh, out=state_jacobian)
+        # K[a, m, :] = Σ_g factor[m, g, a] W_hh[g, a, :]: for a few rows (acting) G fused multiply-adds,
+        # else one batched product over the output unit a (H products with an inner size of only G).
+        if rows <= _FEW_ROWS:
+            factors = gate_factors.permute(2, 0, 1).unsqueeze(-1)  # [H_out, M, G, 1]
+            torch.mul(factors[:, :, 0], weight_hh[:, 0].unsqueeze(1), out=state_jacobian)
+            for gate in range(1, n_gates):
+                state_jacobian.addcmul_(factors[:, :, gate], weight_hh[:, gate].unsqueeze(1))
+        else:
+            torch.bmm(gate_factors.permute(2, 0, 1), weight_hh, out=state_jacobian)
         if hidden_diagonal is not None:
             state_jacobian.diagonal(dim1=0, dim2=2).add_(hidden_diagonal)
         mean_jacobian = mean_jacobian.view(self.latent_dim, rows * size)
@@ -352,6 +364,35 @@ class LaplaceBelief(RL2Belief):
         cell_part = self.latent_head.weight.unsqueeze(0) * cell_diagonal[:, 0].unsqueeze(1)
         return torch.cat([hidden_part, cell_part], dim=-1)
 
+    def _few_rows_hidden_precision(self, gate_factors: Tensor, head: Tensor, full: bool) -> Tensor:
+        """The hidden-state block ``Σ_i J_i J_i^T`` of a few rows of LSTM factors ``[N, k, G, H]``
+        (``N ≤ 16``, e.g. one acting step) without the ``k`` Jacobians: with ``K_i = Σ_g diag(f_ig) W_g``,
+        ``Σ_i K_i K_i^T = Σ_{g,g'} (F_g^T F_g') ⊙ (W_g W_g'^T)``, so ``P = W_out S W_out^T`` costs
+        ``k(GH)² + LH(H + L)`` flops instead of ``kLH(H + L)`` (~4x fewer for k = 15). ``W_hh W_hh^T`` is
+        kept until the weights change. Same values up to rounding. ``[N, L, L]`` (full) or ``[N, L]``."""
+        rows, window, n_gates, size = gate_factors.shape
+        factors = gate_factors.reshape(rows, window, n_gates * size)
+        gram = torch.bmm(factors.transpose(1, 2), factors)  # [N, GH, GH]
+        gram.mul_(self._recurrent_gram())
+        # S [N, H, H]: the G×G blocks summed, first over block rows, then block columns (contiguous
+        # reductions: ~10x faster than one reduction over both).
+        inner = gram.view(rows, n_gates, -1).sum(1).view(rows, size, n_gates, size).sum(2)
+        projected = head @ inner  # [N, L, H]
+        if full:
+            return projected @ head.t()
+        return (projected * head).sum(-1)
+
+    def _recurrent_gram(self) -> Tensor:
+        """``W_hh W_hh^T`` ``[GH, GH]`` (no gradient), recomputed when the weights change."""
+        weight = self.cell.weight_hh
+        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
+        cached = getattr(self, "_recurrent_gram_cache", None)
+        if cached is None or cached[0] != key:
+            with torch.inference_mode(False), torch.no_grad():  # a normal tensor, also in acting
+                cached = (key, weight.detach() @ weight.detach().t())
+            self._recurrent_gram_cache = cached
+        return cached[1]
+
     def _window_precision(
         self, hiddens: Tensor, cells: Tensor | None, window_gates: Tensor, mask: Tensor
     ) -> Tensor:
@@ -375,11 +416,17 @@ class LaplaceBelief(RL2Belief):
         # matrix product for all rows (with the outer products of W_out's columns for the full case).
         if cell_diagonal is None:
             precision = head.new_zeros((rows, latent, latent) if full else (rows, latent))
+        elif full and rows <= _FEW_ROWS:  # W_out diag(s) W_out^T as (W_out diag(√s)) (W_out diag(√s))^T
+            scaled = head * cell_diagonal.square().sum(1).sqrt().unsqueeze(1)  # [rows, L, H]
+            precision = torch.bmm(scaled, scaled.transpose(1, 2))
         elif full:
             column_outer = (head.t().unsqueeze(2) * head.t().unsqueeze(1)).flatten(1)
             precision = (cell_diagonal.square().sum(1) @ column_outer).view(rows, latent, latent)
         else:
             precision = cell_diagonal.square().sum(1) @ head.square().t()
+        if hidden_diagonal is None and rows <= _FEW_ROWS and window >= 4:  # LSTM, acting
+            precision += self._few_rows_hidden_precision(gate_factors, head, full)
+            return precision.view(*leading, *precision.shape[1:])
         # The hidden-state block is formed in row blocks whose scratch space stays cache-sized: the
         # products are memory-bound otherwise (~2x slower on CPU for T·B = 2048, H = 128).
         block = max(1, min(rows, self.jacobian_block_elements // (window * size * (size + latent))))
@@ -611,47 +658,46 @@ class LaplaceBelief(RL2Belief):
         return LaplaceTerms(precision, cholesky, previous_precision, entropy, kl_offset)
 
     # ----------------------------------------------------------------------------------------------
-    def sample(
-        self,
-        output: BeliefOutput,
-        n_samples: int,
-        generator: torch.Generator | None = None,
-        noise: Tensor | None = None,
-    ) -> Tensor:
-        """``z = μ + L^{-T} ε`` (full, ``L L^T = precision``) or ``z = μ + ε / sqrt(precision)`` (diag).
-
-        :param noise: the standard normal ``ε`` ``[n_samples, .., latent_dim]`` to use instead of
-            drawing it (e.g. common random numbers shared by acting and learning).
-        :return: ``[n_samples, .., latent_dim]``; differentiable through ``output.mean``.
-        """
-        _check_n_samples(n_samples)
-        mean = output.mean
-        if output.precision is None:
-            raise ValueError("output has no precision; pass an output of this belief's step/sequence")
-        if noise is None:
-            noise = torch.randn(
-                (n_samples, *mean.shape), generator=generator, device=mean.device, dtype=mean.dtype
-            )
-        elif noise.shape != (n_samples, *mean.shape):
-            raise ValueError(f"noise must be {(n_samples, *mean.shape)}, got {tuple(noise.shape)}")
-        return mean + self.sample_offsets(output.precision, output.precision_cholesky, noise.to(mean.dtype))
-
     def sample_offsets(
         self, precision: Tensor | None, precision_cholesky: Tensor | None, noise: Tensor
     ) -> Tensor:
         """``z - μ`` (no gradient) for the standard normal ``noise`` ``[n_samples, .., L]``: ``L^{-T} ε``
         from ``precision_cholesky`` ``[.., L, L]`` (full; ``precision`` is not read) or
         ``ε / sqrt(precision)`` from ``precision`` ``[.., L]`` (diag, ``precision_cholesky`` None)."""
-        if precision_cholesky is None:  # diagonal covariance
-            return noise * precision.detach().rsqrt()
-        # L^T x = ε as x^T L = ε^T: the row form solves without a transposed copy of L.
-        offsets = torch.linalg.solve_triangular(
-            precision_cholesky.detach(), noise.movedim(0, -2), upper=False, left=False
-        )  # [.., n, L]
-        return offsets.movedim(-2, 0)
+        return gaussian_offsets(
+            noise,
+            None if precision is None else precision.detach(),
+            None if precision_cholesky is None else precision_cholesky.detach(),
+        )
 
     def aux_loss(self, output: BeliefOutput) -> Tensor:
         """``beta · mean(KL(q_t || sg q_{t-1}))`` over all leading dims (a scalar)."""
         if output.kl_to_previous is None:
             raise ValueError("output has no kl_to_previous; pass an output of this belief's step/sequence")
         return self.beta * output.kl_to_previous.mean()
+
+    def aux_loss_rows(self, output: BeliefOutput, mask: Tensor) -> Tensor:
+        """:meth:`aux_loss` over the rows ``mask``: the KL penalty reads ``kl_to_previous`` only, so the
+        ``[N, L, L]`` precisions and factors are not copied."""
+        return self.aux_loss(BeliefOutput(mean=output.mean[mask], kl_to_previous=output.kl_to_previous[mask]))
+
+
+register_belief(
+    "laplace",
+    LaplaceBelief,
+    prefix="Laplace",
+    policy_kwargs=LAPLACE_SETTINGS,
+    policy_doc="""Laplace-VRNN: RL²'s recurrence with a Laplace-approximated Gaussian task posterior.
+
+    Belief keywords (``policy_kwargs``): those of :class:`RL2Policy` plus ``window`` (k),
+    ``covariance`` (``"full"``/``"diag"``), ``variant`` (``"stationary"``, ``"sum_precision"``,
+    ``"markov"``), ``damping`` and ``beta`` (KL penalty, applied by :class:`~bayes_agents.BayesPPO`);
+    ``n_samples`` posterior samples are averaged in the action head (0: posterior mean). See
+    :class:`~bayes_agents.beliefs.LaplaceBelief`. Under :class:`~bayes_agents.BayesPPO` the update
+    reuses the precisions the rollout computed (``reuse_rollout_precision``); stock ``RecurrentPPO``
+    recomputes them for every minibatch.
+    """,
+    extractor_doc="""Laplace-VRNN belief (posterior mean as features); keywords of
+    :class:`~bayes_agents.beliefs.LaplaceBelief` (``window`` there is the Jacobian window k, not the
+    history length).""",
+)

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Belief, BeliefOutput, StateLayout, check_choice, check_positive_int
+from .base import Belief, BeliefOutput, StateLayout, check_choice, check_positive_int, check_real, check_sizes
+from .registry import register_belief
 
 RNN_TYPES = ("lstm", "gru")
 
@@ -36,7 +37,7 @@ class RL2Belief(Belief):
         ``x_t`` to the cell directly. Default ``(256, 256)`` as in the paper (B.1): for the small
         inputs of this package's envs the embedding costs a few percent of a ``sequence`` call (the
         time loop and, for Laplace, the Jacobians dominate), so there is no speed reason to shrink it.
-    :param negative_slope: leaky-ReLU slope (Flax's and PyTorch's default 0.01).
+    :param negative_slope: leaky-ReLU slope in ``[0, 1]`` (Flax's and PyTorch's default 0.01).
 
     State layout (``[B, state_size]``): ``hidden`` ``[H]``, then for the LSTM ``cell`` ``[H]``.
     """
@@ -55,20 +56,18 @@ class RL2Belief(Belief):
         check_positive_int("hidden_size", hidden_size)
         check_positive_int("latent_dim", latent_dim)
         check_choice("rnn", rnn, RNN_TYPES)
-        embed_sizes = tuple(embed_sizes)
-        for width in embed_sizes:
-            check_positive_int("embed_sizes entries", width)
+        embed_sizes = check_sizes("embed_sizes", embed_sizes)
         self.input_dim = input_dim
         self.hidden_size = hidden_size
         self.latent_dim = latent_dim
         self.rnn = rnn
         self.embed_sizes = embed_sizes
-        self.negative_slope = float(negative_slope)
+        self.negative_slope = check_real("negative_slope", negative_slope, 0.0, 1.0)
 
         layers: list[nn.Module] = []
         width_in = input_dim
         for width in embed_sizes:
-            layers += [nn.Linear(width_in, width), nn.LeakyReLU(negative_slope)]
+            layers += [nn.Linear(width_in, width), nn.LeakyReLU(self.negative_slope)]
             width_in = width
         self.embedding = nn.Sequential(*layers)
         cell_type = nn.LSTMCell if rnn == "lstm" else nn.GRUCell
@@ -223,3 +222,17 @@ class RL2Belief(Belief):
         if final_cell is not None:
             next_parts["cell"] = final_cell
         return BeliefOutput(mean=self.latent_head(hiddens)), self.state_layout.pack(next_parts)
+
+
+register_belief(
+    "rl2",
+    RL2Belief,
+    prefix="RL2",
+    policy_doc="""RL²: the policy conditions on a recurrent point estimate of the task.
+
+    Belief keywords (``policy_kwargs``): ``hidden_size`` (128), ``latent_dim`` (64), ``rnn``
+    (``"lstm"``/``"gru"``), ``embed_sizes`` — see :class:`~bayes_agents.beliefs.RL2Belief`.
+    """,
+    extractor_doc="""RL² belief (recurrent point estimate); keywords of
+    :class:`~bayes_agents.beliefs.RL2Belief`.""",
+)

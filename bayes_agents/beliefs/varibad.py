@@ -1,6 +1,7 @@
 """VariBAD belief: a recurrent encoder's diagonal Gaussian task posterior, trained as a VAE.
 
-Model (VariBAD paper, section 3, with the conventions of DESIGN.md §2 and :mod:`.base`):
+Model (VariBAD paper, section 3, as specified in docs/specification.md#varibad, with the
+conventions of :mod:`.base`):
 
 * **Encoder.** ``x_t = [obs_t, prev_action_t, prev_reward_t, new_episode_t]`` is embedded part by
   part (one linear layer + ReLU each for obs, action and reward; the flag is appended as is) and
@@ -74,18 +75,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import (
+    MAX_SCALE,
     Belief,
     BeliefOutput,
     InputLayout,
     RunningNormalizer,
     StateLayout,
-    _check_n_samples,
     check_bools,
     check_choice,
     check_input_layout,
+    check_optional_int,
     check_positive_int,
+    check_real,
+    check_sizes,
     rollout_inputs,
 )
+from .registry import register_belief
 from .rl2 import RL2Belief
 
 REWARD_DECODERS = ("per_state", "per_action", "gaussian", "bernoulli")
@@ -110,26 +115,6 @@ def _mlp(width_in: int, sizes: Sequence[int], width_out: int) -> nn.Sequential:
         width_in = width
     layers.append(nn.Linear(width_in, width_out))
     return nn.Sequential(*layers)
-
-
-def _check_sizes(name: str, sizes: Sequence[int]) -> tuple[int, ...]:
-    sizes = tuple(sizes)
-    for width in sizes:
-        check_positive_int(f"{name} entries", width)
-    return sizes
-
-
-def _check_optional_int(name: str, value: int | None) -> None:
-    if value is not None:
-        check_positive_int(name, value)
-
-
-def _check_positive_float(name: str, value: float, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite float, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
-    return float(value)
 
 
 @dataclass
@@ -228,11 +213,15 @@ class VariBADBelief(Belief):
             ("buffer_trials", buffer_trials),
         ]:
             check_positive_int(name, value)
-        _check_optional_int("elbo_times", elbo_times)
-        _check_optional_int("decodes_per_elbo", decodes_per_elbo)
+        check_optional_int("elbo_times", elbo_times)
+        check_optional_int("decodes_per_elbo", decodes_per_elbo)
         check_choice("reward_decoder", reward_decoder, REWARD_DECODERS)
-        reward_decoder_sizes = _check_sizes("reward_decoder_sizes", reward_decoder_sizes)
-        state_decoder_sizes = _check_sizes("state_decoder_sizes", state_decoder_sizes)
+        reward_decoder_sizes = check_sizes("reward_decoder_sizes", reward_decoder_sizes)
+        state_decoder_sizes = check_sizes("state_decoder_sizes", state_decoder_sizes)
+        if isinstance(reward_decoder_inputs, str):
+            raise TypeError(
+                f"reward_decoder_inputs must be a sequence of {DECODER_INPUTS}, got {reward_decoder_inputs!r}"
+            )
         reward_decoder_inputs = tuple(reward_decoder_inputs)
         for name in reward_decoder_inputs:
             check_choice("reward_decoder_inputs entries", name, DECODER_INPUTS)
@@ -242,6 +231,7 @@ class VariBADBelief(Belief):
             if grid_size is None:
                 raise ValueError('reward_decoder="per_state" needs grid_size (cells per coordinate)')
             check_positive_int("grid_size", grid_size)
+            _check_grid_observation(grid_size, input_layout)
         elif grid_size is not None:
             raise ValueError(f'grid_size is only used by reward_decoder="per_state", got {reward_decoder!r}')
         if reward_decoder == "per_action" and not input_layout.discrete_actions:
@@ -262,10 +252,10 @@ class VariBADBelief(Belief):
         self.reward_decoder = reward_decoder
         self.reward_decoder_inputs = reward_decoder_inputs
         self.grid_size = grid_size
-        self.reward_threshold = float(reward_threshold)
+        self.reward_threshold = check_real("reward_threshold", reward_threshold)
         self.use_state_decoder = state_decoder
-        self.kl_weight = _check_positive_float("kl_weight", kl_weight, allow_zero=True)
-        self.vae_lr = _check_positive_float("vae_lr", vae_lr)
+        self.kl_weight = check_real("kl_weight", kl_weight, 0.0, MAX_SCALE)
+        self.vae_lr = check_real("vae_lr", vae_lr, 0.0, 1.0, low_open=True)
         self.vae_updates_per_ppo_update = vae_updates_per_ppo_update
         self.vae_batch_trials = vae_batch_trials
         self.buffer_trials = buffer_trials
@@ -423,32 +413,13 @@ class VariBADBelief(Belief):
         valid = torch.arange(steps, device=device).unsqueeze(1) < lengths.unsqueeze(0)
         self.policy_input_normalizer.update(torch.cat([mean, log_variance], dim=-1)[valid])
 
-    def sample(
-        self,
-        output: BeliefOutput,
-        n_samples: int,
-        generator: torch.Generator | None = None,
-        noise: Tensor | None = None,
-    ) -> Tensor:
-        """``z = μ + σ ε``, ``[n_samples, .., L]``."""
-        _check_n_samples(n_samples)
-        mean = output.mean
-        if noise is None:
-            noise = torch.randn(
-                (n_samples, *mean.shape), generator=generator, device=mean.device, dtype=mean.dtype
-            )
-        elif noise.shape != (n_samples, *mean.shape):
-            raise ValueError(f"noise must be {(n_samples, *mean.shape)}, got {tuple(noise.shape)}")
-        return mean + noise.to(mean.dtype) * output.precision.rsqrt()
-
     # ------------------------------------------------------------------------------ decoders
-    def reward_probabilities(self, latent: Tensor) -> Tensor:
+    def reward_probabilities(self, latent: Tensor) -> Tensor | None:
         """Per-head ``p(r > reward_threshold | head, m)`` ``[.., n_reward_heads]`` of the multi-head
-        decoders (``"per_state"``: one per grid cell, row-major; ``"per_action"``: one per action)."""
+        decoders (``"per_state"``: one per grid cell, row-major; ``"per_action"``: one per action);
+        None for the single-head ``"gaussian"``/``"bernoulli"`` decoders."""
         if self.n_reward_heads == 0:
-            raise ValueError(
-                f'reward_probabilities needs a multi-head reward_decoder, not "{self.reward_decoder}"'
-            )
+            return None
         return torch.sigmoid(self.reward_net(latent))
 
     def cells(self, obs: Tensor) -> Tensor:
@@ -600,6 +571,9 @@ class VariBADBelief(Belief):
         return log_likelihood.sum(-1) * scale
 
     # ------------------------------------------------------------------------------ VAE training
+    #: The VAE trains on whole trials (:meth:`add_trials`, :meth:`update_trial_model`).
+    trains_on_trials = True
+
     @property
     def buffered_trials(self) -> int:
         """How many complete trials the VAE buffer holds."""
@@ -710,6 +684,11 @@ class VariBADBelief(Belief):
         stats["seconds_per_update"] = (time.perf_counter() - began) / n_updates
         return stats
 
+    def update_trial_model(self) -> dict[str, float]:
+        """One round of VAE training on the buffered trials (:meth:`vae_update`); see
+        :meth:`~.base.Belief.update_trial_model`."""
+        return self.vae_update()
+
     def after_policy_update(self, model: Any) -> None:
         """BayesPPO hook: buffer the trials of ``model.rollout_buffer`` and train the VAE; logs
         ``vae/elbo``, ``vae/reconstruction``, ``vae/kl``, ``vae/buffer_trials`` and
@@ -725,3 +704,53 @@ class VariBADBelief(Belief):
         model.logger.record("vae/buffer_trials", self.buffered_trials)
         for name, value in stats.items():
             model.logger.record(f"vae/{name}", value)
+
+
+def _check_grid_observation(grid_size: int, layout: InputLayout) -> None:
+    """``ValueError`` unless the observation bounds of ``layout`` (when known) are the coordinates of a
+    ``grid_size`` grid, ``[0, grid_size - 1]`` per entry: a ``per_state`` decoder of another size
+    would train on the wrong cells (a larger one silently, with heads no observation reaches)."""
+    if layout.obs_low is None or layout.obs_high is None:
+        return
+    if all(low == 0 for low in layout.obs_low) and all(high == grid_size - 1 for high in layout.obs_high):
+        return
+    hint = ""
+    if len(set(layout.obs_high)) == 1 and all(low == 0 for low in layout.obs_low):
+        hint = f" (this observation needs grid_size={int(layout.obs_high[0]) + 1})"
+    raise ValueError(
+        f'reward_decoder="per_state" with grid_size={grid_size} needs integer grid coordinates in '
+        f"[0, {grid_size - 1}] per observation entry, but the observation lies in "
+        f"[{min(layout.obs_low):g}, {max(layout.obs_high):g}]{hint}"
+    )
+
+
+register_belief(
+    "varibad",
+    VariBADBelief,
+    prefix="VariBAD",
+    needs_input_layout=True,
+    # VariBAD's VAE takes more and faster steps than the reference's 3 per PPO update at lr 1e-3: on
+    # random grid trials that schedule stays at the prior (posterior collapse) for 2,000-3,000 VAE
+    # steps, i.e. the first ~1M env steps of a CPU-sized budget; 20 steps at 3e-3 leave it within
+    # ~100k env steps (p(goal cell | goal found) 0.99 on the policy's trials at 500k).
+    policy_kwargs=dict(vae_updates_per_ppo_update=20, vae_lr=3e-3),
+    # VariBAD has its own encoder: only the policy-head width is shared.
+    shared_keys={"net_arch"},
+    policy_doc="""VariBAD: the policy conditions on ``[state, μ_t, log σ_t²]`` of a VAE-trained task
+    posterior.
+
+    Belief keywords (``policy_kwargs``): ``latent_dim`` (5), ``hidden_size`` (GRU, 64),
+    ``state_embed_size``/``action_embed_size``/``reward_embed_size`` (8), ``reward_decoder``
+    (``"per_state"`` with ``grid_size`` for the grid, ``"per_action"`` for the bandit, ``"gaussian"``
+    (default) or ``"bernoulli"``), ``reward_decoder_sizes`` ((32, 32)), ``reward_decoder_inputs``,
+    ``reward_threshold``, ``state_decoder``, ``state_decoder_sizes``, ``kl_weight`` (0.01), ``vae_lr``
+    (1e-3), ``vae_updates_per_ppo_update`` (3), ``vae_batch_trials`` (25), ``buffer_trials`` (1000),
+    ``elbo_times``, ``decodes_per_elbo``, ``backprop_rl_loss`` (False), ``normalize_policy_input`` (True)
+    and ``policy_reward_beliefs`` (False). The VAE trains only under
+    :class:`~bayes_agents.BayesPPO` (its ``after_policy_update`` hook); ``n_samples`` must be 0. See
+    :class:`~bayes_agents.beliefs.varibad.VariBADBelief`.
+    """,
+    extractor_doc="""VariBAD belief (features ``[μ_t, log σ_t²]``); keywords of
+    :class:`~bayes_agents.beliefs.varibad.VariBADBelief` (its ``input_layout`` comes from the
+    observation space). Its VAE is trained by :class:`~bayes_agents.callbacks.BeliefAuxLossCallback`.""",
+)

@@ -35,8 +35,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .base import BeliefOutput, StateLayout, _check_n_samples, check_choice
+from .base import MAX_SCALE, BeliefOutput, StateLayout, check_choice, check_real
 from .laplace import COVARIANCES, LaplaceBelief
+from .registry import register_belief
 from .rl2 import RL2Belief
 
 
@@ -101,46 +102,15 @@ def spectral_gaussian_kl(posterior: SpectralGaussian, reference: SpectralGaussia
     return 0.5 * (trace + mahalanobis - posterior.mean.shape[-1] + log_det_ratio)
 
 
-def gaussian_samples(
-    mean: Tensor,
-    precision: Tensor,
-    precision_cholesky: Tensor | None,
-    n_samples: int,
-    generator: torch.Generator | None = None,
-    noise: Tensor | None = None,
-) -> Tensor:
-    """``z = μ + L^{-T} ε`` (``L Lᵀ = precision``) or ``z = μ + ε / sqrt(precision)`` (diagonal, ``L`` None).
-
-    Differentiable through every argument that carries gradient (detach the precision first for a
-    stop-gradient posterior such as the Laplace one).
-
-    :param mean: ``[.., L]``; :param precision: ``[.., L, L]`` or ``[.., L]``;
-    :param noise: standard normal ``ε`` ``[n_samples, .., L]`` to use instead of drawing it.
-    :return: ``[n_samples, .., L]``.
-    """
-    _check_n_samples(n_samples)
-    if noise is None:
-        noise = torch.randn(
-            (n_samples, *mean.shape), generator=generator, device=mean.device, dtype=mean.dtype
-        )
-    elif noise.shape != (n_samples, *mean.shape):
-        raise ValueError(f"noise must be {(n_samples, *mean.shape)}, got {tuple(noise.shape)}")
-    noise = noise.to(mean.dtype)
-    if precision_cholesky is None:
-        return mean + noise * precision.rsqrt()
-    upper = precision_cholesky.transpose(-2, -1)
-    offsets = torch.linalg.solve_triangular(upper, noise.movedim(0, -1), upper=True)  # [.., L, n]
-    return mean + offsets.movedim(-1, 0)
-
-
 class VRNNBelief(RL2Belief):
     """VRNN baseline belief: RL² recurrence + amortised Gaussian posterior (see the module docstring).
 
     :param input_dim, hidden_size, latent_dim, rnn, embed_sizes, negative_slope: as
         :class:`~bayes_agents.beliefs.RL2Belief`.
     :param covariance: ``"full"`` (spectral/Cayley) or ``"diag"``.
-    :param beta: weight of the KL penalty in :meth:`aux_loss` (paper: 1e-2).
-    :param log_variance_bound: the log-variances lie in ``(−bound, bound)`` (``> 0``).
+    :param beta: weight in ``[0, 1e6]`` of the KL penalty in :meth:`aux_loss` (paper: 1e-2).
+    :param log_variance_bound: the log-variances lie in ``(−bound, bound)``; ``bound`` in ``(0, 15]``
+        (the precision's condition number ``exp(2·bound)`` must stay within float64's Cholesky).
     """
 
     def __init__(
@@ -157,13 +127,8 @@ class VRNNBelief(RL2Belief):
         log_variance_bound: float = 8.0,
     ):
         check_choice("covariance", covariance, COVARIANCES)
-        for name, value in (("beta", beta), ("log_variance_bound", log_variance_bound)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite real number, got {value!r}")
-        if beta < 0:
-            raise ValueError(f"beta must be a real number >= 0, got {beta!r}")
-        if log_variance_bound <= 0:
-            raise ValueError(f"log_variance_bound must be a real number > 0, got {log_variance_bound!r}")
+        beta = check_real("beta", beta, 0.0, MAX_SCALE)
+        log_variance_bound = check_real("log_variance_bound", log_variance_bound, 0.0, 15.0, low_open=True)
         self.covariance = covariance
         self.beta = float(beta)
         self.log_variance_bound = float(log_variance_bound)
@@ -243,26 +208,9 @@ class VRNNBelief(RL2Belief):
         return 0.0, 0.0, (identity if self.covariance == "full" else None)
 
     # ----------------------------------------------------------------------------------------------
-    def sample(
-        self,
-        output: BeliefOutput,
-        n_samples: int,
-        generator: torch.Generator | None = None,
-        noise: Tensor | None = None,
-    ) -> Tensor:
-        """Reparameterised samples ``z = μ + Σ^{1/2} ε`` ``[n_samples, .., L]``, differentiable through the
-        mean and the covariance (the VRNN learns its covariance through them).
-
-        :param noise: the standard normal ``ε`` ``[n_samples, .., latent_dim]`` to use instead of drawing it.
-        """
-        if output.precision is None:
-            raise ValueError("output has no precision; pass an output of this belief's step/sequence")
-        return gaussian_samples(
-            output.mean, output.precision, output.precision_cholesky, n_samples, generator, noise
-        )
-
     # The same penalty as the Laplace belief: β · mean KL(q_t ‖ sg q_{t−1}).
     aux_loss = LaplaceBelief.aux_loss
+    aux_loss_rows = LaplaceBelief.aux_loss_rows
 
 
 def _shift_in_prior(sequence: Tensor, carry: Tensor, use_prior: Tensor, prior: float | Tensor) -> Tensor:
@@ -272,3 +220,23 @@ def _shift_in_prior(sequence: Tensor, carry: Tensor, use_prior: Tensor, prior: f
     mask = use_prior.reshape(*use_prior.shape, *([1] * (sequence.dim() - 2)))
     prior = torch.as_tensor(prior, dtype=sequence.dtype, device=sequence.device)
     return torch.where(mask, prior, shifted)
+
+
+register_belief(
+    "vrnn",
+    VRNNBelief,
+    prefix="VRNN",
+    # The Laplace-VRNN paper's RL baseline: amortised full-covariance posterior on the RL² recurrence.
+    policy_kwargs=dict(covariance="full", n_samples=1),
+    policy_doc="""VRNN (the Laplace-VRNN paper's variational baseline): RL²'s recurrence with an amortised
+    Gaussian task posterior whose mean and covariance are predicted from the cell output.
+
+    Belief keywords (``policy_kwargs``): those of :class:`RL2Policy` plus ``covariance`` (``"full"``:
+    ``Σ = U diag(exp s) Uᵀ`` with ``U`` a Cayley map; ``"diag"``), ``beta`` (KL penalty
+    ``β·KL(q_t ‖ sg q_{t−1})``, applied by :class:`~bayes_agents.BayesPPO`) and ``log_variance_bound``;
+    ``n_samples`` posterior samples are averaged in the action head (0: posterior mean). See
+    :class:`~bayes_agents.beliefs.vrnn.VRNNBelief`.
+    """,
+    extractor_doc="""VRNN belief (posterior mean as features); keywords of
+    :class:`~bayes_agents.beliefs.vrnn.VRNNBelief`.""",
+)

@@ -4,6 +4,7 @@
   :class:`GridBayesOptimal` (exact DP).
 * Bandit: :class:`BanditThompsonSampling`, :class:`BanditGreedyPosteriorMean`, :class:`BanditOracle`.
 * Any env: :class:`UniformRandomPolicy`.
+* By env id and constants: :func:`reference_policies` and :func:`exact_references`.
 
 Roll any of them out with :func:`bayes_envs.evaluation.evaluate`.
 """
@@ -25,6 +26,7 @@ from bayes_envs.references.grid import (
     bayes_optimal_return,
     oracle_return_per_episode,
 )
+from bayes_envs.references.registry import exact_references, reference_policies
 
 __all__ = [
     "BanditGreedyPosteriorMean",
@@ -40,5 +42,7 @@ __all__ = [
     "bayes_optimal_episode_returns",
     "bayes_optimal_return",
     "exact_posterior_mean",
+    "exact_references",
     "oracle_return_per_episode",
+    "reference_policies",
 ]

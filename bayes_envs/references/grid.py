@@ -3,8 +3,16 @@
 Semantics (the env in :mod:`bayes_envs.grid` implements the same): a ``size``×``size`` grid of
 cells ``(x, y)``, start ``(0, 0)``; actions 0 noop, 1 up (y+1), 2 right (x+1), 3 down (y−1),
 4 left (x−1), clipped at the border; the goal is uniform over :func:`goal_candidates`; after each
-move the reward is +1 on the goal (repeatable) and −0.1 elsewhere; a trial holds
-``episodes_per_trial`` inner episodes of ``episode_length`` steps, each starting at ``(0, 0)``.
+move the reward is ``goal_reward`` (+1) on the goal (repeatable) and ``step_reward`` (−0.1)
+elsewhere; a trial holds ``episodes_per_trial`` inner episodes of ``episode_length`` steps, each
+starting at ``(0, 0)``.
+
+**Other rewards.** Every reference here needs ``goal_reward > step_reward`` (else the goal is to be
+avoided, and staying on the start, which is never the goal, is optimal). A trial of ``T`` steps
+with ``B`` of them spent on the goal returns ``step_reward·T + (goal_reward − step_reward)·B``, so
+for any such pair of rewards the optimal plans are the ones maximising the expected number of steps
+on the goal: the plan solved once with the default rewards is optimal for all of them, and the
+expected returns follow from its per-episode goal steps (:func:`bayes_optimal_episode_returns`).
 
 **Why the Bayes-optimal policy is a search plan.** The dynamics are deterministic and, until the
 goal is entered, every reward is −0.1, so before the goal is found the observations are a function
@@ -32,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from bayes_envs.core import check_int
+from bayes_envs.core import check_finite_float, check_int
 from bayes_envs.grid import MOVES as ACTION_MOVES
 from bayes_envs.grid import goal_candidates
 from bayes_envs.references.base import ReferencePolicy
@@ -78,6 +86,38 @@ def shortest_path_actions(
     return np.where(both, np.where(prefer_x, x_action, y_action), x_action + y_action).astype(np.int64)
 
 
+def _check_rewards(goal_reward: Any, step_reward: Any) -> tuple[float, float]:
+    """The rewards as floats; ``ValueError`` unless both are finite and ``goal_reward > step_reward``."""
+    goal_reward = check_finite_float("goal_reward", goal_reward)
+    step_reward = check_finite_float("step_reward", step_reward)
+    if not goal_reward > step_reward:
+        raise ValueError(
+            f"the grid references need goal_reward > step_reward, got goal_reward={goal_reward} and "
+            f"step_reward={step_reward} (the oracle, posterior sampling and Bayes-optimal search all walk "
+            "to the goal, which is only right when the goal pays more than any other cell)"
+        )
+    return goal_reward, step_reward
+
+
+def _goal_steps_per_episode(
+    distance: int, first_visit_step: int, episode_length: int, episodes_per_trial: int
+) -> list[int]:
+    """Steps on the goal in each inner episode under "search until trial step τ, then oracle".
+
+    Same arguments as :func:`_search_episode_returns_tenths`; an episode's return is
+    ``step_reward·L + (goal_reward − step_reward)·steps_on_goal``.
+    """
+    oracle = max(episode_length - distance + 1, 0)
+    if first_visit_step == 0:
+        return [0] * episodes_per_trial
+    episode = (first_visit_step - 1) // episode_length
+    step_in_episode = first_visit_step - episode * episode_length
+    return [
+        0 if inner < episode else episode_length - step_in_episode + 1 if inner == episode else oracle
+        for inner in range(episodes_per_trial)
+    ]
+
+
 def _check_config(size: Any, episode_length: Any, episodes_per_trial: Any) -> tuple[int, int, int]:
     return (
         check_int("size", size, 3),
@@ -118,21 +158,42 @@ def _search_episode_returns_tenths(
     return returns
 
 
-def oracle_episode_return(distance: int, episode_length: int = 15) -> float:
+def oracle_episode_return(
+    distance: int,
+    episode_length: int = 15,
+    *,
+    goal_reward: float = GOAL_REWARD,
+    step_reward: float = STEP_REWARD,
+) -> float:
     """Inner-episode return of the known-goal oracle for a goal at Manhattan ``distance`` ≥ 1 from the start.
 
-    ``16 − d − 0.1(d − 1)`` for the default ``episode_length=15`` (d ≤ 15).
+    ``16 − d − 0.1(d − 1)`` for the default ``episode_length=15`` and rewards (d ≤ 15); in general
+    ``step_reward·(d − 1) + goal_reward·(L − d + 1)`` for ``d ≤ L``, else ``step_reward·L``.
     """
     distance = check_int("distance", distance, 1)
     episode_length = check_int("episode_length", episode_length, 1)
-    return _oracle_episode_return_tenths(distance, episode_length) / 10
+    goal_reward, step_reward = _check_rewards(goal_reward, step_reward)
+    if (goal_reward, step_reward) == (GOAL_REWARD, STEP_REWARD):
+        return _oracle_episode_return_tenths(distance, episode_length) / 10
+    on_goal = max(episode_length - distance + 1, 0)
+    return step_reward * (episode_length - on_goal) + goal_reward * on_goal
 
 
-def oracle_return_per_episode(size: int = 5, episode_length: int = 15) -> float:
+def oracle_return_per_episode(
+    size: int = 5,
+    episode_length: int = 15,
+    *,
+    goal_reward: float = GOAL_REWARD,
+    step_reward: float = STEP_REWARD,
+) -> float:
     """Expected inner-episode return of the known-goal oracle over the uniform goal (≈ 11.07 by default)."""
     size, episode_length, _ = _check_config(size, episode_length, 1)
+    goal_reward, step_reward = _check_rewards(goal_reward, step_reward)
     distances = goal_candidates(size).sum(axis=1)
-    return float(np.mean([_oracle_episode_return_tenths(int(d), episode_length) for d in distances]) / 10)
+    if (goal_reward, step_reward) == (GOAL_REWARD, STEP_REWARD):
+        return float(np.mean([_oracle_episode_return_tenths(int(d), episode_length) for d in distances]) / 10)
+    on_goal = np.maximum(episode_length - distances + 1, 0)
+    return float(np.mean(step_reward * episode_length + (goal_reward - step_reward) * on_goal))
 
 
 # --------------------------------------------------------------------------------------------
@@ -172,8 +233,10 @@ class _GridBelief:
     start again, so it cannot be read off the observation).
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, goal_reward: float = GOAL_REWARD, step_reward: float = STEP_REWARD) -> None:
         self.size = size
+        #: a previous reward above this paid the goal (halfway between the two rewards).
+        self.threshold = (goal_reward + step_reward) / 2
         self.candidates = goal_candidates(size)
         self.candidate_index = np.full((size, size), -1, np.int64)
         self.candidate_index[self.candidates[:, 0], self.candidates[:, 1]] = np.arange(len(self.candidates))
@@ -212,9 +275,12 @@ class _GridBelief:
                     "that do not match the env's inner episodes)"
                 )
             candidate = self.candidate_index[entered[:, 0], entered[:, 1]]
-            paid = prev_reward[rows] > 0
+            paid = prev_reward[rows] > self.threshold
             if (paid & (candidate < 0)).any():
-                raise ValueError("a positive reward was observed on a cell that cannot be the goal")
+                raise ValueError(
+                    "the goal reward was observed on a cell that cannot be the goal (are the policy's "
+                    "goal_reward and step_reward the env's?)"
+                )
             found_now = paid & (self.found[rows] < 0)
             self.found[rows[found_now]] = candidate[found_now]
             ruled_out = ~paid & (candidate >= 0)
@@ -235,10 +301,19 @@ class GridOracle(ReferencePolicy):
 
     privileged = True
 
-    def __init__(self, size: int = 5, episode_length: int = 15, episodes_per_trial: int = 4) -> None:
+    def __init__(
+        self,
+        size: int = 5,
+        episode_length: int = 15,
+        episodes_per_trial: int = 4,
+        *,
+        goal_reward: float = GOAL_REWARD,
+        step_reward: float = STEP_REWARD,
+    ) -> None:
         self.size, self.episode_length, self.episodes_per_trial = _check_config(
             size, episode_length, episodes_per_trial
         )
+        self.goal_reward, self.step_reward = _check_rewards(goal_reward, step_reward)
 
     def act(
         self, observation: dict[str, np.ndarray], trial_start: np.ndarray, tasks: Sequence[Any]
@@ -259,16 +334,25 @@ class GridPosteriorSampling(ReferencePolicy):
     path can move along either axis, the axis is drawn uniformly.
 
     :param seed: seed of the policy's own generator (goal samples and path choices).
+    :param goal_reward, step_reward: the env's rewards (read to tell when the goal was entered).
     """
 
     def __init__(
-        self, seed: int | None = None, size: int = 5, episode_length: int = 15, episodes_per_trial: int = 4
+        self,
+        seed: int | None = None,
+        size: int = 5,
+        episode_length: int = 15,
+        episodes_per_trial: int = 4,
+        *,
+        goal_reward: float = GOAL_REWARD,
+        step_reward: float = STEP_REWARD,
     ) -> None:
         self.size, self.episode_length, self.episodes_per_trial = _check_config(
             size, episode_length, episodes_per_trial
         )
+        self.goal_reward, self.step_reward = _check_rewards(goal_reward, step_reward)
         self.rng = np.random.default_rng(seed)
-        self.belief = _GridBelief(self.size)
+        self.belief = _GridBelief(self.size, self.goal_reward, self.step_reward)
         #: [B] candidate index of the currently sampled goal, −1 if none.
         self.target = np.zeros(0, np.int64)
 
@@ -684,16 +768,51 @@ def solve_grid_bayes_optimal(
     return _solve(size, episode_length, episodes_per_trial, _cache_path(cache_dir, use_disk_cache))[0]
 
 
-def bayes_optimal_return(size: int = 5, episode_length: int = 15, episodes_per_trial: int = 4) -> float:
+def bayes_optimal_return(
+    size: int = 5,
+    episode_length: int = 15,
+    episodes_per_trial: int = 4,
+    *,
+    goal_reward: float = GOAL_REWARD,
+    step_reward: float = STEP_REWARD,
+) -> float:
     """Exact expected trial return of the Bayes-optimal policy (goal uniform over :func:`goal_candidates`)."""
-    return solve_grid_bayes_optimal(size, episode_length, episodes_per_trial).expected_return
+    goal_reward, step_reward = _check_rewards(goal_reward, step_reward)
+    if (goal_reward, step_reward) == (GOAL_REWARD, STEP_REWARD):
+        return solve_grid_bayes_optimal(size, episode_length, episodes_per_trial).expected_return
+    return float(
+        bayes_optimal_episode_returns(
+            size, episode_length, episodes_per_trial, goal_reward=goal_reward, step_reward=step_reward
+        ).sum()
+    )
 
 
 def bayes_optimal_episode_returns(
-    size: int = 5, episode_length: int = 15, episodes_per_trial: int = 4
+    size: int = 5,
+    episode_length: int = 15,
+    episodes_per_trial: int = 4,
+    *,
+    goal_reward: float = GOAL_REWARD,
+    step_reward: float = STEP_REWARD,
 ) -> np.ndarray:
-    """Exact expected return of each inner episode (``[E]``) under the Bayes-optimal policy."""
-    return solve_grid_bayes_optimal(size, episode_length, episodes_per_trial).episode_returns.copy()
+    """Exact expected return of each inner episode (``[E]``) under the Bayes-optimal policy.
+
+    Any ``goal_reward > step_reward`` shares the default rewards' optimal plan (module docstring);
+    the returns are ``step_reward·L + (goal_reward − step_reward)·E[steps on the goal]`` per episode.
+    """
+    goal_reward, step_reward = _check_rewards(goal_reward, step_reward)
+    solution = solve_grid_bayes_optimal(size, episode_length, episodes_per_trial)
+    if (goal_reward, step_reward) == (GOAL_REWARD, STEP_REWARD):
+        return solution.episode_returns.copy()
+    distances = goal_candidates(solution.size).sum(axis=1)
+    on_goal = np.array(
+        [
+            _goal_steps_per_episode(int(d), int(tau), solution.episode_length, solution.episodes_per_trial)
+            for d, tau in zip(distances, solution.first_visit_steps, strict=True)
+        ],
+        np.float64,
+    )  # [G, E]
+    return step_reward * solution.episode_length + (goal_reward - step_reward) * on_goal.mean(axis=0)
 
 
 class GridBayesOptimal(ReferencePolicy):
@@ -703,7 +822,8 @@ class GridBayesOptimal(ReferencePolicy):
     configuration, then loaded from the disk cache). Envs on the plan take the plan's action
     (vectorised); a state off the plan (e.g. after actions chosen by someone else) gets an exact
     one-step look-ahead action. The trial must have exactly ``episodes_per_trial`` inner episodes of
-    ``episode_length`` steps.
+    ``episode_length`` steps. The plan is optimal for any ``goal_reward > step_reward`` (module
+    docstring); the rewards are only read to tell when the goal was entered.
     """
 
     def __init__(
@@ -713,14 +833,18 @@ class GridBayesOptimal(ReferencePolicy):
         episodes_per_trial: int = 4,
         cache_dir: str | os.PathLike[str] | None = None,
         use_disk_cache: bool = True,
+        *,
+        goal_reward: float = GOAL_REWARD,
+        step_reward: float = STEP_REWARD,
     ) -> None:
         self.size, self.episode_length, self.episodes_per_trial = _check_config(
             size, episode_length, episodes_per_trial
         )
+        self.goal_reward, self.step_reward = _check_rewards(goal_reward, step_reward)
         self.solution, self._search = _solve(
             self.size, self.episode_length, self.episodes_per_trial, _cache_path(cache_dir, use_disk_cache)
         )
-        self.belief = _GridBelief(self.size)
+        self.belief = _GridBelief(self.size, self.goal_reward, self.step_reward)
         self._candidate_bits = np.int64(1) << np.arange(len(self.belief.candidates), dtype=np.int64)
         self._plan_cells = self.solution.plan_positions[:, 0] * self.size + self.solution.plan_positions[:, 1]
 

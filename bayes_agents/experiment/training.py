@@ -1,0 +1,339 @@
+"""The training controller: train (or resume) one run, with checkpoints, pause and Ctrl-C handling.
+
+Everything is validated before the run directory is touched: the config values
+(:func:`~bayes_agents.experiment.config.check_values`), the run directory's state, and — by
+building them once — the env and the model (a fresh run trains that very model); a resume reads
+and checks its checkpoint first. Ctrl-C finishes the current update, writes a checkpoint and
+stops; a second Ctrl-C aborts at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+
+from bayes_agents.experiment.checkpoint import (
+    build_model,
+    load_checkpoint,
+    model_bytes,
+    preserved_rng_state,
+    restore_logger,
+    restore_model,
+    save_checkpoint,
+)
+from bayes_agents.experiment.config import (
+    RESUMABLE_CHANGES,
+    ConfigError,
+    check_values,
+    config_differences,
+    jsonable,
+)
+from bayes_agents.experiment.runfiles import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    EVALUATIONS_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    atomic_write_bytes,
+    atomic_write_text,
+    check_run_dir,
+    make_logger,
+    prepare_run_dir,
+    truncate_jsonl,
+)
+from bayes_agents.ppo import BayesPPO
+from bayes_envs.evaluation import evaluate
+
+
+def set_torch_threads(threads: int | None = None) -> int:
+    """Set torch's threads as ``bayes-rl train`` does: ``threads``, else ``$OMP_NUM_THREADS``, else 1.
+
+    Small belief networks run fastest on one thread; more threads mostly contend.
+
+    :raises ValueError: ``threads`` is not an int >= 1.
+    :return: the number of threads set.
+    """
+    import torch
+
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be an int >= 1 (or None for $OMP_NUM_THREADS or 1), got {threads!r}")
+    if threads is None:
+        try:
+            threads = max(1, int(os.environ.get("OMP_NUM_THREADS", "1") or 1))
+        except ValueError:
+            threads = 1
+    torch.set_num_threads(threads)
+    return threads
+
+
+class _PauseTraining(Exception):
+    """Raised at an update boundary, after a checkpoint, to stop ``learn`` (pause or Ctrl-C)."""
+
+
+class InnerEpisodeReturns(BaseCallback):
+    """Logs the mean return of each inner episode over the rollout (``rollout/inner_return_<k>``, 1-based)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sums: dict[int, float] = {}
+        self.counts: dict[int, int] = {}
+
+    def _on_rollout_start(self) -> None:
+        self.sums, self.counts = {}, {}
+
+    def _on_step(self) -> bool:
+        for info in self.locals["infos"]:
+            if info.get("inner_done"):
+                episode = int(info["inner_episode"]) + 1
+                self.sums[episode] = self.sums.get(episode, 0.0) + float(info["inner_return"])
+                self.counts[episode] = self.counts.get(episode, 0) + 1
+        return True
+
+    def _on_rollout_end(self) -> None:
+        for episode in sorted(self.sums):
+            self.logger.record(f"rollout/inner_return_{episode}", self.sums[episode] / self.counts[episode])
+
+
+class RunController(BaseCallback):
+    """At each update boundary: periodic meta-test, checkpoint, pause / Ctrl-C handling, progress."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        config: dict[str, Any],
+        progress: dict[str, Any],
+        pause_at: int | None,
+        show_progress: bool,
+    ) -> None:
+        super().__init__()
+        self.run_dir, self.config, self.progress = run_dir, config, progress
+        self.pause_at = pause_at
+        self.show_progress = show_progress
+        self.interrupted = False
+        self.paused_at: int | None = None
+        self.bar: Any = None
+        self._last_print = 0.0
+
+    # progress output
+    def _on_training_start(self) -> None:
+        if not self.show_progress:
+            return
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            return
+        # disable=None: no bar when stdout is not a terminal (logs, CI); plain lines then.
+        self.bar = tqdm(
+            total=self.config["timesteps"],
+            initial=self.model.num_timesteps,
+            unit="step",
+            dynamic_ncols=True,
+            mininterval=0.5,
+            disable=None,
+        )
+        if self.bar.disable:
+            self.bar = None
+
+    def _progress(self, force: bool = False) -> None:
+        if not self.show_progress:
+            return
+        returns = [info["r"] for info in self.model.ep_info_buffer or []]
+        trial = f"trial return {np.mean(returns):.2f}" if returns else "trial return -"
+        now = time.monotonic()
+        if not force and now - self._last_print < (0.5 if self.bar is not None else 10.0):
+            return
+        self._last_print = now
+        if self.bar is not None:
+            self.bar.n = min(self.model.num_timesteps, self.bar.total)
+            self.bar.set_postfix_str(trial, refresh=True)
+        else:
+            steps = f"{self.model.num_timesteps:>10,} / {self.config['timesteps']:,} steps"
+            print(f"{steps}  {trial}", flush=True)
+
+    def _on_training_end(self) -> None:
+        self._progress(force=True)
+        self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    # update boundaries
+    def _on_rollout_start(self) -> None:
+        steps = int(self.model.num_timesteps)
+        eval_every = self.config["eval_every"]
+        if eval_every and steps >= self.progress["next_eval"]:
+            self._evaluate(steps)
+            self.progress["next_eval"] = (steps // eval_every + 1) * eval_every
+        stop = self.interrupted or (self.pause_at is not None and steps >= self.pause_at)
+        if stop or steps - self.progress["last_checkpoint"] >= self.config["checkpoint_every"]:
+            self.progress["last_checkpoint"] = steps
+            save_checkpoint(self.run_dir / CHECKPOINT_FILE, self.model, self.config, self.progress)
+        if stop:
+            self.paused_at = steps
+            raise _PauseTraining
+
+    def _evaluate(self, steps: int) -> None:
+        with preserved_rng_state():
+            summary = evaluate(
+                self.model,
+                self.config["env_id"],
+                n_tasks=self.config["eval_tasks"],
+                seed=self.config["eval_seed"],
+                **self.config["env"],
+            ).summary()
+        self.logger.record("eval/trial_return", summary["trial_return_mean"])
+        for episode, value in enumerate(summary["episode_return_mean"], start=1):
+            self.logger.record(f"eval/inner_return_{episode}", value)
+        if "final_regret_mean" in summary:
+            self.logger.record("eval/final_regret", summary["final_regret_mean"])
+        with open(self.run_dir / EVALUATIONS_FILE, "a") as stream:
+            stream.write(json.dumps({"timesteps": steps, **jsonable(summary)}) + "\n")
+
+    def _on_step(self) -> bool:
+        self._progress()
+        return True
+
+
+@contextlib.contextmanager
+def graceful_interrupt(controller: RunController) -> Iterator[None]:
+    """First Ctrl-C: finish the update, checkpoint, stop. Second Ctrl-C: the usual KeyboardInterrupt.
+
+    The SIGINT handler installed before is put back afterwards (whatever it was: Python's default,
+    ``SIG_IGN`` under ``nohup``, or a caller's own).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if controller.interrupted:
+            raise KeyboardInterrupt
+        controller.interrupted = True
+        print(
+            "\ninterrupted: finishing the current update, then writing a checkpoint (Ctrl-C again to abort)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` did: the run directory, steps done, and whether it finished or paused."""
+
+    run_dir: Path
+    num_timesteps: int
+    finished: bool
+    interrupted: bool
+    seconds: float
+    model: BayesPPO
+
+
+def _resume_model(config: dict[str, Any], run_dir: Path) -> tuple[BayesPPO, dict[str, Any]]:
+    """The checkpoint's model after checking that ``config`` may continue it (nothing written)."""
+    payload = load_checkpoint(run_dir / CHECKPOINT_FILE)
+    differences = config_differences(payload["config"], config)
+    if differences:
+        raise ConfigError(
+            f"cannot resume {str(run_dir)!r} with another config; differences (saved -> requested): "
+            + "; ".join(differences)
+            + f". Only {sorted(RESUMABLE_CHANGES)} may change on resume."
+        )
+    done = payload["num_timesteps"]
+    if config["timesteps"] < done:
+        raise ConfigError(
+            f"cannot resume {str(run_dir)!r} with timesteps {config['timesteps']:,}: the run has "
+            f"already done {done:,} steps; give --timesteps >= {done:,} "
+            f"(or leave it out to keep {payload['config']['timesteps']:,})"
+        )
+    return restore_model(payload, config["device"]), payload
+
+
+def train(
+    config: dict[str, Any],
+    run_dir: str | os.PathLike[str],
+    *,
+    resume: bool = False,
+    force: bool = False,
+    pause_at: int | None = None,
+    show_progress: bool = True,
+    verbose: bool = False,
+    callbacks: list[BaseCallback] | None = None,
+) -> TrainResult:
+    """Train (or resume) one run of a resolved config into ``run_dir``.
+
+    :param config: from :func:`~bayes_agents.experiment.config.resolve_config`. With ``resume`` it
+        must equal the checkpoint's config except for ``timesteps`` (not below the steps done),
+        ``device`` and ``checkpoint_every``.
+    :param resume: continue from ``run_dir/checkpoint.pt``, exactly (see :mod:`.checkpoint`).
+    :param force: start afresh in a non-empty ``run_dir`` (its run files are deleted).
+    :param pause_at: checkpoint and stop at the first update boundary at or after this many steps
+        (``resume`` continues): for time-sliced jobs.
+    :param callbacks: extra SB3 callbacks (called after the run's own).
+    :raises ConfigError: a bad value, an env or model that cannot be built, or a resume config that
+        differs (the message lists the differences); nothing is written then.
+    :raises RunDirectoryError: existing run without ``force``, nothing to resume, or a corrupt checkpoint.
+    """
+    run_dir = Path(run_dir)
+    if pause_at is not None and (isinstance(pause_at, bool) or not isinstance(pause_at, int) or pause_at < 0):
+        raise ConfigError(f"pause_at must be an int >= 0 steps, got {pause_at!r}")
+    check_values(config)
+    check_run_dir(run_dir, resume, force)
+    resume_step = None
+    if resume:
+        model, payload = _resume_model(config, run_dir)
+        progress = dict(payload["progress"])
+        resume_step = payload["num_timesteps"]
+    else:
+        model = build_model(config)  # validates the env and policy values before anything is written
+        progress = {"last_checkpoint": 0, "next_eval": 0}
+        payload = None
+    prepare_run_dir(run_dir, resume, force)
+    if resume:
+        truncate_jsonl(run_dir / METRICS_FILE, "timesteps", resume_step)
+        truncate_jsonl(run_dir / EVALUATIONS_FILE, "timesteps", resume_step)
+    atomic_write_text(run_dir / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
+    logger = make_logger(run_dir, verbose, resume_step)
+    if payload is not None:
+        restore_logger(logger, payload)
+    model.set_logger(logger)
+    controller = RunController(run_dir, config, progress, pause_at, show_progress)
+    callback = CallbackList([InnerEpisodeReturns(), controller, *(callbacks or [])])
+    remaining = config["timesteps"] - model.num_timesteps
+    start = time.perf_counter()
+    finished = False
+    try:
+        if remaining > 0:
+            with graceful_interrupt(controller):
+                model.learn(remaining, callback=callback, reset_num_timesteps=False)
+        finished = True
+    except _PauseTraining:
+        pass
+    finally:
+        controller.close()
+        logger.close()
+    seconds = time.perf_counter() - start
+    if finished:
+        progress["last_checkpoint"] = int(model.num_timesteps)
+        save_checkpoint(run_dir / CHECKPOINT_FILE, model, config, progress)
+        atomic_write_bytes(run_dir / MODEL_FILE, model_bytes(model))
+    return TrainResult(run_dir, int(model.num_timesteps), finished, controller.interrupted, seconds, model)
