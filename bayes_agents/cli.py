@@ -20,6 +20,7 @@ from typing import Any
 
 from bayes_agents import experiment
 from bayes_agents.experiment import ConfigError, RunDirectoryError
+from bayes_agents.experiment.config import with_added_keys
 from bayes_agents.methods import method_names
 
 EXAMPLES = """examples:
@@ -107,8 +108,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     run_dir = Path(args.out)
     file_config = experiment.load_config_file(args.config) if args.config else {}
     if args.resume and args.env_id is None and not args.config:
-        # Plain --resume: the run's own config, with the flags given now on top.
-        file_config = experiment.read_config(run_dir)
+        # Plain --resume: the run's own config, with the flags given now on top (a config written
+        # before a run key existed gets the value its run used, not today's default).
+        file_config = with_added_keys(experiment.read_config(run_dir))
     config = experiment.resolve_config(
         args.env_id, args.method, file_config=file_config, overrides=_train_overrides(args)
     )

@@ -39,22 +39,65 @@ _PPO: dict[str, dict[str, Any]] = {
 }
 MUJOCO_IDS = ("HalfCheetahDir-v0", "HalfCheetahVel-v0", "AntDir-v0", "AntGoal-v0")
 METAWORLD_IDS = ("MetaWorld-ML1-v0", "MetaWorld-ML10-v0", "MetaWorld-ML45-v0")
+# MuJoCo: the VariBAD reference's config files (github.com/lmzintgraf/varibad, config/mujoco/args_<env>_
+# <method>.py; the commit read is named with each file). Their names map to ours as: num_processes ×
+# policy_num_steps = n_envs × n_steps (reference frames are our env steps); batch_size = n_envs ×
+# n_steps / ppo_num_minibatch; ppo_num_epochs = n_epochs; ppo_clip_param = clip_range; lr_policy =
+# learning_rate ("lin_" where policy_anneal_lr=True); policy_entropy_coef = ent_coef;
+# policy_value_loss_coef = vf_coef; policy_gamma = gamma; policy_tau = gae_lambda; policy_max_grad_norm
+# = max_grad_norm. Every file has num_processes 16 (the CLI's n_envs), policy_entropy_coef 0.01,
+# policy_value_loss_coef 0.5, policy_gamma 0.97, policy_tau 0.9 and policy_max_grad_norm 0.5. The
+# env's own column is RL²'s (the CLI's default method, whose recurrence Laplace-VRNN and VRNN share);
+# VariBAD's columns are corrections in _METHOD_ENV. Not reproduced: the Huber value loss and clipped
+# value loss (ppo_use_huberloss / ppo_use_clipped_value_loss; BayesPPO uses SB3's MSE value loss) and
+# the normc/orthogonal initialisation (policy_initialisation; SB3's orthogonal init is used).
+_MUJOCO_RL2_PPO: dict[str, dict[str, Any]] = {
+    # args_cheetah_dir_rl2.py @ff26cd48: policy_num_steps 200, ppo_num_epochs 2, ppo_num_minibatch 4,
+    # ppo_clip_param 0.1, lr_policy 7e-4.
+    "HalfCheetahDir-v0": dict(
+        n_steps=200, batch_size=16 * 200 // 4, n_epochs=2, clip_range=0.1, learning_rate=7e-4
+    ),
+    # args_cheetah_vel_rl2.py @26542926: policy_num_steps 800, ppo_num_epochs 2, ppo_num_minibatch 4,
+    # ppo_clip_param 0.1, lr_policy 7e-4.
+    "HalfCheetahVel-v0": dict(
+        n_steps=800, batch_size=16 * 800 // 4, n_epochs=2, clip_range=0.1, learning_rate=7e-4
+    ),
+    # args_ant_dir_rl2.py @ff26cd48: policy_num_steps 200, ppo_num_epochs 2, ppo_num_minibatch 4,
+    # ppo_clip_param 0.05, lr_policy 7e-4.
+    "AntDir-v0": dict(n_steps=200, batch_size=16 * 200 // 4, n_epochs=2, clip_range=0.05, learning_rate=7e-4),
+    # args_ant_goal_rl2.py @22252d33: policy_num_steps 200, ppo_num_epochs 2, ppo_num_minibatch 1,
+    # ppo_clip_param 0.05, lr_policy 3e-4 with policy_anneal_lr True (linear decay to 0).
+    "AntGoal-v0": dict(
+        n_steps=200, batch_size=16 * 200, n_epochs=2, clip_range=0.05, learning_rate="lin_3e-4"
+    ),
+}
+_MUJOCO_VARIBAD_PPO: dict[str, dict[str, Any]] = {
+    # args_cheetah_dir_varibad.py @ff26cd48: policy_num_steps 800, ppo_num_epochs 16, ppo_num_minibatch 4,
+    # ppo_clip_param 0.1, lr_policy 7e-4 (VariBAD paper, Appendix E, CheetahDir column).
+    "HalfCheetahDir-v0": dict(
+        n_steps=800, batch_size=16 * 800 // 4, n_epochs=16, clip_range=0.1, learning_rate=7e-4
+    ),
+    # args_cheetah_vel_varibad.py @a36d251c: policy_num_steps 400, ppo_num_epochs 2, ppo_num_minibatch 4,
+    # ppo_clip_param 0.1, lr_policy 7e-4.
+    "HalfCheetahVel-v0": dict(
+        n_steps=400, batch_size=16 * 400 // 4, n_epochs=2, clip_range=0.1, learning_rate=7e-4
+    ),
+    # args_ant_dir_varibad.py @f143358a: policy_num_steps 200, ppo_num_epochs 2, ppo_num_minibatch 1,
+    # ppo_clip_param 0.1, lr_policy 7e-4.
+    "AntDir-v0": dict(n_steps=200, batch_size=16 * 200, n_epochs=2, clip_range=0.1, learning_rate=7e-4),
+    # args_ant_goal_varibad.py @baa239c7: policy_num_steps 200, ppo_num_epochs 2, ppo_num_minibatch 1,
+    # ppo_clip_param 0.05, lr_policy 1e-3 with policy_anneal_lr True.
+    "AntGoal-v0": dict(
+        n_steps=200, batch_size=16 * 200, n_epochs=2, clip_range=0.05, learning_rate="lin_1e-3"
+    ),
+}
 for _env_id in MUJOCO_IDS:
-    # VariBAD Appendix E, MuJoCo (CheetahDir) column: 16 envs × 800 steps, 4 minibatches, 16 epochs.
     _PPO[_env_id] = dict(
-        n_steps=800,
-        batch_size=16 * 800 // 4,
-        n_epochs=16,
-        clip_range=0.1,
-        learning_rate=7e-4,
-        ent_coef=0.01,
-        vf_coef=0.5,
-        gamma=0.97,
-        gae_lambda=0.9,
-        max_grad_norm=0.5,
+        **_MUJOCO_RL2_PPO[_env_id], ent_coef=0.01, vf_coef=0.5, gamma=0.97, gae_lambda=0.9, max_grad_norm=0.5
     )
 for _env_id in METAWORLD_IDS:
-    # VariBAD Appendix E, ML1-Push column: 16 envs × 200 steps, 8 minibatches, 2 epochs.
+    # VariBAD Appendix E, ML1-Push column: 16 envs × 200 steps, 8 minibatches, 2 epochs. (The reference
+    # repository has no Meta-World config files: its config/ holds gridworld, mujoco and pointrobot.)
     _PPO[_env_id] = dict(
         n_steps=200,
         batch_size=16 * 200 // 8,
@@ -70,9 +113,13 @@ for _env_id in METAWORLD_IDS:
 _BELIEF: dict[str, dict[str, Any]] = {
     "BayesGrid-v0": dict(hidden_size=128, latent_dim=32, embed_sizes=(32,), net_arch=[32]),
     "BayesBandit-v0": dict(hidden_size=128, latent_dim=64, embed_sizes=(64,), net_arch=[64]),
-    # Recurrence 128 (VariBAD's encoder size), the Laplace paper's 64-dim posterior, VariBAD's policy layers.
+    # RL² in the reference's args_<env>_rl2.py files (all four alike): encoder_gru_hidden_size 128 (a
+    # GRU), latent_dim 128 ("just a layer in the policy", after the GRU), policy_layers [128] with
+    # policy_activation_function tanh (BeliefPolicy's default activation). The reference embeds state,
+    # action and reward separately (state_embedding_size 32, action 16, reward 16, ReLU); RL2Belief
+    # embeds their concatenation: one layer of the same total width, 64.
     **{
-        env_id: dict(hidden_size=128, latent_dim=64, embed_sizes=(64,), net_arch=[128, 128])
+        env_id: dict(hidden_size=128, rnn="gru", latent_dim=128, embed_sizes=(64,), net_arch=[128])
         for env_id in MUJOCO_IDS
     },
     **{
@@ -118,7 +165,49 @@ _METHOD_ENV: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     # diagonal precision keeps the grid run within a few minutes.
     ("BayesGrid-v0", "laplace"): {"policy": dict(covariance="diag")},
     # The full 64×64 precision costs several times more per update on a CPU.
-    **{(env_id, "laplace"): {"policy": dict(covariance="diag")} for env_id in MUJOCO_IDS + METAWORLD_IDS},
+    **{(env_id, "laplace"): {"policy": dict(covariance="diag")} for env_id in METAWORLD_IDS},
+    # On MuJoCo the shared latent is RL²'s 128-wide policy layer; the Gaussian posteriors of Laplace-VRNN
+    # and VRNN keep the Laplace-VRNN paper's 64 dimensions (a 128-dim posterior costs more per update).
+    **{(env_id, "laplace"): {"policy": dict(covariance="diag", latent_dim=64)} for env_id in MUJOCO_IDS},
+    **{(env_id, "vrnn"): {"policy": dict(latent_dim=64)} for env_id in MUJOCO_IDS},
+    # VariBAD on MuJoCo: the PPO columns of args_<env>_varibad.py (_MUJOCO_VARIBAD_PPO) and the model of
+    # those files (identical in the four, except latent_dim): policy_layers [128, 128] (tanh);
+    # encoder_gru_hidden_size 128; state/action/reward_embedding_size 32/16/16; latent_dim 5 (AntGoal
+    # @baa239c7: 10); reward_decoder_layers [64, 32] with rew_pred_type "deterministic" (a regression:
+    # our "gaussian" decoder), inputs prev state, action and next state (input_prev_state,
+    # input_action True); decode_state False; kl_weight 0.1; vae_batch_num_trajs 10;
+    # vae_subsample_elbos 50 and vae_subsample_decodes 50; lr_vae 1e-3. Deviations: (1) size_vae_buffer
+    # 10000 trajectories are 4M steps of inputs (Ant: 115 float32 per step, 1.8 GB in memory and in
+    # every checkpoint.pt, which stores the buffer): the buffer keeps 1000 trials (400k steps, 13% of
+    # a 3M-step run; Ant 184 MB); (2) the VAE steps stay the method's 20 per PPO update at lr 3e-3
+    # (reference: num_vae_updates 1 at 1e-3) — on the grid the reference schedule left the posterior
+    # at the prior for the first ~1M env steps (see bayes_agents/beliefs/varibad.py), and a CPU budget
+    # of a few M steps is ~3% of the reference's 1e8 frames; not yet measured on MuJoCo. Not
+    # reproduced: tbptt_stepsize 50 and precollect_len 5000 (the encoder back-propagates through whole
+    # trials; no pre-collection).
+    **{
+        (env_id, "varibad"): {
+            "ppo": dict(_MUJOCO_VARIBAD_PPO[env_id]),
+            "policy": dict(
+                net_arch=[128, 128],
+                hidden_size=128,
+                latent_dim=10 if env_id == "AntGoal-v0" else 5,
+                state_embed_size=32,
+                action_embed_size=16,
+                reward_embed_size=16,
+                reward_decoder="gaussian",
+                reward_decoder_sizes=(64, 32),
+                reward_decoder_inputs=("state", "action", "next_state"),
+                state_decoder=False,
+                kl_weight=0.1,
+                vae_batch_trials=10,
+                elbo_times=50,
+                decodes_per_elbo=50,
+                buffer_trials=1000,
+            ),
+        }
+        for env_id in MUJOCO_IDS
+    },
     # VariBAD's gridworld model: latent 5, GRU 64, one Bernoulli reward head per cell, KL weight 0.01.
     ("BayesGrid-v0", "varibad"): {
         "policy": dict(latent_dim=5, hidden_size=64, reward_decoder="per_state", grid_size=5, kl_weight=0.01)

@@ -22,7 +22,6 @@ ratio pure noise.
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -225,7 +224,7 @@ class BeliefPolicy(RecurrentActorCriticPolicy):
         if not isinstance(reuse_rollout_precision, bool):
             raise TypeError(f"reuse_rollout_precision must be a bool, got {reuse_rollout_precision!r}")
         self.reuse_rollout_precision = reuse_rollout_precision
-        self._last_output: BeliefOutput | None = None
+        self._last_output: BeliefOutput | _LazyOutput | None = None
         #: The record of the last rollout run through ``forward`` (Laplace, reuse_rollout_precision).
         self._terms_cache: RolloutTermsCache | None = None
         # The belief is built in _build_mlp_extractor (it needs the features size, and must exist
@@ -461,19 +460,47 @@ class BeliefPolicy(RecurrentActorCriticPolicy):
             e.g. to keep the stop-gradient Laplace terms for the update.
         :return: actions ``[B, *action_shape]``, values ``[B, 1]``, log-probabilities ``[B]`` and the
             next state slots (inference tensors: no autograd graph may be built on them).
+
+        A Laplace belief without ``record`` runs :meth:`~bayes_agents.beliefs.LaplaceBelief.acting_sequence`:
+        only the mean, the precision and (when sampling) its Cholesky factor; the entropy and KL of
+        :attr:`last_belief_output` are formed when it is read.
         """
-        features = self.extract_features(obs)
+        actions, values, log_prob, slots, _ = self._act(
+            self.extract_features(obs), lstm_states, episode_starts, deterministic, record
+        )
+        return actions, values, log_prob, slots
+
+    @torch.inference_mode()
+    def _act(
+        self,
+        features: Tensor,
+        lstm_states: tuple[Tensor, Tensor],
+        episode_starts: Tensor,
+        deterministic: bool,
+        record: Any,
+    ) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor], Tensor | None]:
+        """:meth:`act` on extracted features; also returns the posterior-sample offsets (or None)."""
         starts = (episode_starts > 0.5).view(1, -1)
         state, keys = self.unpack_state(lstm_states)
-        output, state = self.belief.sequence(features.unsqueeze(0), state, starts)
-        output = output.apply(lambda value: value[0])
+        laplace = isinstance(self.belief, LaplaceBelief)
+        sampling = self.n_samples > 0
+        if laplace and record is None:  # the lean step: the statistics are formed only if read
+            output, state, complete = self.belief.acting_sequence(
+                features.unsqueeze(0), state, starts, cholesky=sampling
+            )
+            output = output.apply(lambda value: value[0])
+            self._last_output = _LazyOutput(complete)
+        else:
+            output, state = self.belief.sequence(features.unsqueeze(0), state, starts)
+            output = output.apply(lambda value: value[0])
+            self._last_output = output
         offsets = None
-        if self.n_samples > 0 and output.is_distribution:
+        if sampling and output.is_distribution:
             step_keys, keys = next_noise_keys(keys, starts)
             latent = self.belief.latent_dim
             draws = standard_normal_from_keys(step_keys[0], self.n_samples * latent, output.mean.dtype)
             noise = draws.view(-1, self.n_samples, latent).transpose(0, 1)  # [n_Z, B, L]
-            if isinstance(self.belief, LaplaceBelief):
+            if laplace:
                 offsets = self.belief.sample_offsets(output.precision, output.precision_cholesky, noise)
                 latents = output.mean + offsets
             else:
@@ -482,7 +509,6 @@ class BeliefPolicy(RecurrentActorCriticPolicy):
             latents = self.belief.policy_input(output).unsqueeze(0)
         if record is not None:
             record(features, output, offsets)
-        self._last_output = output
         parameters = self.action_net(self.mlp_extractor.forward_actor(self._head_inputs(latents, features)))
         parameters = parameters.mean(dim=0)
         if isinstance(self.action_space, spaces.Discrete):
@@ -503,7 +529,7 @@ class BeliefPolicy(RecurrentActorCriticPolicy):
             ).sum(dim=1)
         values = self._values(output, features)
         slots = self.pack_state(state, keys)
-        return actions.reshape((-1, *self.action_space.shape)), values, log_prob, slots
+        return actions.reshape((-1, *self.action_space.shape)), values, log_prob, slots, offsets
 
     # ------------------------------------------------------------------------------ SB3 entry points
     def forward(
@@ -514,15 +540,19 @@ class BeliefPolicy(RecurrentActorCriticPolicy):
         A Laplace policy with ``reuse_rollout_precision`` also records the step (see
         :class:`RolloutTermsCache`) so that the stock update can take the stop-gradient terms of each
         minibatch sequence from the rollout instead of recomputing them."""
-        record = None
+        cache = None
         if self.reuse_rollout_precision and isinstance(self.belief, LaplaceBelief):
             if self._terms_cache is None or self._terms_cache.closed:
                 self._terms_cache = RolloutTermsCache()
             if not self._terms_cache.full:
-                record = functools.partial(self._terms_cache.add, lstm_states.pi, episode_starts)
-        actions, values, log_prob, slots = self.act(
-            obs, lstm_states.pi, episode_starts, deterministic, record
+                cache = self._terms_cache
+        with torch.inference_mode():
+            features = self.extract_features(obs)
+        actions, values, log_prob, slots, offsets = self._act(
+            features, lstm_states.pi, episode_starts, deterministic, None
         )
+        if cache is not None:  # the terms themselves are formed for the whole rollout at once
+            cache.add(lstm_states.pi, episode_starts, features, slots, offsets)
         slots = tuple(slot.clone() for slot in slots)  # normal tensors: the algorithm keeps them
         return actions, values, log_prob, RNNStates(slots, slots)
 
@@ -613,15 +643,31 @@ class BeliefPolicy(RecurrentActorCriticPolicy):
     @property
     def last_belief_output(self) -> BeliefOutput | None:
         """The (detached) belief output of the last forward pass, flattened to ``[N, ..]``."""
+        if isinstance(self._last_output, _LazyOutput):  # a lean acting step's: formed when read
+            self._last_output = self._last_output()
         return self._last_output
+
+
+class _LazyOutput:
+    """The belief output of a lean acting step, formed (once, under ``torch.inference_mode`` as the
+    step's own tensors) when :attr:`BeliefPolicy.last_belief_output` reads it."""
+
+    def __init__(self, complete: Any) -> None:
+        self.complete = complete
+
+    def __call__(self) -> BeliefOutput:
+        with torch.inference_mode():
+            return self.complete().apply(lambda value: value[0])
 
 
 class RolloutTermsCache:
     """The stop-gradient Laplace terms of the rollout steps that the stock ``RecurrentPPO`` ran through
     :meth:`BeliefPolicy.forward`, for its update (``reuse_rollout_precision``, on by default).
 
-    Each step records its inputs ``x_t``, its packed start state, its resets and its terms
-    (``previous_precision``, ``kl_offset``, ``entropy``, posterior-sample offsets). A training
+    Each step records its inputs ``x_t``, its packed start and end states, its resets and its
+    posterior-sample offsets; the terms (``previous_precision``, ``kl_offset``, ``entropy``) are formed
+    from the recorded states' precisions for the whole rollout at once, in one batched pass, when the
+    update first needs them (not at every acting step). A training
     minibatch sequence is matched to the recorded rows by the exact bytes of its start state and then
     verified position by position: the rows of the sequence must have exactly the recorded inputs and
     resets, and any positions after the verified ones must be SB3's padding (all-zero inputs, no
@@ -638,7 +684,7 @@ class RolloutTermsCache:
     def __init__(self, max_elements: int = 2**26) -> None:
         self.max_elements, self.elements = max_elements, 0
         self.closed = False
-        self.steps: list[tuple[Tensor, Tensor, Tensor, BeliefOutput, Tensor | None]] = []
+        self.steps: list[tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]] = []
         self._stacked: tuple[Any, ...] | None = None
 
     @property
@@ -650,29 +696,51 @@ class RolloutTermsCache:
         slots: tuple[Tensor, Tensor],
         episode_starts: Tensor,
         features: Tensor,
-        output: BeliefOutput,
+        next_slots: tuple[Tensor, Tensor],
         offsets: Tensor | None,
     ) -> None:
-        """Record one step (the ``record`` of :meth:`BeliefPolicy.act`, with its start state slots)."""
+        """Record one acting step: its start state slots, resets, inputs ``x_t``, end state slots and
+        posterior-sample offsets ``[n_Z, B, L]`` (None without sampling)."""
         state = torch.cat([slots[0][0], slots[1][0]], dim=1)
-        terms = (output.previous_precision, output.kl_offset, output.entropy, offsets)
-        self.steps.append((features, state, episode_starts > 0.5, *terms))
-        self.elements += sum(value.numel() for value in (features, state, *terms[:3]))
+        next_state = torch.cat([next_slots[0][0], next_slots[1][0]], dim=1)
+        self.steps.append((features, state, episode_starts > 0.5, next_state, offsets))
+        self.elements += sum(value.numel() for value in (features, state, next_state))
         self._stacked = None
         if self.full:  # too large: not used, so not kept
             self.steps.clear()
 
-    def _stack(self) -> tuple[Any, ...]:
+    def _stack(self, policy: BeliefPolicy) -> tuple[Any, ...]:
         if self._stacked is None:
             columns = list(zip(*self.steps, strict=True))
-            stacked = [None if column[0] is None else torch.stack(column) for column in columns]
-            if stacked[6] is not None:  # sample offsets [T, n_Z, B, L] → [n_Z, T·B, L], in row order
-                stacked[6] = stacked[6].transpose(0, 1).flatten(1, 2)
-            host = stacked[1].flatten(0, 1).cpu().numpy()  # the start states [T, B, 2·slot]
+            features, states, starts, next_states, offsets = (
+                None if column[0] is None else torch.stack(column) for column in columns
+            )
+            if offsets is not None:  # sample offsets [T, n_Z, B, L] → [n_Z, T·B, L], in row order
+                offsets = offsets.transpose(0, 1).flatten(1, 2)
+            # The terms of every step at once: each step's precision and that carried into it (rows
+            # of one-step sequences, so a step's previous precision is that of its own start state).
+            belief: LaplaceBelief = policy.belief  # type: ignore[assignment]
+            size = belief.state_size
+            rows = starts.numel()
+            before = belief.state_layout.unpack(states.flatten(0, 1)[:, :size])["data_precision"]
+            after = belief.state_layout.unpack(next_states.flatten(0, 1)[:, :size])["data_precision"]
+            with torch.inference_mode():
+                terms = belief._posterior_terms_(after.unsqueeze(0).clone(), before, starts.view(1, rows))
+            host = states.flatten(0, 1).cpu().numpy()  # the start states [T, B, 2·slot]
             index: dict[bytes, list[int]] = {}
             for row in range(host.shape[0]):
                 index.setdefault(host[row].tobytes(), []).append(row)
-            self._stacked = (index, *stacked)
+            shape = starts.shape
+            self._stacked = (
+                index,
+                features,
+                states,
+                starts,
+                terms.previous_precision.view(*shape, *terms.previous_precision.shape[2:]),
+                terms.kl_offset.view(shape),
+                terms.entropy.view(shape),
+                offsets,
+            )
         return self._stacked
 
     @staticmethod
@@ -702,7 +770,8 @@ class RolloutTermsCache:
         Never from a truncated record (``full``): a real step after its end could pass for padding."""
         if not self.steps or self.full:
             return None
-        index, rec_features, _, rec_starts, previous_precision, kl_offset, entropy, offsets = self._stack()
+        stacked = self._stack(policy)
+        index, rec_features, _, rec_starts, previous_precision, kl_offset, entropy, offsets = stacked
         n_envs = rec_starts.shape[1]
         n_seq = slots[0].shape[1]
         inputs = features.detach().reshape(n_seq, -1, features.shape[-1])

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import inspect
 import io
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -186,6 +185,7 @@ class BayesPPO(RecurrentPPO):
             n_envs=self.n_envs,
         )
         self._rollout_record: _RolloutRecorder | None = None
+        _use_fused_adam(self.policy)
         # Distinct posterior-sample noise streams per env (the stock algorithm starts all at key 0).
         generator = torch.Generator().manual_seed(self.seed if self.seed is not None else 0)
         slots = self.policy.randomize_noise_keys(self._last_lstm_states.pi, generator)
@@ -294,6 +294,7 @@ class BayesPPO(RecurrentPPO):
         if self.reuse_rollout_precision and isinstance(policy.belief, LaplaceBelief):
             rows = self._rollout_rows()
         self._rollout_record = None  # released (a later call uses the buffer's states)
+        parameters = list(policy.parameters())  # once: clip_grad_norm_ walks the modules per call
 
         pg_losses, value_losses, entropy_losses, clip_fractions = [], [], [], []
         aux_losses, belief_entropies, belief_kls = [], [], []
@@ -310,27 +311,30 @@ class BayesPPO(RecurrentPPO):
                 values, log_prob, entropy, output = policy.evaluate_minibatch(
                     data.observations, actions, data.lstm_states.pi, data.episode_starts, cache
                 )
-                values = values.flatten()
+                # The loss terms are elementwise, then averaged over the unpadded steps: taking those
+                # steps first (one index, built once) gives the same numbers as masking every term.
+                valid = data.valid
+                values = values.flatten().index_select(0, valid)
+                log_prob = log_prob.index_select(0, valid)
+                old_log_prob, old_values = data.old_log_prob[valid], data.old_values[valid]
 
-                advantages = data.advantages
+                advantages = data.advantages[valid]
                 if self.normalize_advantage:
-                    advantages = (advantages - advantages[mask].mean()) / (advantages[mask].std() + 1e-8)
-                ratio = torch.exp(log_prob - data.old_log_prob)
+                    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+                ratio = torch.exp(log_prob - old_log_prob)
                 policy_loss = -torch.mean(
                     torch.min(
                         advantages * ratio, advantages * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)
-                    )[mask]
+                    )
                 )
                 values_pred = values
                 if clip_range_vf is not None:
-                    values_pred = data.old_values + torch.clamp(
-                        values - data.old_values, -clip_range_vf, clip_range_vf
-                    )
-                value_loss = torch.mean(((data.returns - values_pred) ** 2)[mask])
+                    values_pred = old_values + torch.clamp(values - old_values, -clip_range_vf, clip_range_vf)
+                value_loss = torch.mean((data.returns[valid] - values_pred) ** 2)
                 if entropy is None:  # no analytical entropy: its estimate
-                    entropy_loss = -torch.mean(-log_prob[mask])
+                    entropy_loss = -torch.mean(-log_prob)
                 else:
-                    entropy_loss = -torch.mean(entropy[mask])
+                    entropy_loss = -torch.mean(entropy.index_select(0, valid))
                 ppo_loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
                 aux_loss = policy._masked_aux_loss(output, mask)
 
@@ -339,10 +343,10 @@ class BayesPPO(RecurrentPPO):
                 pg_losses.append(policy_loss.detach())
                 value_losses.append(value_loss.detach())
                 entropy_losses.append(entropy_loss.detach())
-                clip_fractions.append(torch.mean((torch.abs(ratio.detach() - 1) > clip_range).float()[mask]))
+                clip_fractions.append(torch.mean((torch.abs(ratio.detach() - 1) > clip_range).float()))
                 with torch.no_grad():  # approximate KL(old ‖ new), for logging and early stopping
-                    log_ratio = log_prob - data.old_log_prob
-                    approx_kl_div = torch.mean(((torch.exp(log_ratio) - 1) - log_ratio)[mask])
+                    log_ratio = log_prob - old_log_prob
+                    approx_kl_div = torch.mean((torch.exp(log_ratio) - 1) - log_ratio)
                     approx_kl_divs.append(approx_kl_div)
                 if self.target_kl is not None and approx_kl_div.item() > 1.5 * self.target_kl:
                     continue_training = False
@@ -352,7 +356,7 @@ class BayesPPO(RecurrentPPO):
 
                 policy.optimizer.zero_grad()
                 (ppo_loss + aux_loss).backward()  # one backward pass through the recurrence
-                torch.nn.utils.clip_grad_norm_(policy.parameters(), self.max_grad_norm)
+                torch.nn.utils.clip_grad_norm_(parameters, self.max_grad_norm)
                 policy.optimizer.step()
 
                 aux_losses.append(aux_loss.detach())  # belief statistics: applied minibatches only
@@ -429,7 +433,8 @@ class BayesPPO(RecurrentPPO):
 
 class BeliefRolloutSamples(NamedTuple):
     """A padded minibatch of sequences (the fields of sb3-contrib's recurrent samples) plus ``rows``:
-    the buffer row (env-major, ``env * n_steps + step``) of every padded position, -1 at padding."""
+    the buffer row (env-major, ``env * n_steps + step``) of every padded position, -1 at padding, and
+    ``valid``: the positions of the unpadded steps (int64, ascending; ``mask > 0`` as an index)."""
 
     observations: Any
     actions: Tensor
@@ -441,6 +446,7 @@ class BeliefRolloutSamples(NamedTuple):
     episode_starts: Tensor
     mask: Tensor
     rows: np.ndarray
+    valid: Tensor
 
 
 class _BeliefBufferMixin:
@@ -452,6 +458,28 @@ class _BeliefBufferMixin:
         super().reset()  # type: ignore[misc]
         empty = np.zeros((*self.hidden_state_shape[:-1], 0), dtype=np.float32)  # type: ignore[attr-defined]
         self.hidden_states_vf, self.cell_states_vf = empty, empty
+        self._tensors: dict[str, Any] | None = None
+
+    def get(self, batch_size: int | None = None) -> Any:
+        """SB3's minibatch generator; each pass converts the buffer's arrays to tensors once (on its
+        first minibatch), and every minibatch gathers its rows from those."""
+        self._tensors = None
+        yield from super().get(batch_size)  # type: ignore[misc]
+
+    def _as_tensors(self) -> dict[str, Any]:
+        if self._tensors is None:
+            names = ("actions", "values", "log_probs", "advantages", "returns", "episode_starts")
+            tensors: dict[str, Any] = {name: self._to_tensor(getattr(self, name)) for name in names}
+            observations = self.observations  # type: ignore[attr-defined]
+            if isinstance(observations, dict):
+                tensors["observations"] = {key: self._to_tensor(obs) for key, obs in observations.items()}
+            else:
+                tensors["observations"] = self._to_tensor(observations)
+            self._tensors = tensors
+        return self._tensors
+
+    def _to_tensor(self, array: np.ndarray) -> Tensor:
+        return torch.as_tensor(array, device=self.device)  # type: ignore[attr-defined]
 
     def add(self, *args: Any, slots: tuple[Tensor, Tensor], **kwargs: Any) -> None:
         """SB3's ``add`` of one step, with the packed belief state ``slots`` before it."""
@@ -469,29 +497,36 @@ class _BeliefBufferMixin:
         # with one index per field instead of padding every sequence separately.
         rows = _padded_rows(batch_inds, self.seq_start_indices)
         padding = rows < 0
-        take = np.where(padding, 0, rows)
+        tensors = self._as_tensors()
+        take = self._to_tensor(np.where(padding, 0, rows))
+        padding_t = self._to_tensor(padding)
 
-        def padded(array: np.ndarray) -> Tensor:
-            values = array[take]
-            values[padding] = 0
-            return self.to_torch(values)
+        def padded(array: Tensor) -> Tensor:
+            values = array.index_select(0, take)
+            return values.masked_fill_(padding_t.view(-1, *(1,) * (values.dim() - 1)), 0)
 
         starts = batch_inds[self.seq_start_indices]
         slots = tuple(
             self.to_torch(array[starts].swapaxes(0, 1)).contiguous()  # [1, n_seq, slot]
             for array in (self.hidden_states_pi, self.cell_states_pi)
         )
+        observations = tensors["observations"]
         return BeliefRolloutSamples(
-            observations=self._padded_observations(padded),
-            actions=padded(self.actions),
-            old_values=padded(self.values).flatten(),
-            old_log_prob=padded(self.log_probs).flatten(),
-            advantages=padded(self.advantages).flatten(),
-            returns=padded(self.returns).flatten(),
+            observations=(
+                {key: padded(obs) for key, obs in observations.items()}
+                if isinstance(observations, dict)
+                else padded(observations)
+            ),
+            actions=padded(tensors["actions"]),
+            old_values=padded(tensors["values"]).flatten(),
+            old_log_prob=padded(tensors["log_probs"]).flatten(),
+            advantages=padded(tensors["advantages"]).flatten(),
+            returns=padded(tensors["returns"]).flatten(),
             lstm_states=RNNStates(slots, slots),
-            episode_starts=padded(self.episode_starts).flatten(),
+            episode_starts=padded(tensors["episode_starts"]).flatten(),
             mask=self.to_torch((~padding).astype(np.float32)),
             rows=rows,
+            valid=self._to_tensor(np.flatnonzero(~padding)),
         )
 
 
@@ -501,9 +536,6 @@ class BeliefRolloutBuffer(_BeliefBufferMixin, RecurrentRolloutBuffer):
     def _add_step(self, *args: Any, **kwargs: Any) -> None:
         RolloutBuffer.add(self, *args, **kwargs)
 
-    def _padded_observations(self, padded: Callable[[np.ndarray], Tensor]) -> Tensor:
-        return padded(self.observations)
-
 
 class BeliefDictRolloutBuffer(_BeliefBufferMixin, RecurrentDictRolloutBuffer):
     """:class:`_BeliefBufferMixin` for Dict observations (the RL²-input observations of bayes_envs)."""
@@ -511,8 +543,32 @@ class BeliefDictRolloutBuffer(_BeliefBufferMixin, RecurrentDictRolloutBuffer):
     def _add_step(self, *args: Any, **kwargs: Any) -> None:
         DictRolloutBuffer.add(self, *args, **kwargs)
 
-    def _padded_observations(self, padded: Callable[[np.ndarray], Tensor]) -> dict[str, Tensor]:
-        return {key: padded(obs) for key, obs in self.observations.items()}
+
+def _use_fused_adam(policy: BeliefPolicy) -> None:
+    """Give ``policy`` a fused Adam (one kernel for all parameters instead of one sequence of ops per
+    parameter tensor: ~2.5x cheaper per step on a CPU for these small networks) if its optimizer is a
+    plain ``torch.optim.Adam`` with no implementation chosen (``foreach``/``fused`` unset) and torch
+    has the fused kernel for the parameters' device. The update is Adam's to rounding; the state dict
+    keeps its layout (a checkpoint saved before loads into it)."""
+    optimizer = policy.optimizer
+    defaults = optimizer.defaults
+    if type(optimizer) is not torch.optim.Adam or optimizer.state or len(optimizer.param_groups) != 1:
+        return
+    if (
+        defaults.get("fused") is not None
+        or defaults.get("foreach") is not None
+        or defaults.get("differentiable")
+    ):
+        return
+    parameters = optimizer.param_groups[0]["params"]
+    if not parameters or any(
+        not p.is_floating_point() or p.device.type not in ("cpu", "cuda") for p in parameters
+    ):
+        return
+    try:
+        policy.optimizer = torch.optim.Adam(parameters, **{**defaults, "fused": True})
+    except (RuntimeError, TypeError, ValueError):  # an older torch without this fused kernel
+        pass
 
 
 def _mean(values: list[Tensor]) -> float:

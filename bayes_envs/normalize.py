@@ -228,7 +228,8 @@ class RL2VecNormalize(VecNormalize):
     def frozen(cls, state: dict[str, Any], venv: VecEnv) -> RL2VecNormalize:
         """An evaluation wrapper around ``venv`` with the statistics of a :meth:`state_dict`: never
         updated, raw rewards out (``prev_reward`` still scaled as in training)."""
-        return cls.from_state({**state, "norm_reward": False}, venv, training=False)
+        prev_reward = state.get("norm_prev_reward", state.get("norm_reward", True))
+        return cls.from_state({**state, "norm_reward": False, "norm_prev_reward": prev_reward}, venv)
 
     def frozen_copy(self, venv: VecEnv) -> RL2VecNormalize:
         """:meth:`frozen` with this wrapper's statistics (copies: this wrapper is not touched)."""

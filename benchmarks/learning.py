@@ -22,6 +22,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 import bayes_envs
 from bayes_agents import BayesPPO, laplace_from_rl2
+from bayes_agents.experiment import normalized_env
 from bayes_agents.methods import get_method
 from bayes_envs.evaluation import evaluate, mean_ci
 
@@ -50,6 +51,9 @@ class Job:
     #: fine-tuning budget of the converted model.
     laplace: dict[str, Any] = field(default_factory=dict)
     finetune_timesteps: int = 0
+    #: ``{"norm_obs": bool, "norm_reward": bool}``: train on an ``RL2VecNormalize``-wrapped env (its
+    #: statistics are frozen in the evaluations, which report raw returns); empty: no normalisation.
+    normalize: dict[str, bool] = field(default_factory=dict)
 
 
 def method_seed_jobs(
@@ -137,6 +141,7 @@ def run_job(job: Job) -> list[dict[str, Any]]:
     (the Laplace-VRNN paper's post-hoc and fine-tune protocols)."""
     torch.set_num_threads(1)
     venv = bayes_envs.make_vec(job.env_id, job.n_envs, seed=job.seed * 1000, **job.env_kwargs)
+    venv = normalized_env(venv, {**job.normalize, "ppo": job.ppo})
     model = BayesPPO(
         get_method(job.method.split(":")[0]).policy_class,  # "name:variant" labels a variant
         venv,

@@ -214,3 +214,26 @@ def test_belief_buffer_minibatches_equal_the_stock_sampler() -> None:
     mask = ours.mask > 0
     assert (ours.rows[~mask.numpy()] == -1).all()
     np.testing.assert_array_equal(np.sort(ours.rows[mask.numpy()]), np.sort(batch_inds))
+
+
+def test_bayes_ppo_uses_the_fused_adam_kernel_unless_one_is_chosen(tmp_path) -> None:
+    """BayesPPO swaps SB3's default Adam for torch's fused Adam (same hyper-parameters) where torch has
+    that kernel; an implementation chosen in optimizer_kwargs is kept; save/load keeps training."""
+    venv = bayes_envs.make_vec("BayesGrid-v0", 2, seed=1)
+    settings = {"n_steps": 16, "batch_size": 32, "n_epochs": 1, "seed": 0}
+    model = BayesPPO(RL2Policy, venv, policy_kwargs=SMALL, **settings)
+    optimizer = model.policy.optimizer
+    assert type(optimizer) is torch.optim.Adam
+    assert optimizer.defaults["fused"] in (True, None)  # None: a torch without the CPU kernel
+    assert optimizer.defaults["eps"] == 1e-5  # SB3's PPO default, kept
+    assert [p for group in optimizer.param_groups for p in group["params"]] == list(model.policy.parameters())
+    model.learn(64)
+    model.save(tmp_path / "model.zip")
+    loaded = BayesPPO.load(tmp_path / "model.zip", env=venv)
+    assert loaded.policy.optimizer.state_dict()["param_groups"] == optimizer.state_dict()["param_groups"]
+    loaded.learn(32)
+    chosen = BayesPPO(
+        RL2Policy, venv, policy_kwargs={**SMALL, "optimizer_kwargs": {"foreach": False}}, **settings
+    )
+    defaults = chosen.policy.optimizer.defaults
+    assert not defaults["fused"] and defaults["foreach"] is False

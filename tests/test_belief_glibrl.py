@@ -4,6 +4,7 @@ distributions), transition masks, resets, gradients, long-rollout stability and 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -15,7 +16,7 @@ from torch.distributions import Gamma, MultivariateNormal, kl_divergence
 import bayes_envs
 from bayes_agents import BayesPPO
 from bayes_agents.beliefs.base import BeliefOutput, InputLayout
-from bayes_agents.beliefs.glibrl import GLiBRLBelief, GLiBRLOutput
+from bayes_agents.beliefs.glibrl import GLiBRLBelief, GLiBRLOutput, NIGPosterior
 from bayes_agents.methods import method_defaults
 from bayes_agents.policies import GLiBRLPolicy
 
@@ -602,3 +603,112 @@ def test_cuda_learn_and_predict():
     assert next(model.policy.belief.parameters()).is_cuda
     assert np.isfinite(model.logger.name_to_value["belief/aux_loss"])
     rollout_actions(model, "BayesGrid-v0")
+
+
+# ---------------------------------------------------------------------------------- reference path
+def generic_posterior(belief: GLiBRLBelief, statistics: dict) -> NIGPosterior:
+    """The NIG posterior with both groups factorised and solved (no special case for an unfitted
+    dynamics group): the reference for the reward-only shortcut of :meth:`GLiBRLBelief.posterior`."""
+    gram, cross = statistics["gram"], statistics["cross"]
+    eye = torch.eye(belief.basis_dim, dtype=gram.dtype)
+    cholesky = torch.linalg.cholesky(gram + belief.prior_precision * eye)
+    mean = torch.cat(
+        [
+            torch.cholesky_solve(cross[..., :OBS], cholesky[..., 0, :, :]),
+            torch.cholesky_solve(cross[..., OBS:], cholesky[..., 1, :, :]),
+        ],
+        dim=-1,
+    ).transpose(-1, -2)
+    explained = (cross.transpose(-1, -2) * mean).sum(-1)
+    rate = belief.prior_noise_rate + 0.5 * (statistics["square"] - explained).clamp(min=0.0)
+    concentration = belief.prior_noise_concentration + 0.5 * statistics["count"][..., belief.output_group]
+    log_det = 2.0 * torch.diagonal(cholesky, dim1=-2, dim2=-1).log().sum(-1)
+    return NIGPosterior(mean, cholesky, log_det, concentration, rate)
+
+
+def generic_action_predictions(belief: GLiBRLBelief, posterior: NIGPosterior, obs: torch.Tensor):
+    """Action reward predictions with one triangular solve per (row, action) against a broadcast factor."""
+    actions = belief.input_layout.action_dim
+    inputs = torch.cat(
+        [
+            obs.unsqueeze(-2).expand(*obs.shape[:-1], actions, OBS),
+            torch.eye(actions).to(obs).expand(*obs.shape[:-1], -1, -1),
+        ],
+        dim=-1,
+    )
+    features = belief.basis(inputs)
+    mean = (features * posterior.mean[..., -1, :].unsqueeze(-2)).sum(-1)
+    cholesky = posterior.group_precision_cholesky[..., 1, :, :].unsqueeze(-3)
+    whitened = torch.linalg.solve_triangular(cholesky, features.unsqueeze(-1), upper=False)
+    leverage = whitened.squeeze(-1).square().sum(-1)
+    noise_scale = posterior.rate[..., -1] / posterior.concentration[..., -1]
+    return mean, noise_scale.log().unsqueeze(-1) + torch.log1p(leverage)
+
+
+def reference_belief(belief: GLiBRLBelief) -> GLiBRLBelief:
+    """A copy of ``belief`` whose posterior, group solves, KL trace and action predictions take the
+    generic (unspecialised, per-matrix) path."""
+    twin = GLiBRLBelief(belief.input_dim, input_layout=belief.input_layout, **REFERENCE_OPTIONS[id(belief)])
+    twin = twin.to(torch.float64)
+    twin.load_state_dict(belief.state_dict())
+    twin.posterior = lambda statistics: generic_posterior(twin, statistics)
+    twin._solve_groups = lambda cholesky, right: torch.linalg.solve_triangular(cholesky, right, upper=False)
+    twin._action_reward_predictions = lambda posterior, obs: generic_action_predictions(twin, posterior, obs)
+
+    def generic_kl(current, previous, inverse_cholesky):
+        twin.fit_dynamics = True  # the full ‖L_cur⁻¹ L_prev‖_F² trace for both groups
+        try:
+            return GLiBRLBelief._kl(twin, current, previous, inverse_cholesky)
+        finally:
+            twin.fit_dynamics = False
+
+    twin._kl = generic_kl
+    return twin
+
+
+REFERENCE_OPTIONS: dict[int, dict] = {}
+
+
+@pytest.mark.parametrize("action_predictions", [False, True])
+def test_reward_only_shortcuts_equal_the_generic_computation_with_gradients(action_predictions):
+    """``fit_dynamics=False`` factorises only the reward group, takes ``(a/b)Λ_g`` as the precision
+    blocks and solves the action predictions with the actions as columns; ``model_update``'s loss
+    skips the policy features. Every output and the model-loss gradients equal the generic path."""
+    layout = InputLayout(obs_dim=OBS, action_dim=ACTION, discrete_actions=True)
+    options = {"basis_dim": BASIS, "basis_hidden_sizes": (8,), **PRIOR}
+    options.update(fit_dynamics=False, action_predictions=action_predictions)
+    torch.manual_seed(0)
+    belief = GLiBRLBelief(layout.input_dim, input_layout=layout, **options).to(torch.float64)
+    REFERENCE_OPTIONS[id(belief)] = options
+    reference = reference_belief(belief)
+    inputs, starts = random_inputs(9, 3, seed=11)
+    starts[5, 1] = True  # a reset inside the sequence
+    state = belief.initial_state(3).double()
+    output, next_state = belief.sequence(inputs, state, starts)
+    expected, expected_state = reference.sequence(inputs, state, starts)
+    torch.testing.assert_close(next_state, expected_state, rtol=0, atol=1e-10)
+    for field in dataclasses.fields(GLiBRLOutput):
+        mine, theirs = getattr(output, field.name), getattr(expected, field.name)
+        assert (mine is None) == (theirs is None), field.name
+        if mine is not None:
+            torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-8, msg=field.name)
+    torch.testing.assert_close(
+        output.precision, output.precision_cholesky @ output.precision_cholesky.mT, rtol=0, atol=1e-8
+    )
+    # the continuation from the carried state as well
+    carried, _ = belief.sequence(inputs, next_state, torch.zeros_like(starts))
+    carried_expected, _ = reference.sequence(inputs, expected_state, torch.zeros_like(starts))
+    torch.testing.assert_close(carried.kl_to_previous, carried_expected.kl_to_previous, rtol=0, atol=1e-8)
+
+    parameters = list(belief.basis.parameters())
+    gradients = torch.autograd.grad(belief.aux_loss(output), parameters)
+    lean, lean_state = belief._sequence(inputs, state, starts, model_loss_only=True)
+    assert lean_state is None
+    lean_gradients = torch.autograd.grad(belief.aux_loss(lean), parameters)
+    reference_gradients = torch.autograd.grad(
+        reference.aux_loss(expected), list(reference.basis.parameters())
+    )
+    torch.testing.assert_close(belief.aux_loss(lean), belief.aux_loss(output), rtol=0, atol=1e-12)
+    for mine, lean_gradient, theirs in zip(gradients, lean_gradients, reference_gradients, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-6)
+        torch.testing.assert_close(lean_gradient, theirs, rtol=0, atol=1e-6)

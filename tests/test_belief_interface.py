@@ -285,6 +285,58 @@ def test_fused_recurrence_equals_stepped_cell(rnn):
     torch.testing.assert_close(grad_fused, grad_stepped)
 
 
+@pytest.mark.parametrize("rnn", ["lstm", "gru"])
+def test_single_step_recurrence_equals_stepped_cell(rnn):
+    """A one-step sequence (acting) runs torch's cell kernel; it gives the stepped cell's outputs, final
+    carry and gradients, with the reset at that step applied."""
+    torch.manual_seed(1)
+    belief = RL2Belief(5, hidden_size=12, latent_dim=4, rnn=rnn, embed_sizes=(8,)).double()
+    embedded = torch.randn(1, 3, 8, dtype=torch.float64, requires_grad=True)
+    hidden = torch.randn(3, 12, dtype=torch.float64)
+    cell = torch.randn(3, 12, dtype=torch.float64) if rnn == "lstm" else None
+    starts = torch.tensor([[False, True, False]])
+    single = belief.recurrence(embedded, hidden, cell, starts, need_cells=True)
+    stepped = belief._stepped_recurrence(belief.gates_from_embedded(embedded), hidden, cell, starts)
+    for a, b in zip(single, stepped, strict=True):
+        if a is None:
+            assert b is None
+        else:
+            torch.testing.assert_close(a, b)
+    (grad_single,) = torch.autograd.grad(single[0].square().sum(), embedded)
+    (grad_stepped,) = torch.autograd.grad(stepped[0].square().sum(), embedded)
+    torch.testing.assert_close(grad_single, grad_stepped)
+
+
+def test_gru_sequence_equals_torch_gru_and_its_gradients():
+    """GRUSequence (the GRU's fused path) against torch's own GRU kernel on the same weights: outputs
+    and the gradients of inputs, initial state and all four weights; and torch's gradcheck."""
+    from bayes_agents.beliefs.rl2 import GRUSequence
+
+    torch.manual_seed(2)
+    gru = torch.nn.GRU(6, 10).double()
+    inputs = torch.randn(13, 4, 6, dtype=torch.float64, requires_grad=True)
+    hidden = torch.randn(4, 10, dtype=torch.float64, requires_grad=True)
+    expected, _ = gru(inputs, hidden[None])
+    gates = torch.nn.functional.linear(inputs, gru.weight_ih_l0, gru.bias_ih_l0)
+    got = GRUSequence.apply(gates, hidden, gru.weight_hh_l0, gru.bias_hh_l0)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    weights = [inputs, hidden, *gru.parameters()]
+    upstream = torch.randn_like(expected)
+    for a, b in zip(
+        torch.autograd.grad((got * upstream).sum(), weights),
+        torch.autograd.grad((expected * upstream).sum(), weights),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    small = (
+        torch.randn(5, 2, 9, dtype=torch.float64, requires_grad=True),
+        torch.randn(2, 3, dtype=torch.float64, requires_grad=True),
+        torch.randn(9, 3, dtype=torch.float64, requires_grad=True),
+        torch.randn(9, dtype=torch.float64, requires_grad=True),
+    )
+    assert torch.autograd.gradcheck(GRUSequence.apply, small)
+
+
 @pytest.mark.parametrize("kind", ["diag", "full", "blocks"])
 def test_gaussian_sample_is_mean_plus_the_inverse_transposed_factor_times_noise(kind):
     """The one Gaussian sampler of all beliefs against the explicit ``μ + L^{-T} ε`` (``Λ = L Lᵀ``)."""

@@ -480,3 +480,129 @@ def test_policy_reward_beliefs_append_the_decoder_probabilities_at_the_mean() ->
         VariBADBelief(
             GRID.input_dim, input_layout=GRID, reward_decoder="gaussian", policy_reward_beliefs=True
         )
+
+
+def random_grid_trials(n_trials: int, steps: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random grid trials ``[steps, n_trials, 9]`` (cells, one-hot actions, rewards −0.1/+1, random
+    inner-episode boundaries) of random lengths, zero-padded."""
+    generator = torch.Generator().manual_seed(seed)
+    cells = torch.randint(0, 5, (steps, n_trials, 2), generator=generator).double()
+    actions = torch.nn.functional.one_hot(torch.randint(0, 5, (steps, n_trials), generator=generator), 5)
+    rewards = torch.where(torch.rand(steps, n_trials, generator=generator) < 0.3, 1.0, -0.1).double()
+    boundaries = (torch.rand(steps, n_trials, generator=generator) < 0.2).double()
+    inputs = torch.cat([cells, actions.double(), rewards[..., None], boundaries[..., None]], dim=-1)
+    inputs[0, :, 2:] = 0.0
+    inputs[0, :, -1] = 1.0
+    lengths = torch.randint(2, steps + 1, (n_trials,), generator=generator)
+    lengths[0] = steps
+    inputs = inputs * (torch.arange(steps)[:, None] < lengths[None]).double()[..., None]
+    return inputs, lengths
+
+
+def reference_reconstruction(belief: VariBADBelief, inputs: torch.Tensor, lengths, latent) -> torch.Tensor:
+    """``Σ_t log p(r_t [, s'_t] | m)`` ``[K, N]`` by a loop over trials and transitions, one decoder call
+    per (prefix, transition): the per-transition form that the head-count form must equal."""
+    rows = []
+    for k in range(latent.shape[0]):
+        row = []
+        for n in range(latent.shape[1]):
+            total = latent.new_zeros(())
+            logits = belief.reward_net(latent[k, n])
+            for t in range(1, int(lengths[n])):
+                state, next_state = inputs[t - 1, n, :2], inputs[t, n, :2]
+                action, reward, boundary = inputs[t, n, 2:7], inputs[t, n, 7], bool(inputs[t, n, 8] > 0.5)
+                target = (reward > belief.reward_threshold).double()
+                if belief.reward_decoder == "per_state" and not boundary:
+                    head = int(next_state[0]) * 5 + int(next_state[1])
+                    total = total + Bernoulli(logits=logits[head]).log_prob(target)
+                elif belief.reward_decoder == "per_action":
+                    total = total + Bernoulli(logits=logits[int(action.argmax())]).log_prob(target)
+                if belief.state_net is not None and not boundary:
+                    predicted = belief.state_net(torch.cat([latent[k, n], state, action]))
+                    total = total + Normal(predicted, 1.0).log_prob(next_state).sum()
+            row.append(total)
+        rows.append(torch.stack(row))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        GRID_KWARGS,
+        {**GRID_KWARGS, "state_decoder": True},
+        {**SMALL, "reward_decoder": "per_action"},
+    ],
+    ids=["per_state", "per_state_with_state_decoder", "per_action"],
+)
+def test_multi_head_reconstruction_equals_the_per_transition_sum_with_gradients(kwargs) -> None:
+    """The full-decode ELBO of the multi-head decoders sums log-likelihoods by head counts; its values
+    and its gradients (every parameter) equal the per-transition reference in float64."""
+    belief = make_belief(**kwargs)
+    inputs, lengths = random_grid_trials(n_trials=4, steps=7, seed=3)
+    noise = torch.randn(
+        8, 4, belief.latent_dim, dtype=torch.float64, generator=torch.Generator().manual_seed(4)
+    )
+    terms = belief.elbo(inputs, lengths, noise=noise)
+    parameters = [p for p in belief.parameters() if p.requires_grad]
+    gradients = torch.autograd.grad(terms.loss, parameters, allow_unused=True)
+
+    starts = torch.zeros(inputs.shape[:2], dtype=torch.bool)
+    starts[0] = True
+    mean, log_variance, previous, _ = belief.posterior_parameters(
+        inputs, inputs.new_zeros(4, belief.hidden_size), starts
+    )
+    prefix_mean = torch.cat([mean.new_zeros(1, 4, belief.latent_dim), mean])
+    prefix_log_variance = torch.cat([mean.new_zeros(1, 4, belief.latent_dim), log_variance])
+    latent = prefix_mean + torch.exp(0.5 * prefix_log_variance) * noise
+    reconstruction = reference_reconstruction(belief, inputs, lengths, latent)
+    kl = torch.cat(
+        [
+            mean.new_zeros(1, 4),
+            diagonal_gaussian_kl(mean, log_variance, *previous.chunk(2, dim=-1)),
+        ]
+    )
+    exists = torch.arange(8)[:, None] <= lengths[None]
+    reference_loss = -((reconstruction - belief.kl_weight * kl) * exists).sum() / exists.sum()
+    reference_gradients = torch.autograd.grad(reference_loss, parameters, allow_unused=True)
+
+    torch.testing.assert_close(terms.reconstruction * exists, reconstruction * exists, rtol=0, atol=1e-6)
+    torch.testing.assert_close(terms.loss, reference_loss, rtol=0, atol=1e-6)
+    for gradient, reference in zip(gradients, reference_gradients, strict=True):
+        if reference is None:
+            assert gradient is None or not gradient.abs().any()
+        else:
+            torch.testing.assert_close(gradient, reference, rtol=0, atol=1e-6)
+
+
+def test_vae_update_statistics_are_the_means_of_the_steps() -> None:
+    """``vae_update`` accumulates its statistics as tensors (one host transfer): the same means as
+    the ELBO terms of each step taken before that step."""
+    belief = make_belief(**GRID_KWARGS)
+    inputs, _ = random_grid_trials(n_trials=6, steps=6, seed=5)
+    added = belief.add_trials(
+        inputs.transpose(0, 1).float(), np.eye(1, 6, dtype=bool).repeat(6, 0), next_starts=np.ones(6, bool)
+    )
+    assert added == 6
+    twin = make_belief(**GRID_KWARGS)
+    twin.load_state_dict(belief.state_dict())
+    twin._trial_buffer = list(belief._trial_buffer)
+    stats = belief.vae_update(3, generator=torch.Generator().manual_seed(0))
+    generator, expected = torch.Generator().manual_seed(0), []
+    optimizer = twin.vae_optimizer()
+    for _ in range(3):
+        terms = twin.elbo(*twin.sample_trials(twin.vae_batch_trials, generator), generator=generator)
+        optimizer.zero_grad()
+        terms.loss.backward()
+        optimizer.step()
+        mask = terms.mask.double()
+        expected.append(
+            [
+                float(terms.elbo.detach()),
+                float((terms.reconstruction * mask).sum() / mask.sum()),
+                float((terms.kl * mask).sum() / mask.sum()),
+            ]
+        )
+    for index, name in enumerate(("elbo", "reconstruction", "kl")):
+        assert stats[name] == pytest.approx(np.mean([row[index] for row in expected]), abs=1e-9)
+    for mine, theirs in zip(belief.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(mine, theirs)

@@ -178,6 +178,16 @@ def test_evaluation_uses_frozen_statistics_and_reports_raw_returns() -> None:
     np.testing.assert_array_equal(frozen.obs_rms["obs"].mean, before["obs_rms"]["obs"]["mean"])
     # raw returns: the per-episode returns add up the env's own rewards
     np.testing.assert_allclose(result.episode_returns.sum(1), np.nansum(result.step_rewards, 1), rtol=1e-4)
+    # the evaluation is a rollout of the policy on the frozen wrapper: normalised inputs, raw rewards
+    venv_eval = venv.frozen_copy(
+        bayes_envs.make_vec("HalfCheetahVel-v0", 3, seed=5, monitor=False, **env_kwargs)
+    )
+    obs, state, start, rewards = venv_eval.reset(), None, np.ones(3, bool), []
+    for _ in range(10):
+        action, state = model.predict(obs, state=state, episode_start=start, deterministic=True)
+        obs, step_rewards, start, _ = venv_eval.step(action)
+        rewards.append(step_rewards)
+    np.testing.assert_allclose(result.step_rewards, np.array(rewards).T, rtol=1e-5)
     # the same evaluation given the statistics explicitly (e.g. a model loaded without its env)
     again = evaluate(model, "HalfCheetahVel-v0", n_tasks=3, seed=5, normalization=before, **env_kwargs)
     np.testing.assert_array_equal(result.episode_returns, again.episode_returns)
@@ -281,3 +291,96 @@ def test_resume_restores_the_statistics_where_the_env_state_cannot_be_stored(tmp
         model = experiment.restore_model(payload)
     _assert_same_statistics(saved, _statistics(model))
     model.get_env().close()
+
+
+def test_the_cli_trains_resumes_and_evaluates_with_normalisation(tmp_path: Path) -> None:
+    from bayes_agents.cli import main
+
+    run = tmp_path / "run"
+    sets = [arg for assignment in TINY for arg in ("--set", assignment)]
+    assert (
+        main(["train", "BayesGrid-v0", "-t", "60", "--out", str(run), "--no-progress", "--no-eval", *sets])
+        == 0
+    )
+    assert json.loads((run / "config.json").read_text())["norm_obs"] is True
+    args = ["train", "--resume", "--out", str(run), "-t", "120", "--no-progress", "--no-eval"]
+    assert main(args) == 0
+    model = experiment.load_model(run)
+    assert model.num_timesteps == 120 and not model.get_vec_normalize_env().training
+    assert main(["evaluate", str(run), "--n-tasks", "7", "--out", str(tmp_path / "eval.json")]) == 0
+
+
+#: The VariBAD reference's config files (config/mujoco/args_<env>_<method>.py): n_envs × n_steps
+#: (num_processes × policy_num_steps), minibatches, epochs, clip, lr, and the latent size.
+REFERENCE = {
+    ("HalfCheetahDir-v0", "rl2"): (200, 4, 2, 0.1, 7e-4, 128),
+    ("HalfCheetahVel-v0", "rl2"): (800, 4, 2, 0.1, 7e-4, 128),
+    ("AntDir-v0", "rl2"): (200, 4, 2, 0.05, 7e-4, 128),
+    ("AntGoal-v0", "rl2"): (200, 1, 2, 0.05, "lin_3e-4", 128),
+    ("HalfCheetahDir-v0", "varibad"): (800, 4, 16, 0.1, 7e-4, 5),
+    ("HalfCheetahVel-v0", "varibad"): (400, 4, 2, 0.1, 7e-4, 5),
+    ("AntDir-v0", "varibad"): (200, 1, 2, 0.1, 7e-4, 5),
+    ("AntGoal-v0", "varibad"): (200, 1, 2, 0.05, "lin_1e-3", 10),
+}
+
+
+@pytest.mark.parametrize("env_id, method", sorted(REFERENCE))
+def test_mujoco_defaults_match_the_reference_config_files(env_id: str, method: str) -> None:
+    n_steps, minibatches, epochs, clip, lr, latent = REFERENCE[env_id, method]
+    config = experiment.resolve_config(env_id, method)
+    ppo, policy = config["ppo"], config["policy"]
+    assert config["n_envs"] == 16 and ppo["n_steps"] == n_steps
+    assert ppo["batch_size"] * minibatches == 16 * n_steps
+    assert (ppo["n_epochs"], ppo["clip_range"], ppo["learning_rate"]) == (epochs, clip, lr)
+    assert (ppo["ent_coef"], ppo["vf_coef"], ppo["gamma"], ppo["gae_lambda"], ppo["max_grad_norm"]) == (
+        0.01,
+        0.5,
+        0.97,
+        0.9,
+        0.5,
+    )
+    assert policy["latent_dim"] == latent and policy["hidden_size"] == 128
+    assert policy["net_arch"] == ([128] if method == "rl2" else [128, 128])
+    if method == "varibad":
+        assert policy["kl_weight"] == 0.1 and policy["reward_decoder_sizes"] == [64, 32]
+        assert (policy["state_embed_size"], policy["action_embed_size"], policy["reward_embed_size"]) == (
+            32,
+            16,
+            16,
+        )
+    else:
+        assert policy["rnn"] == "gru"
+
+
+def test_every_method_trains_on_a_normalised_mujoco_env_with_its_defaults() -> None:
+    from bayes_agents.methods import METHODS
+
+    for name in METHODS:
+        overrides = {"n_envs": 2, "ppo": {"n_steps": 8, "batch_size": 16}, "env": {"episode_length": 4}}
+        model = experiment.build_model(experiment.resolve_config("AntGoal-v0", name, overrides=overrides))
+        try:
+            assert isinstance(model.get_vec_normalize_env(), RL2VecNormalize)
+            model.learn(16)
+            assert model.get_vec_normalize_env().obs_rms["obs"].count > 16
+        finally:
+            model.get_env().close()
+
+
+def test_runs_from_before_normalisation_resume_without_it(tmp_path: Path) -> None:
+    # A MuJoCo run whose config (config.json and checkpoint) predates norm_obs/norm_reward resumes
+    # without normalisation, although today's MuJoCo default switches it on.
+    from bayes_agents.cli import main
+
+    run = tmp_path / "run"
+    extra = ("env.episode_length=5", "ppo.n_steps=10", "ppo.batch_size=20", "n_envs=2", "checkpoint_every=20")
+    config = tiny_config(
+        "HalfCheetahVel-v0", timesteps=20, extra=(*extra, "norm_obs=false", "norm_reward=false")
+    )
+    assert experiment.train(config, run, show_progress=False).finished
+    old = {key: value for key, value in config.items() if key not in ("norm_obs", "norm_reward")}
+    (run / "config.json").write_text(json.dumps(old))
+    payload = torch.load(run / "checkpoint.pt", weights_only=True)
+    torch.save({**payload, "config": json.dumps(old), "normalization": None}, run / "checkpoint.pt")
+    assert main(["train", "--resume", "--out", str(run), "-t", "40", "--no-progress", "--no-eval"]) == 0
+    model = experiment.load_model(run)
+    assert model.num_timesteps == 40 and model.get_vec_normalize_env() is None

@@ -310,21 +310,44 @@ class GLiBRLBelief(Belief):
         """The NIG posterior of sufficient statistics (``statistics_layout`` parts, leading dims ``[..]``)."""
         gram, cross = statistics["gram"], statistics["cross"]
         eye = torch.eye(self.basis_dim, dtype=gram.dtype, device=gram.device)
-        cholesky = torch.linalg.cholesky(gram + self.prior_precision * eye)  # [.., 2, d, d]
         obs_dim = self.n_outputs - 1
+        if self.fit_dynamics:
+            cholesky = torch.linalg.cholesky(gram + self.prior_precision * eye)  # [.., 2, d, d]
+            dynamics_mean = torch.cholesky_solve(cross[..., :obs_dim], cholesky[..., 0, :, :])
+            reward_cholesky = cholesky[..., 1, :, :]
+            log_det = 2.0 * torch.diagonal(cholesky, dim1=-2, dim2=-1).log().sum(-1)
+        else:
+            # The dynamics group holds no data (its statistics stay 0): its posterior is the prior
+            # (chol λI = √λ I, μ = 0), so only the reward group is factorised.
+            reward_cholesky = torch.linalg.cholesky(gram[..., 1, :, :] + self.prior_precision * eye)
+            prior_cholesky = (math.sqrt(self.prior_precision) * eye).expand_as(reward_cholesky)
+            cholesky = torch.stack([prior_cholesky, reward_cholesky], dim=-3)  # [.., 2, d, d]
+            dynamics_mean = cross.new_zeros(*cross.shape[:-1], obs_dim)
+            reward_log_det = 2.0 * torch.diagonal(reward_cholesky, dim1=-2, dim2=-1).log().sum(-1)
+            log_det = torch.stack(
+                [
+                    torch.full_like(reward_log_det, self.basis_dim * math.log(self.prior_precision)),
+                    reward_log_det,
+                ],
+                dim=-1,
+            )
         mean = torch.cat(
-            [
-                torch.cholesky_solve(cross[..., :obs_dim], cholesky[..., 0, :, :]),
-                torch.cholesky_solve(cross[..., obs_dim:], cholesky[..., 1, :, :]),
-            ],
-            dim=-1,
+            [dynamics_mean, torch.cholesky_solve(cross[..., obs_dim:], reward_cholesky)], dim=-1
         ).transpose(-1, -2)  # [.., O+1, d]
         explained = (cross.transpose(-1, -2) * mean).sum(-1)
         residual = (statistics["square"] - explained).clamp(min=0.0)
         rate = self.prior_noise_rate + 0.5 * residual
         concentration = self.prior_noise_concentration + 0.5 * statistics["count"][..., self.output_group]
-        log_det = 2.0 * torch.diagonal(cholesky, dim1=-2, dim2=-1).log().sum(-1)
         return NIGPosterior(mean, cholesky, log_det, concentration, rate)
+
+    def _solve_groups(self, cholesky: Tensor, right: Tensor) -> Tensor:
+        """``L_g⁻¹ R_g`` for group factors ``[.., 2, d, d]`` and right-hand sides ``[.., 2, d, k]``; with
+        ``fit_dynamics=False`` the dynamics factor is the prior's ``√λ I`` (see :meth:`posterior`), so
+        only the reward group needs a triangular solve."""
+        if self.fit_dynamics:
+            return torch.linalg.solve_triangular(cholesky, right, upper=False)
+        reward = torch.linalg.solve_triangular(cholesky[..., 1:, :, :], right[..., 1:, :, :], upper=False)
+        return torch.cat([right[..., :1, :, :] / math.sqrt(self.prior_precision), reward], dim=-3)
 
     def _prior(self, dtype: torch.dtype, device: torch.device) -> NIGPosterior:
         """The prior as a posterior with leading dim ``[1]``: ``Λ = λI``, ``μ = 0``, ``a₀``, ``b₀``."""
@@ -390,8 +413,16 @@ class GLiBRLBelief(Belief):
             + a2 * (b1.log() - b2.log())
             + a1 * (b2 - b1) / b1
         )
-        # tr(Λ_prev Λ_cur⁻¹) = ‖L_cur⁻¹ L_prev‖_F²
-        trace = (current_inverse_cholesky @ previous.group_precision_cholesky).square().sum((-2, -1))
+        # tr(Λ_prev Λ_cur⁻¹) = ‖L_cur⁻¹ L_prev‖_F² (d for the unfitted dynamics group: both are the prior)
+        if self.fit_dynamics:
+            trace = (current_inverse_cholesky @ previous.group_precision_cholesky).square().sum((-2, -1))
+        else:
+            reward_trace = (
+                (current_inverse_cholesky[..., 1, :, :] @ previous.group_precision_cholesky[..., 1, :, :])
+                .square()
+                .sum((-2, -1))
+            )
+            trace = torch.stack([torch.full_like(reward_trace, float(self.basis_dim)), reward_trace], dim=-1)
         gaussian_group = 0.5 * (
             trace - self.basis_dim + current.log_det_precision - previous.log_det_precision
         )
@@ -414,10 +445,9 @@ class GLiBRLBelief(Belief):
 
     def _log_predictive(self, previous: NIGPosterior, features: Tensor, targets: Tensor) -> Tensor:
         """Student-t ``log p(y_{t,j} | y_{<t})`` per output, ``[.., O+1]``."""
-        whitened = torch.linalg.solve_triangular(
+        whitened = self._solve_groups(
             previous.group_precision_cholesky,
             features.unsqueeze(-2).unsqueeze(-1).expand(*features.shape[:-1], 2, self.basis_dim, 1),
-            upper=False,
         )
         leverage = whitened.squeeze(-1).square().sum(-1)[..., self.output_group]  # φᵀΛ⁻¹φ
         location = (previous.mean * features.unsqueeze(-2)).sum(-1)
@@ -445,14 +475,24 @@ class GLiBRLBelief(Belief):
         features = self.basis(inputs)  # [.., A, d]
         reward = self.n_outputs - 1
         mean = (features * posterior.mean[..., reward, :].unsqueeze(-2)).sum(-1)
-        cholesky = posterior.group_precision_cholesky[..., 1, :, :].unsqueeze(-3)  # [.., 1, d, d]
-        whitened = torch.linalg.solve_triangular(cholesky, features.unsqueeze(-1), upper=False)
-        leverage = whitened.squeeze(-1).square().sum(-1)  # φᵀ Λ_rew⁻¹ φ
+        # One triangular solve per factor with the A actions' features as its columns (not A solves
+        # against a broadcast copy of the factor).
+        cholesky = posterior.group_precision_cholesky[..., 1, :, :]  # [.., d, d]
+        whitened = torch.linalg.solve_triangular(cholesky, features.transpose(-1, -2), upper=False)
+        leverage = whitened.square().sum(-2)  # φᵀ Λ_rew⁻¹ φ, [.., A]
         noise_scale = posterior.rate[..., reward] / posterior.concentration[..., reward]
         return mean, noise_scale.log().unsqueeze(-1) + torch.log1p(leverage)
 
     # ------------------------------------------------------------------------------ belief pass
     def sequence(self, inputs: Tensor, state: Tensor, episode_starts: Tensor) -> tuple[GLiBRLOutput, Tensor]:
+        return self._sequence(inputs, state, episode_starts, model_loss_only=False)
+
+    def _sequence(
+        self, inputs: Tensor, state: Tensor, episode_starts: Tensor, model_loss_only: bool
+    ) -> tuple[GLiBRLOutput, Tensor]:
+        """:meth:`sequence`; with ``model_loss_only`` the output holds only what :meth:`aux_loss` reads
+        (``log_marginal_increment``, ``transition_mask``; ``mean`` as a placeholder) and the returned
+        state is ``None``: the basis steps of :meth:`model_update` need no posterior features."""
         inputs, starts = self._prepare_sequence(inputs, state, episode_starts)
         steps, batch = starts.shape
         obs, action, reward, new_episode = self.input_layout.split(inputs)
@@ -495,17 +535,29 @@ class GLiBRLBelief(Belief):
         )
 
         increment = (self._log_predictive(previous, features, targets) * target_mask).sum(-1)
+        if model_loss_only:
+            return GLiBRLOutput(
+                mean=current.mean.flatten(-2),
+                log_marginal_increment=increment,
+                transition_mask=has_transition.to(dtype),
+            ), None
         cholesky = current.group_precision_cholesky
         identity = torch.eye(self.basis_dim, dtype=dtype, device=inputs.device).expand_as(cholesky)
-        inverse_cholesky = torch.linalg.solve_triangular(cholesky, identity, upper=False)
+        inverse_cholesky = self._solve_groups(cholesky, identity)
         scale = (current.concentration / current.rate).sqrt()[..., None, None]  # [T, B, O+1, 1, 1]
         block_cholesky = scale * current.group_precision_cholesky[..., self.output_group, :, :]
-        action_mean, action_log_variance = (
-            self._action_reward_predictions(current, obs) if self.action_predictions else (None, None)
-        )
+        eye = torch.eye(self.basis_dim, dtype=dtype, device=inputs.device)
+        gram = self.statistics_layout.unpack(cumulative.flatten(0, 1))["gram"]
+        group_precision = gram.view(steps, batch, *gram.shape[1:]) + self.prior_precision * eye
+        action_mean = action_log_variance = None
+        if self.action_predictions:
+            # Policy features only: without a graph when the policy input is detached.
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.detach_policy_input):
+                action_mean, action_log_variance = self._action_reward_predictions(current, obs)
         output = GLiBRLOutput(
             mean=current.mean.flatten(-2),
-            precision=block_cholesky @ block_cholesky.transpose(-1, -2),
+            # (a/b) Λ_g = block_cholesky block_choleskyᵀ, from the Gram matrices without a product.
+            precision=scale.square() * group_precision[..., self.output_group, :, :],
             precision_cholesky=block_cholesky,
             entropy=self._entropy(current),
             kl_to_previous=self._kl(current, previous, inverse_cholesky),
@@ -596,21 +648,21 @@ class GLiBRLBelief(Belief):
         """
         check_positive_int("n_updates", n_updates)
         if self._basis_optimizer is None:
-            self._basis_optimizer = torch.optim.Adam(self.basis.parameters(), lr=self.basis_lr)
+            self._basis_optimizer = torch.optim.Adam(self.basis.parameters(), lr=self.basis_lr, foreach=True)
         starts = torch.as_tensor(episode_starts, device=inputs.device) > 0.5
         starts = torch.cat([torch.ones_like(starts[:1]), starts[1:]])
         state = self.initial_state(inputs.shape[1]).to(inputs)
         losses = []
         with torch.enable_grad():
             for _ in range(n_updates):
-                output, _ = self.sequence(inputs, state, starts)
+                output, _ = self._sequence(inputs, state, starts, model_loss_only=True)
                 loss = self.aux_loss(output)
                 self._basis_optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self._basis_optimizer.step()
-                losses.append(float(loss.detach()))
+                losses.append(loss.detach())
         self._basis_optimizer.zero_grad(set_to_none=True)
-        return sum(losses) / n_updates
+        return float(torch.stack(losses).double().mean())  # one host transfer
 
     def after_policy_update(self, model: Any) -> None:
         """BayesPPO hook: ``basis_updates_per_ppo_update`` :meth:`model_update` steps on the rollout

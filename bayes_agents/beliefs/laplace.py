@@ -87,6 +87,9 @@ def segmented_cumsum(values: Tensor, starts: Tensor, carry: Tensor, block_steps:
     :return: ``[T, B, *E]``.
     """
     steps, batch = starts.shape
+    if steps == 1:  # one step (acting): the same values without the indicator product
+        keep = (~starts[0]).to(values.dtype).view(batch, *(1,) * (values.dim() - 2))
+        return values.addcmul(keep, carry.unsqueeze(0))
     flat_values = values.reshape(steps, batch, -1)
     running = carry.reshape(batch, -1)
     blocks = []
@@ -537,6 +540,70 @@ class LaplaceBelief(RL2Belief):
             next_parts["cell"] = final_cell
         return output, self.state_layout.pack(next_parts)
 
+    @torch.no_grad()
+    def acting_sequence(
+        self, inputs: Tensor, state: Tensor, episode_starts: Tensor, cholesky: bool = True
+    ) -> tuple[LaplaceOutput, Tensor, Callable[[], LaplaceOutput]]:
+        """:meth:`sequence` without gradient and without the statistics no action needs.
+
+        Only the mean, the precision (the next state's ``data_precision`` plus the prior) and, for a
+        full covariance and ``cholesky``, its Cholesky factor (what :meth:`sample_offsets` needs) are
+        formed; the entropy, the KL and the previous precision (one more factorisation, a triangular
+        solve with a matrix right-hand side and log-determinants per step) are left to the returned
+        ``complete()``, e.g. for a rollout that is never trained on, or to a batched pass over many
+        steps (:meth:`terms_from_states`).
+
+        :return: the partial output (``entropy``, ``kl_to_previous``, ``previous_precision`` and
+            ``kl_offset`` None; ``precision_cholesky`` None unless computed), the next state, and
+            ``complete()``: the output :meth:`sequence` gives for these inputs (the same tensors,
+            so the same values bit for bit), reusing the factor if it was computed.
+        """
+        inputs, starts = self._prepare_sequence(inputs, state, episode_starts)
+        parts = self.state_layout.unpack(state)
+        hidden, cell = self._unpack_carry(parts)
+        embedded = self.embedding(inputs)
+        hiddens, cells, final_hidden, final_cell = self.recurrence(
+            embedded, hidden, cell, starts, need_cells=True
+        )
+        mean, previous_mean = self._means(self.latent_head(hiddens), parts, starts)
+        input_gates = self.gates_from_embedded(embedded)
+        window_gates, mask, next_window, next_count = self._windows(inputs, input_gates, parts, starts)
+        data_precision = self._window_precision(hiddens, cells, window_gates, mask)
+        if self.variant != "stationary":
+            data_precision = segmented_cumsum(data_precision, starts, parts["data_precision"])
+        precision = self._add_prior_precision_(data_precision.clone())
+        factor = None
+        if cholesky and self.covariance == "full":
+            factor = torch.linalg.cholesky_ex(precision).L
+        next_parts = {
+            "hidden": final_hidden,
+            "window_inputs": next_window,
+            "window_count": next_count,
+            "data_precision": data_precision[-1],
+            "mean": mean[-1],
+        }
+        if final_cell is not None:
+            next_parts["cell"] = final_cell
+        carried = parts["data_precision"]
+
+        def complete() -> LaplaceOutput:
+            with torch.no_grad():
+                terms = self._posterior_terms_(data_precision.clone(), carried, starts, factor)
+                return LaplaceOutput(
+                    mean=mean,
+                    precision=terms.precision,
+                    precision_cholesky=terms.precision_cholesky,
+                    entropy=terms.entropy,
+                    kl_to_previous=self.kl_to_previous(
+                        mean - previous_mean, terms.previous_precision, terms.kl_offset
+                    ),
+                    previous_precision=terms.previous_precision,
+                    kl_offset=terms.kl_offset,
+                )
+
+        partial = LaplaceOutput(mean=mean, precision=precision, precision_cholesky=factor)
+        return partial, self.state_layout.pack(next_parts), complete
+
     def _means(self, features: Tensor, parts: dict[str, Tensor], starts: Tensor) -> tuple[Tensor, Tensor]:
         """``μ_t`` (differentiable) and ``sg μ_{t-1}`` (0 at a reset) ``[T, B, L]`` from the RL² latents."""
         with torch.no_grad():
@@ -624,10 +691,15 @@ class LaplaceBelief(RL2Belief):
 
     @torch.no_grad()
     def _posterior_terms_(
-        self, data_precision: Tensor, carried_data_precision: Tensor, starts: Tensor
+        self,
+        data_precision: Tensor,
+        carried_data_precision: Tensor,
+        starts: Tensor,
+        precision_cholesky: Tensor | None = None,
     ) -> LaplaceTerms:
         """Terms from the data precisions ``[T, B, ..]`` (overwritten: they become the precisions), the
-        one carried in from before the sequence ``[B, ..]`` and the resets ``[T, B]``."""
+        one carried in from before the sequence ``[B, ..]`` and the resets ``[T, B]``; a full
+        covariance's Cholesky factors ``[T, B, L, L]`` are taken from ``precision_cholesky`` if given."""
         latent = self.latent_dim
         log_normaliser = 0.5 * latent * (1.0 + math.log(2 * math.pi))
         precision = self._add_prior_precision_(data_precision)
@@ -641,7 +713,7 @@ class LaplaceBelief(RL2Belief):
             ).sum(-1)
             return LaplaceTerms(precision, None, previous_precision, entropy, kl_offset)
 
-        cholesky = torch.linalg.cholesky_ex(precision).L
+        cholesky = torch.linalg.cholesky_ex(precision).L if precision_cholesky is None else precision_cholesky
         # Λ_{t-1} is Λ_t shifted by one step, so its factor is too; only the carried one is new.
         previous_cholesky = _shift_in_matrices(
             cholesky, torch.linalg.cholesky_ex(carried_precision).L, starts, math.sqrt(self.prior_precision)

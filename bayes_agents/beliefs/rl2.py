@@ -154,11 +154,17 @@ class RL2Belief(Belief):
         keep = (~episode_starts[0]).to(embedded.dtype).unsqueeze(-1)
         hidden = hidden * keep
         weights = (self.cell.weight_ih, self.cell.weight_hh, self.cell.bias_ih, self.cell.bias_hh)
+        if embedded.shape[0] == 1:  # one step (acting): the cell kernel, ~2x cheaper than a T=1 RNN call
+            cell = None if cell is None else cell * keep
+            return self._single_step(embedded[0], hidden, cell, weights, need_cells)
         if self.rnn == "gru":
-            hiddens, final_hidden = torch._VF.gru(
-                embedded, hidden[None], weights, True, 1, 0.0, self.training, False, False
+            # torch's GRU has no fused CPU kernel (its RNN call steps a composite cell, ~15 autograd
+            # nodes per step); GRUSequence does the same equations with 6 ops per step and a
+            # hand-written backward.
+            hiddens = GRUSequence.apply(
+                self.gates_from_embedded(embedded), hidden, self.cell.weight_hh, self.cell.bias_hh
             )
-            return hiddens, None, final_hidden[0], None
+            return hiddens, None, hiddens[-1], None
         cell = cell * keep
         hiddens, final_hidden, final_cell = torch._VF.lstm(
             embedded, (hidden[None], cell[None]), weights, True, 1, 0.0, self.training, False, False
@@ -178,6 +184,24 @@ class RL2Belief(Belief):
                     cell_states.append(running)
                 cells = torch.stack(cell_states)
         return hiddens, cells, final_hidden[0], final_cell[0]
+
+    def _single_step(
+        self,
+        embedded: Tensor,
+        hidden: Tensor,
+        cell: Tensor | None,
+        weights: tuple[Tensor, ...],
+        need_cells: bool,
+    ) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
+        """:meth:`recurrence` of a single step without reset inside (``embedded`` ``[B, E]``, carry
+        already reset): one call of torch's fused cell (``torch.lstm_cell``/``torch.gru_cell``, the
+        gate equations of ``nn.LSTMCell``/``nn.GRUCell``), equal to the RNN kernel to rounding."""
+        if self.rnn == "gru":
+            hidden = torch.gru_cell(embedded, hidden, *weights)
+            return hidden[None], None, hidden, None
+        hidden, cell = torch.lstm_cell(embedded, (hidden, cell), *weights)
+        cells = cell.detach()[None] if need_cells else None  # as the fused path: no gradient
+        return hidden[None], cells, hidden, cell
 
     def _stepped_recurrence(
         self, input_gates: Tensor, hidden: Tensor, cell: Tensor | None, episode_starts: Tensor
@@ -222,6 +246,75 @@ class RL2Belief(Belief):
         if final_cell is not None:
             next_parts["cell"] = final_cell
         return BeliefOutput(mean=self.latent_head(hiddens)), self.state_layout.pack(next_parts)
+
+
+class GRUSequence(torch.autograd.Function):
+    """A GRU over ``T`` steps without resets, from the input gates: ``apply(input_gates [T, B, 3H],
+    hidden [B, H], weight_hh [3H, H], bias_hh [3H])`` → hidden outputs ``[T, B, H]``.
+
+    ``input_gates = x W_ih^T + b_ih`` (:meth:`RL2Belief.gates_from_embedded`). The equations are
+    ``torch.nn.GRUCell``'s: ``r, z = σ(gx_{r,z} + gh_{r,z})``, ``n = tanh(gx_n + r ⊙ gh_n)``,
+    ``h' = n + z ⊙ (h - n)`` with ``gh = h W_hh^T + b_hh`` (equal to ``torch.nn.GRU`` to rounding).
+    The forward runs 6 ops per step without autograd; the backward steps back through time with
+    the gate derivatives precomputed for all steps at once, then forms the weight gradients with one
+    matrix product each. Differentiable once (no double backward).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, input_gates: Tensor, hidden: Tensor, weight_hh: Tensor, bias_hh: Tensor) -> Tensor:
+        size = hidden.shape[-1]
+        weight_hh_t = weight_hh.t()
+        initial = hidden
+        hiddens = input_gates.new_empty(input_gates.shape[0], *hidden.shape)
+        hidden_gates = torch.empty_like(input_gates)  # gh of every step
+        reset_update = input_gates.new_empty(*input_gates.shape[:-1], 2 * size)  # r, z
+        candidates = torch.empty_like(hiddens)  # n
+        for step, gates_x in enumerate(input_gates.unbind(0)):
+            gates_h = torch.addmm(bias_hh, hidden, weight_hh_t, out=hidden_gates[step])
+            gates = torch.sigmoid(gates_x[:, : 2 * size] + gates_h[:, : 2 * size], out=reset_update[step])
+            candidate = torch.tanh(
+                torch.addcmul(gates_x[:, 2 * size :], gates[:, :size], gates_h[:, 2 * size :]),
+                out=candidates[step],
+            )
+            hidden = torch.lerp(candidate, hidden, gates[:, size:], out=hiddens[step])  # n + z ⊙ (h - n)
+        ctx.save_for_backward(initial, weight_hh, hidden_gates, reset_update, candidates, hiddens)
+        return hiddens
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_hiddens: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        initial, weight_hh, hidden_gates, reset_update, candidates, hiddens = ctx.saved_tensors
+        size = initial.shape[-1]
+        steps, batch = hiddens.shape[:2]
+        reset, update = reset_update[..., :size], reset_update[..., size:]
+        previous = torch.cat([initial.unsqueeze(0), hiddens[:-1]])
+        # Per step, dL/d(pre-activation) = dL/dh' ⊙ factor, with the factors from the forward values:
+        candidate_factor = (1 - update) * (1 - candidates * candidates)  # n = tanh(a)
+        update_factor = (previous - candidates) * update * (1 - update)  # z = σ(.)
+        # a = gx_n + r ⊙ gh_n: dL/d(pre r) = dL/da ⊙ gh_n r (1 - r), dL/d gh_n = dL/da ⊙ r (one product)
+        reset_factors = torch.stack([hidden_gates[..., 2 * size :] * reset * (1 - reset), reset], dim=2)
+        # Gradients of gh per step in the gate order (z, r, n): the r and n parts are adjacent.
+        grad_gates = hidden_gates.new_empty(steps, batch, 3 * size)
+        grad_candidate = torch.empty_like(candidates)  # dL/da = dL/d gx_n
+        weight_zrn = torch.cat([weight_hh[size : 2 * size], weight_hh[:size], weight_hh[2 * size :]])
+        grad = grad_hiddens[steps - 1].clone() if steps else torch.zeros_like(initial)
+        for step in range(steps - 1, -1, -1):
+            gates = grad_gates[step]
+            candidate = torch.mul(grad, candidate_factor[step], out=grad_candidate[step])
+            torch.mul(grad, update_factor[step], out=gates[:, :size])
+            torch.mul(candidate.unsqueeze(1), reset_factors[step], out=gates[:, size:].view(batch, 2, size))
+            carried = (
+                grad * update[step]
+                if step == 0
+                else torch.addcmul(grad_hiddens[step - 1], grad, update[step])
+            )
+            grad = torch.addmm(carried, gates, weight_zrn)
+        grad_update, grad_reset, grad_hidden_n = grad_gates.split(size, dim=-1)
+        grad_hidden_gates = torch.cat([grad_reset, grad_update, grad_hidden_n], dim=-1)  # (r, z, n)
+        grad_input_gates = torch.cat([grad_reset, grad_update, grad_candidate], dim=-1)
+        flat_gates = grad_hidden_gates.flatten(0, -2)
+        grad_weight_hh = flat_gates.t() @ previous.flatten(0, -2)
+        return grad_input_gates, grad, grad_weight_hh, flat_gates.sum(0)
 
 
 register_belief(

@@ -547,7 +547,30 @@ class VariBADBelief(Belief):
         columns.update({name: available[name] for name in needed})
 
         n_valid = reward_valid.sum(0).to(inputs.dtype)  # [N]
-        if self.decodes_per_elbo is None or self.decodes_per_elbo >= n_transitions:
+        full_decode = self.decodes_per_elbo is None or self.decodes_per_elbo >= n_transitions
+        if full_decode and self.n_reward_heads:
+            # Every transition for every prefix with a multi-head Bernoulli decoder: the sum over
+            # transitions of log p(r | head, m) depends on the transitions only through how many
+            # valid targets above / below the threshold each head has, so it is a weighted sum over
+            # the C heads of each latent's logits (not a gather over the T-1 transitions per latent).
+            above = (reward[1:] > self.reward_threshold).to(inputs.dtype)
+            valid = columns["reward_valid"]
+            counts = latent.new_zeros(batch, 2, self.n_reward_heads)
+            counts.scatter_add_(
+                2,
+                columns["head"].t().unsqueeze(1).expand(batch, 2, n_transitions),
+                torch.stack([valid * above, valid * (1.0 - above)]).permute(2, 0, 1),
+            )
+            logits = self.reward_net(latent)  # [K, N, C]
+            log_likelihood = (F.logsigmoid(logits) * counts[:, 0] + F.logsigmoid(-logits) * counts[:, 1]).sum(
+                -1
+            )
+            if self.state_net is not None:
+                transitions = {name: column.transpose(0, 1).unsqueeze(0) for name, column in columns.items()}
+                state = self._state_log_likelihood(latent, transitions) * transitions["next_state_valid"]
+                log_likelihood = log_likelihood + state.sum(-1)
+            return log_likelihood
+        if full_decode:
             # Every transition for every prefix: broadcast [1, N, T-1, ..] against the K latents.
             transitions = {name: column.transpose(0, 1).unsqueeze(0) for name, column in columns.items()}
             scale = latent.new_ones(batch)
@@ -653,7 +676,8 @@ class VariBADBelief(Belief):
     def vae_optimizer(self) -> torch.optim.Optimizer:
         """The VAE's own Adam optimizer over encoder and decoders (created on first use)."""
         if self._vae_optimizer is None:
-            self._vae_optimizer = torch.optim.Adam(self.parameters(), lr=self.vae_lr)
+            # foreach: one multi-tensor Adam step over the ~17 parameters, not a Python loop over them.
+            self._vae_optimizer = torch.optim.Adam(self.parameters(), lr=self.vae_lr, foreach=True)
         return self._vae_optimizer
 
     def vae_update(
@@ -667,7 +691,7 @@ class VariBADBelief(Belief):
             return {}
         optimizer = self.vae_optimizer()
         began = time.perf_counter()
-        totals = {"elbo": 0.0, "reconstruction": 0.0, "kl": 0.0}
+        totals = []  # per step [elbo, reconstruction, kl] (tensors: one host transfer at the end)
         with torch.enable_grad():
             for _ in range(n_updates):
                 inputs, lengths = self.sample_trials(self.vae_batch_trials, generator)
@@ -675,12 +699,21 @@ class VariBADBelief(Belief):
                 optimizer.zero_grad(set_to_none=True)
                 terms.loss.backward()
                 optimizer.step()
-                count = terms.mask.sum()
-                totals["elbo"] += float(terms.elbo.detach())
-                totals["reconstruction"] += float((terms.reconstruction.detach() * terms.mask).sum() / count)
-                totals["kl"] += float((terms.kl.detach() * terms.mask).sum() / count)
+                with torch.no_grad():
+                    mask = terms.mask.to(terms.kl.dtype)
+                    count = mask.sum()
+                    totals.append(
+                        torch.stack(
+                            [
+                                terms.elbo,
+                                (terms.reconstruction * mask).sum() / count,
+                                (terms.kl * mask).sum() / count,
+                            ]
+                        )
+                    )
         optimizer.zero_grad(set_to_none=True)
-        stats = {name: value / n_updates for name, value in totals.items()}
+        means = torch.stack(totals).double().mean(0).tolist()
+        stats = dict(zip(("elbo", "reconstruction", "kl"), means, strict=True))
         stats["seconds_per_update"] = (time.perf_counter() - began) / n_updates
         return stats
 

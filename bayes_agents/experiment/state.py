@@ -64,7 +64,8 @@ def encode(value: Any, *, skip: frozenset[str] = frozenset()) -> Any:
 
     :raises Unencodable: a value inside has no plain-data form.
     """
-    if value is None or isinstance(value, (bool, int, float, str)):
+    # numpy's float64 is a Python float too: it is tagged below, or torch would have to unpickle it.
+    if value is None or (isinstance(value, (bool, int, float, str)) and not isinstance(value, np.generic)):
         return value
     if isinstance(value, torch.Tensor):
         return {"__tensor__": value.detach().cpu().clone()}
