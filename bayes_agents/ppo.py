@@ -36,7 +36,13 @@ record, :class:`~bayes_agents.policies.RolloutTermsCache`.)
 Buffer economies (:class:`BeliefRolloutBuffer`): a belief policy's critic states are its actor states
 (one belief), so the buffer keeps one copy of them; and a minibatch gathers the states of its
 sequence starts only (SB3's sampler copies every row's state, then keeps the starts; a Laplace state
-holds an ``[L, L]`` matrix).
+holds an ``[L, L]`` matrix); the arrays become tensors once per pass over the buffer (views on a CPU)
+and each minibatch gathers its padded rows from them, with ``valid``, the index of its unpadded steps,
+through which the loss terms are averaged.
+
+Update economies (same numbers to rounding): SB3's default Adam is replaced by torch's fused Adam
+(one kernel for all parameters) when no implementation was chosen in ``optimizer_kwargs`` and torch
+has the kernel; the parameter list for gradient clipping is built once per ``train()``.
 
 Tested with stable-baselines3 / sb3-contrib 2.4 to 2.9 (see ``pyproject.toml``).
 """
@@ -235,9 +241,8 @@ class BayesPPO(RecurrentPPO):
             # the state after this step (as RecurrentPPO does; one batched pass for all such envs).
             truncated = [
                 index
-                for index, done in enumerate(dones)
-                if done
-                and infos[index].get("terminal_observation") is not None
+                for index in np.flatnonzero(dones)
+                if infos[index].get("terminal_observation") is not None
                 and infos[index].get("TimeLimit.truncated", False)
             ]
             if truncated:

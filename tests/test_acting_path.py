@@ -150,3 +150,26 @@ def test_bayes_ppo_rollout_stores_the_generic_path(policy_class, kwargs) -> None
         values.flatten(), torch.as_tensor(buffer.values).flatten(), atol=1e-6, rtol=1e-6
     )
     assert buffer.episode_starts[1:].any()
+
+
+@pytest.mark.parametrize(("policy_class", "kwargs"), POLICIES[2:6])
+def test_laplace_acting_statistics_are_formed_when_read(policy_class, kwargs) -> None:
+    """A Laplace acting step forms only what the action needs; ``last_belief_output`` (read e.g. by
+    the evaluation) is then the generic path's whole output: entropy, KL and previous precision."""
+    venv = bayes_envs.make_vec("BayesGrid-v0", 3, seed=5, monitor=False)
+    policy = make_policy(policy_class, venv, kwargs)
+    zeros = torch.zeros(1, 3, policy.lstm_actor.hidden_size)
+    slots = policy.randomize_noise_keys((zeros, zeros), torch.Generator().manual_seed(2))
+    obs, starts = venv.reset(), np.ones(3, dtype=bool)
+    for step in range(8):
+        obs_t, starts_t = obs_as_tensor(obs, policy.device), torch.as_tensor(starts, dtype=torch.float32)
+        torch.manual_seed(step)
+        actions, _, _, next_slots = policy.act(obs_t, slots, starts_t)
+        acted = policy.last_belief_output
+        with torch.no_grad():
+            policy.get_distribution(obs_t, slots, starts_t)
+        expected = policy.last_belief_output
+        for name in ("mean", "precision", "entropy", "kl_to_previous", "previous_precision", "kl_offset"):
+            torch.testing.assert_close(getattr(acted, name), getattr(expected, name), **EXACT, msg=name)
+        obs, _, starts, _ = venv.step(actions.numpy())
+        slots = next_slots

@@ -16,7 +16,8 @@ from torch.distributions import Gamma, MultivariateNormal, kl_divergence
 import bayes_envs
 from bayes_agents import BayesPPO
 from bayes_agents.beliefs.base import BeliefOutput, InputLayout
-from bayes_agents.beliefs.glibrl import GLiBRLBelief, GLiBRLOutput, NIGPosterior
+from bayes_agents.beliefs.glibrl import GLiBRLBelief, GLiBRLOutput, NIGPosterior, _running_sum
+from bayes_agents.beliefs.laplace import segmented_cumsum
 from bayes_agents.methods import method_defaults
 from bayes_agents.policies import GLiBRLPolicy
 
@@ -712,3 +713,21 @@ def test_reward_only_shortcuts_equal_the_generic_computation_with_gradients(acti
     for mine, lean_gradient, theirs in zip(gradients, lean_gradients, reference_gradients, strict=True):
         torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-6)
         torch.testing.assert_close(lean_gradient, theirs, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("first_start", [True, False])
+def test_running_sum_without_inner_resets_equals_the_segmented_sum(first_start):
+    """Without resets after ``t = 0`` the statistics are summed by one ``torch.cumsum``: equal to the
+    segmented indicator-product sum (and, with inner resets, it is that sum)."""
+    generator = torch.Generator().manual_seed(7)
+    values = torch.randn(23, 4, 6, dtype=torch.float64, generator=generator)
+    carry = torch.randn(4, 6, dtype=torch.float64, generator=generator)
+    starts = torch.zeros(23, 4, dtype=torch.bool)
+    starts[0] = torch.tensor([first_start, False, first_start, True])
+    torch.testing.assert_close(
+        _running_sum(values, starts, carry), segmented_cumsum(values, starts, carry), rtol=0, atol=1e-12
+    )
+    starts[9, 2] = True
+    torch.testing.assert_close(
+        _running_sum(values, starts, carry), segmented_cumsum(values, starts, carry), rtol=0, atol=0
+    )

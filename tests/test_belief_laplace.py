@@ -344,3 +344,98 @@ def test_laplace_aux_loss_rows_equals_the_loss_of_the_rows():
     mask = torch.arange(12) % 3 != 1
     expected = belief.aux_loss(flat.apply(lambda value: value[mask]))
     torch.testing.assert_close(belief.aux_loss_rows(flat, mask), expected)
+
+
+@pytest.mark.parametrize(
+    ("rnn", "variant", "covariance", "window"),
+    [
+        ("lstm", "sum_precision", "full", 1),
+        ("lstm", "stationary", "full", 3),
+        ("lstm", "stationary", "full", 5),
+        ("gru", "markov", "full", 1),
+        ("lstm", "sum_precision", "diag", 2),
+    ],
+)
+def test_acting_sequence_is_sequence_without_the_statistics(rnn, variant, covariance, window):
+    """The lean acting step gives the mean, precision, factor and next state of ``sequence`` bit for
+    bit, and ``complete()`` its whole output (entropy, KL, previous precision, KL offset)."""
+    belief = make_belief(dtype=torch.float32, rnn=rnn, variant=variant, covariance=covariance, window=window)
+    steps, batch = 8, 4
+    inputs = torch.randn(steps, batch, INPUT_DIM, generator=torch.Generator().manual_seed(6))
+    starts = random_starts(steps, batch, seed=7)
+    state = belief.initial_state(batch)
+    for step in range(steps):
+        step_inputs, step_starts = inputs[step : step + 1], starts[step : step + 1]
+        with torch.no_grad():
+            expected, expected_state = belief.sequence(step_inputs, state, step_starts)
+        for cholesky in (True, False):
+            partial, next_state, complete = belief.acting_sequence(
+                step_inputs, state, step_starts, cholesky=cholesky
+            )
+            torch.testing.assert_close(next_state, expected_state, rtol=0.0, atol=0.0)
+            torch.testing.assert_close(partial.mean, expected.mean, rtol=0.0, atol=0.0)
+            torch.testing.assert_close(partial.precision, expected.precision, rtol=0.0, atol=0.0)
+            assert partial.entropy is None and partial.kl_to_previous is None
+            if cholesky and covariance == "full":
+                torch.testing.assert_close(
+                    partial.precision_cholesky, expected.precision_cholesky, rtol=0.0, atol=0.0
+                )
+            else:
+                assert partial.precision_cholesky is None
+            completed = complete()
+            for name in ("mean", "precision", "precision_cholesky", "entropy", "kl_to_previous"):
+                got, want = getattr(completed, name), getattr(expected, name)
+                if want is None:
+                    assert got is None, name
+                else:
+                    torch.testing.assert_close(got, want, rtol=0.0, atol=0.0, msg=name)
+            for name in ("previous_precision", "kl_offset"):
+                torch.testing.assert_close(
+                    getattr(completed, name), getattr(expected, name), rtol=0.0, atol=0.0
+                )
+        state = expected_state
+
+
+@pytest.mark.parametrize(("rnn", "window"), [("lstm", 1), ("lstm", 3), ("gru", 1), ("gru", 2)])
+def test_few_rows_full_precision_equals_the_blocked_path(rnn, window):
+    """An acting step's few rows (the transposed-Jacobian path) and many rows at once (the blocked
+    path) give the same full precisions, up to rounding."""
+    belief = make_belief(rnn=rnn, covariance="full", window=window, variant="sum_precision")
+    steps, batch = 7, 5  # 35 rows at once; 5 rows a step
+    inputs = torch.randn(
+        steps, batch, INPUT_DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(8)
+    )
+    starts = random_starts(steps, batch, seed=9)
+    whole, _ = belief.sequence(inputs, belief.initial_state(batch), starts)
+    state, precisions = belief.initial_state(batch), []
+    for step in range(steps):
+        output, state = belief.sequence(inputs[step : step + 1], state, starts[step : step + 1])
+        precisions.append(output.precision[0])
+    torch.testing.assert_close(torch.stack(precisions), whole.precision, atol=1e-12, rtol=1e-12)
+
+
+def test_segmented_cumsum_of_one_step():
+    generator = torch.Generator().manual_seed(10)
+    values = torch.randn(1, 4, 2, 3, generator=generator)
+    carry = torch.randn(4, 2, 3, generator=generator)
+    starts = torch.tensor([[True, False, True, False]])
+    expected = torch.where(starts[0].view(4, 1, 1), values[0], values[0] + carry)
+    torch.testing.assert_close(segmented_cumsum(values, starts, carry)[0], expected, rtol=0.0, atol=0.0)
+
+
+@pytest.mark.parametrize("window", [2, 5])
+def test_weight_caches_follow_updates_that_keep_the_version(window):
+    """The few-row paths keep products of the weights; an update that does not bump the parameters'
+    version counter (e.g. through ``.data``) must still invalidate them."""
+    belief = make_belief(covariance="full", window=window)
+    inputs = torch.randn(1, 3, INPUT_DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(11))
+    starts = torch.ones(1, 3, dtype=torch.bool)
+    belief.sequence(inputs, belief.initial_state(3), starts)  # fills the caches
+    with torch.no_grad():
+        belief.cell.weight_hh.data.mul_(1.3)
+        belief.latent_head.weight.data.mul_(0.7)
+    got, _ = belief.sequence(inputs, belief.initial_state(3), starts)
+    fresh = make_belief(covariance="full", window=window)
+    fresh.load_state_dict(belief.state_dict())
+    expected, _ = fresh.sequence(inputs, fresh.initial_state(3), starts)
+    torch.testing.assert_close(got.precision, expected.precision, rtol=0.0, atol=0.0)

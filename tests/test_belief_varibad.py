@@ -598,8 +598,8 @@ def test_vae_update_statistics_are_the_means_of_the_steps() -> None:
         expected.append(
             [
                 float(terms.elbo.detach()),
-                float((terms.reconstruction * mask).sum() / mask.sum()),
-                float((terms.kl * mask).sum() / mask.sum()),
+                float((terms.reconstruction.detach() * mask).sum() / mask.sum()),
+                float((terms.kl.detach() * mask).sum() / mask.sum()),
             ]
         )
     for index, name in enumerate(("elbo", "reconstruction", "kl")):

@@ -403,6 +403,20 @@ def rollout_inputs(model: Any) -> tuple[Tensor, Tensor]:
     return inputs, time_major(buffer.episode_starts).reshape(n_steps, n_envs)
 
 
+def model_adam(parameters: Any, lr: float) -> torch.optim.Adam:
+    """Adam for a belief's own model steps (VariBAD's VAE, GLiBRL's basis): torch's fused kernel when
+    every parameter is a floating tensor on the CPU or a GPU (one kernel for all parameters, ~3x
+    cheaper per step than the per-parameter loop for these small networks), otherwise the
+    multi-tensor (``foreach``) implementation. Both are Adam's update to rounding."""
+    parameters = list(parameters)
+    if parameters and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in parameters):
+        try:
+            return torch.optim.Adam(parameters, lr=lr, fused=True)
+        except RuntimeError:  # no fused kernel for this device/dtype in this torch build
+            pass
+    return torch.optim.Adam(parameters, lr=lr, foreach=True)
+
+
 # ---------------------------------------------------------------------------------- Gaussian samples
 def standard_normal(
     mean: Tensor, n_samples: int, generator: torch.Generator | None = None, noise: Tensor | None = None

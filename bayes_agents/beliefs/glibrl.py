@@ -118,6 +118,7 @@ from .base import (
     check_positive_int,
     check_real,
     check_sizes,
+    model_adam,
     rollout_inputs,
 )
 from .laplace import segmented_cumsum
@@ -510,16 +511,28 @@ class GLiBRLBelief(Belief):
         targets = torch.cat([obs - previous_obs, reward.unsqueeze(-1)], dim=-1) * target_mask
 
         outer = features.unsqueeze(-1) * features.unsqueeze(-2)
-        increments = self.statistics_layout.pack(
-            {
-                "gram": (group_mask[..., None, None] * outer.unsqueeze(-3)).flatten(0, 1),
-                "cross": (features.unsqueeze(-1) * targets.unsqueeze(-2)).flatten(0, 1),
-                "square": targets.square().flatten(0, 1),
-                "count": group_mask.flatten(0, 1),
-            }
-        ).view(steps, batch, -1)
         carry = state[:, : self.statistics_layout.size]
-        cumulative = segmented_cumsum(increments, starts, carry)  # [T, B, S_stats]
+        if self.fit_dynamics:
+            gram, skipped = group_mask[..., None, None] * outer.unsqueeze(-3), 0  # [T, B, 2, d, d]
+        else:
+            # No dynamics targets: the dynamics Gram increments are 0, so only the other statistics
+            # (which follow it in the layout) are summed; the dynamics Gram is the carried one up to
+            # the first reset and 0 after it.
+            gram, skipped = group_mask[..., 1, None, None] * outer, self.basis_dim**2  # [T, B, d, d]
+        increments = torch.cat(
+            [
+                gram.flatten(2),
+                (features.unsqueeze(-1) * targets.unsqueeze(-2)).flatten(2),
+                targets.square(),
+                group_mask,
+            ],
+            dim=-1,
+        )  # the statistics_layout order, [T, B, S_stats − skipped]
+        cumulative = _running_sum(increments, starts, carry[:, skipped:])
+        if skipped:
+            reset = torch.cumsum(starts, dim=0) > 0  # [T, B]: a reset at or before t
+            dynamics_gram = carry[:, :skipped].unsqueeze(0).masked_fill(reset.unsqueeze(-1), 0.0)
+            cumulative = torch.cat([dynamics_gram, cumulative], dim=-1)  # [T, B, S_stats]
 
         # One factorisation per step: the posterior before step t is that of step t-1 (or the carry).
         all_statistics = torch.cat([carry.unsqueeze(0), cumulative]).flatten(0, 1)
@@ -648,7 +661,7 @@ class GLiBRLBelief(Belief):
         """
         check_positive_int("n_updates", n_updates)
         if self._basis_optimizer is None:
-            self._basis_optimizer = torch.optim.Adam(self.basis.parameters(), lr=self.basis_lr, foreach=True)
+            self._basis_optimizer = model_adam(self.basis.parameters(), self.basis_lr)
         starts = torch.as_tensor(episode_starts, device=inputs.device) > 0.5
         starts = torch.cat([torch.ones_like(starts[:1]), starts[1:]])
         state = self.initial_state(inputs.shape[1]).to(inputs)
@@ -673,6 +686,18 @@ class GLiBRLBelief(Belief):
         dtype = self._reference_parameter().dtype
         loss = self.model_update(inputs.to(dtype), starts, self.basis_updates_per_ppo_update)
         model.logger.record("belief/basis_loss", loss)
+
+
+def _running_sum(values: Tensor, starts: Tensor, carry: Tensor) -> Tensor:
+    """:func:`~bayes_agents.beliefs.laplace.segmented_cumsum` (``out_t = values_t + (0 if starts_t else
+    out_{t-1})``, ``out_{-1} = carry``). Where no reset lies after ``t = 0`` (the sequences of SB3's
+    recurrent buffer, which are cut at episode starts) it is one ``torch.cumsum`` over time, O(T)
+    instead of the O(T²) indicator product and in the same (sequential) order of additions."""
+    if values.shape[0] == 1 or bool(starts[1:].any()):
+        return segmented_cumsum(values, starts, carry)
+    keep = (~starts[0]).to(values.dtype).unsqueeze(-1)
+    first = values[0] + keep * carry
+    return torch.cumsum(torch.cat([first.unsqueeze(0), values[1:]]), dim=0)
 
 
 def _require_glibrl_output(output: BeliefOutput) -> GLiBRLOutput:

@@ -138,9 +138,12 @@ class RL2Belief(Belief):
         """Run the cell over time from ``(hidden, cell)`` ``[B, H]`` (``cell`` None for the GRU).
 
         Where no episode starts inside the sequence (always the case for the sequences of SB3's
-        recurrent buffer, which are cut at episode starts) the whole sequence runs in one call of
-        torch's fused RNN kernel (the one ``nn.LSTM``/``nn.GRU`` use, on the cell's own weights),
-        about 3x faster than stepping the cell from Python; otherwise the cell is stepped.
+        recurrent buffer, which are cut at episode starts) the whole sequence runs in one call: for
+        the LSTM torch's fused RNN kernel (the one ``nn.LSTM`` uses, on the cell's own weights),
+        about 3x faster than stepping the cell from Python; for the GRU :class:`GRUSequence` (torch
+        has no fused CPU GRU kernel); a single step (acting) runs torch's cell kernel
+        (``torch.lstm_cell``/``torch.gru_cell``). Otherwise the cell is stepped. All paths compute
+        the same equations (equal to rounding).
 
         :param embedded: ``[T, B, E]`` embedded inputs.
         :param episode_starts: ``[T, B]`` bool; the carry is zeroed before steps where it is true.
@@ -149,7 +152,7 @@ class RL2Belief(Belief):
         :return: hidden outputs ``[T, B, H]``, cell states ``[T, B, H]`` (or None), and the final
             hidden ``[B, H]`` and cell ``[B, H]`` (None for the GRU).
         """
-        if episode_starts[1:].any():
+        if episode_starts.shape[0] > 1 and episode_starts[1:].any():
             return self._stepped_recurrence(self.gates_from_embedded(embedded), hidden, cell, episode_starts)
         keep = (~episode_starts[0]).to(embedded.dtype).unsqueeze(-1)
         hidden = hidden * keep

@@ -88,6 +88,7 @@ from .base import (
     check_positive_int,
     check_real,
     check_sizes,
+    model_adam,
     rollout_inputs,
 )
 from .registry import register_belief
@@ -676,8 +677,7 @@ class VariBADBelief(Belief):
     def vae_optimizer(self) -> torch.optim.Optimizer:
         """The VAE's own Adam optimizer over encoder and decoders (created on first use)."""
         if self._vae_optimizer is None:
-            # foreach: one multi-tensor Adam step over the ~17 parameters, not a Python loop over them.
-            self._vae_optimizer = torch.optim.Adam(self.parameters(), lr=self.vae_lr, foreach=True)
+            self._vae_optimizer = model_adam(self.parameters(), self.vae_lr)
         return self._vae_optimizer
 
     def vae_update(
