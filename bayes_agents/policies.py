@@ -121,6 +121,33 @@ class RL2InputExtractor(BaseFeaturesExtractor):
         return torch.cat([observations[key].flatten(1) for key in self.keys], dim=1)
 
 
+def check_observation_bounds(space: spaces.Space, observation: Any) -> None:
+    """``ValueError`` if a part of ``observation`` (single or batched) with finite bounds in ``space``
+    (a Box, or a Dict of them) lies outside them; what SB3's own checks (shapes) let through."""
+    if isinstance(space, spaces.Dict) and isinstance(observation, dict):
+        for key, subspace in space.spaces.items():
+            if key in observation:
+                check_observation_bounds_of(subspace, observation[key], f"observation[{key!r}]")
+        return
+    check_observation_bounds_of(space, observation, "observation")
+
+
+def check_observation_bounds_of(space: spaces.Space, values: Any, name: str) -> None:
+    """:func:`check_observation_bounds` of one Box ``space``; ``name`` names the part in the error."""
+    if not isinstance(space, spaces.Box) or not np.issubdtype(np.asarray(values).dtype, np.number):
+        return
+    values = np.asarray(values, dtype=np.float64).reshape(-1, *space.shape)
+    low, high = space.low.astype(np.float64), space.high.astype(np.float64)
+    tolerance = 1e-5 * np.maximum(1.0, np.abs(np.where(np.isfinite(high), high, 0.0)))
+    outside = (values < low - tolerance) | (values > high + tolerance)
+    if outside.any():
+        bad = values[outside][0]
+        raise ValueError(
+            f"{name} has a value {bad:g} outside the policy's observation space [{space.low.min():g}, "
+            f"{space.high.max():g}]: was the model trained on another env configuration (e.g. grid size)?"
+        )
+
+
 @dataclass(frozen=True)
 class RecurrentStateSlots:
     """What ``RecurrentPPO`` reads from ``policy.lstm_actor`` to size its recurrent-state buffers."""
@@ -556,6 +583,20 @@ class BeliefPolicy(RecurrentActorCriticPolicy):
         slots = tuple(slot.clone() for slot in slots)  # normal tensors: the algorithm keeps them
         return actions, values, log_prob, RNNStates(slots, slots)
 
+    def predict(  # type: ignore[override]
+        self,
+        observation: np.ndarray | dict[str, np.ndarray],
+        state: tuple[np.ndarray, ...] | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...] | None]:
+        """SB3's ``predict``, after checking that every bounded part of ``observation`` lies in the
+        policy's observation space: SB3 checks shapes only, so e.g. a 7×7 grid's coordinates given
+        to a policy trained on the 5×5 grid would otherwise be acted on silently. ``ValueError``
+        names the key and the range."""
+        check_observation_bounds(self.observation_space, observation)
+        return super().predict(observation, state, episode_start, deterministic)
+
     def _predict(  # type: ignore[override]
         self,
         observation: Tensor,
@@ -678,7 +719,7 @@ class RolloutTermsCache:
     first rollout step after an update; loading weights drops it.
 
     A record that reaches ``max_elements`` floats (2**26, 256 MB in float32: e.g. ~7,000 env steps of
-    the default k = 15, L = 64 policy) is not used (the update recomputes everything).
+    a k = 15, L = 64 policy) is not used (the update recomputes everything).
     """
 
     def __init__(self, max_elements: int = 2**26) -> None:

@@ -129,6 +129,26 @@ class RL2VecNormalize(VecNormalize):
         self.__dict__.pop("obs_spaces", None)
         self.rl2_inputs = rl2
         self.norm_prev_reward = bool(norm_reward if norm_prev_reward is None else norm_prev_reward) and rl2
+        self.observation_space = self._normalised_space(self.observation_space)
+
+    def _normalised_space(self, space: spaces.Space) -> spaces.Space:
+        """The space of what the policy sees: normalised keys lie in ``±clip_obs`` and a scaled
+        ``prev_reward`` in ``±clip_reward`` (a new space: the wrapped env's is left as it is), so that a
+        policy's bounds check (e.g. ``BeliefPolicy.predict``) holds for normalised observations."""
+        def clipped(box: spaces.Space, bound: float) -> spaces.Box:
+            return spaces.Box(-bound, bound, shape=box.shape, dtype=np.float32)
+
+        if isinstance(space, spaces.Box):
+            return clipped(space, self.clip_obs) if self.norm_obs else space
+        if not isinstance(space, spaces.Dict):
+            return space
+        parts = dict(space.spaces)
+        if self.norm_obs:
+            for key in self.norm_obs_keys:
+                parts[key] = clipped(parts[key], self.clip_obs)
+        if self.norm_prev_reward:
+            parts["prev_reward"] = clipped(parts["prev_reward"], self.clip_reward)
+        return spaces.Dict(parts)
 
     # ------------------------------------------------------------------ normalisation
     def scale_reward(self, reward: np.ndarray) -> np.ndarray:

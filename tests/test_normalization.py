@@ -384,3 +384,22 @@ def test_runs_from_before_normalisation_resume_without_it(tmp_path: Path) -> Non
     assert main(["train", "--resume", "--out", str(run), "-t", "40", "--no-progress", "--no-eval"]) == 0
     model = experiment.load_model(run)
     assert model.num_timesteps == 40 and model.get_vec_normalize_env() is None
+
+
+def test_the_wrapper_declares_the_clipped_ranges_it_emits() -> None:
+    """The policy is built on the wrapper's space: normalised parts lie in ±clip, and the wrapped env's
+    own space object is left as it was."""
+    venv = bayes_envs.make_vec("BayesGrid-v0", 2, seed=0, monitor=False)
+    inner = venv.observation_space
+    wrapper = RL2VecNormalize(venv, clip_obs=5.0, clip_reward=3.0)
+    space = wrapper.observation_space
+    assert venv.observation_space is inner and inner["obs"].high.max() == 4.0
+    assert np.all(space["obs"].low == -5.0) and np.all(space["obs"].high == 5.0)
+    assert np.all(space["prev_reward"].low == -3.0) and np.all(space["prev_reward"].high == 3.0)
+    assert space["prev_action"] == inner["prev_action"] and space["new_episode"] == inner["new_episode"]
+    wrapper.reset()
+    for _ in range(30):
+        observation, *_ = wrapper.step(np.array([1, 2]))
+        assert all(space[key].contains(observation[key][0]) for key in space.spaces)
+    raw = RL2VecNormalize(bayes_envs.make_vec("BayesGrid-v0", 2, seed=0, monitor=False), norm_obs=False)
+    assert raw.observation_space["obs"] == inner["obs"]  # only what is normalised changes

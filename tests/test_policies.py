@@ -257,3 +257,27 @@ def test_schedule_strings_decay_linearly_and_bad_ones_raise() -> None:
         assert model.lr_schedule(0.5) == pytest.approx(5e-4)
         model.learn(240)  # two updates: at 1/2 of the budget left (lr 5e-4), then at none left
         assert model.policy.optimizer.param_groups[0]["lr"] == 0.0
+
+
+def test_predict_rejects_observations_outside_the_trained_space():
+    """A 7×7 grid's coordinates have the 5×5 grid's shape: only a bounds check catches them."""
+    import gymnasium as gym
+
+    model = BayesPPO(
+        RL2Policy,
+        bayes_envs.make_vec("BayesGrid-v0", 2, seed=0),
+        n_steps=8,
+        batch_size=16,
+        policy_kwargs=dict(hidden_size=16, latent_dim=8),
+    )
+    env = gym.make("BayesGrid-v0", size=7)
+    observation, _ = env.reset(seed=0)
+    model.predict(observation)  # the corner (0, 0) lies in both grids
+    for _ in range(8):
+        observation, *_ = env.step(1)
+    assert observation["obs"].max() == 6
+    with pytest.raises(ValueError, match=r"observation\['obs'\] has a value 6 outside .*\[0, 4\]"):
+        model.predict(observation)
+    # Batched observations of the trained grid pass.
+    batch = {key: np.stack([value, value]) for key, value in env.reset(seed=1)[0].items()}
+    model.predict(batch, episode_start=np.ones(2, bool))

@@ -20,6 +20,7 @@ import torch
 import bayes_envs
 from bayes_agents.experiment.checkpoint import (
     load_checkpoint,
+    normalized_env,
     preserved_rng_state,
     read_normalization,
     restore_model,
@@ -49,7 +50,10 @@ def model_differences(model: BayesPPO, config: dict[str, Any]) -> list[str]:
             f"policy {type(model.policy).__name__}, the config's method {config['method']!r} "
             f"uses {policy_class.__name__}"
         )
-    venv = bayes_envs.make_vec(config["env_id"], 1, seed=0, monitor=False, **config["env"])
+    # The spaces the policy was built on: a normalising wrapper declares the clipped ranges it emits.
+    venv = normalized_env(
+        bayes_envs.make_vec(config["env_id"], 1, seed=0, monitor=False, **config["env"]), config
+    )
     try:
         if model.observation_space != venv.observation_space:
             differences.append(
@@ -96,7 +100,10 @@ def attach_normalization(model: BayesPPO, state: dict[str, Any] | None, config: 
                 "retrain, or delete model.zip to evaluate the latest checkpoint"
             )
         return
-    venv = bayes_envs.make_vec(config["env_id"], 1, seed=0, monitor=False, **config["env"])
+    # The spaces the policy was built on: a normalising wrapper declares the clipped ranges it emits.
+    venv = normalized_env(
+        bayes_envs.make_vec(config["env_id"], 1, seed=0, monitor=False, **config["env"]), config
+    )
     try:
         model._vec_normalize_env = bayes_envs.RL2VecNormalize.from_state(state, venv, training=False)
     finally:
