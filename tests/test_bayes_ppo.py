@@ -11,7 +11,6 @@ from sb3_contrib import RecurrentPPO
 
 import bayes_envs
 from bayes_agents import BayesPPO
-from bayes_agents.beliefs import LaplaceBelief
 from bayes_agents.policies import LaplacePolicy, RL2Policy
 
 SMALL = {"hidden_size": 16, "latent_dim": 8, "embed_sizes": (16,)}
@@ -28,19 +27,6 @@ STOCK_KEYS = (
     "train/clip_range",
 )
 
-
-@pytest.fixture
-def precision_calls(monkeypatch) -> list[bool]:
-    """Records every Jacobian precision computation as the module's training flag."""
-    calls: list[bool] = []
-    stock = LaplaceBelief._window_precision
-
-    def recording(self, *args, **kwargs):
-        calls.append(self.training)
-        return stock(self, *args, **kwargs)
-
-    monkeypatch.setattr(LaplaceBelief, "_window_precision", recording)
-    return calls
 
 
 @pytest.mark.parametrize("target_kl", [None, 1e-7])

@@ -41,7 +41,6 @@ SMALL = {
     "glibrl": {"basis_dim": 4, "basis_hidden_sizes": (8,)},
 }
 METHOD_NAMES = list(BELIEFS)
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny networks: threads only contend
 
 
 def small_kwargs(method: str) -> dict:

@@ -36,15 +36,6 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Train as ``bayes-rl train`` does (one torch thread): tiny networks only contend on more."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_config(method: str = "rl2", timesteps: int = 240, **extra: str) -> dict:
     assignments = TINY + [f"{key}={value}" for key, value in extra.items()]
     overrides = experiment.parse_overrides(assignments)

@@ -21,15 +21,6 @@ from bayes_agents.experiment.state import encode, restore
 MARKER = "executed.txt"
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Train as ``bayes-rl train`` does (one torch thread): tiny networks only contend on more."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class _Payload:
     """Unpickling this object writes a file: what a malicious checkpoint would do."""
 

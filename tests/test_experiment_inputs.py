@@ -16,15 +16,6 @@ from bayes_agents import experiment
 from bayes_agents.cli import main
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Train as ``bayes-rl train`` does (one torch thread): tiny networks only contend on more."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     capsys.readouterr()
     try:

@@ -20,19 +20,6 @@ INPUT_DIM, HIDDEN, LATENT = 4, 6, 3
 OUTPUT_FIELDS = ("mean", "precision", "precision_cholesky", "entropy", "kl_to_previous")
 
 
-@pytest.fixture
-def precision_calls(monkeypatch) -> list[bool]:
-    """Records every ``_window_precision`` call (the Jacobian precision) as the module's training flag."""
-    calls: list[bool] = []
-    stock = LaplaceBelief._window_precision
-
-    def recording(self, *args, **kwargs):
-        calls.append(self.training)
-        return stock(self, *args, **kwargs)
-
-    monkeypatch.setattr(LaplaceBelief, "_window_precision", recording)
-    return calls
-
 
 def make_belief(**options) -> LaplaceBelief:
     torch.manual_seed(0)

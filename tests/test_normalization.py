@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_cli import TINY as CLI_TINY
 
 import bayes_envs
 from bayes_agents import experiment
@@ -16,22 +17,11 @@ from bayes_agents.defaults import METAWORLD_IDS, MUJOCO_IDS, run_settings
 from bayes_envs import RL2VecNormalize
 from bayes_envs.evaluation import evaluate
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 #: A tiny grid run (4 envs × 15 steps per update) with normalisation switched on.
 TINY = [
-    "n_envs=4",
-    "ppo.n_steps=15",
-    "ppo.batch_size=30",
-    "ppo.n_epochs=2",
-    "policy.hidden_size=16",
-    "policy.latent_dim=4",
-    "policy.embed_sizes=[8]",
-    "policy.net_arch=[8]",
-    "eval_every=120",
+    *(setting for setting in CLI_TINY if not setting.startswith(("eval_tasks=", "final_eval_tasks="))),
     "eval_tasks=7",
     "final_eval_tasks=7",
-    "checkpoint_every=60",
     "norm_obs=true",
     "norm_reward=true",
 ]

@@ -588,17 +588,7 @@ class LaplaceBelief(RL2Belief):
             else:
                 next_data_precision = self._add_prior_precision_(terms.precision[-1].clone(), -1.0)
 
-        output = LaplaceOutput(
-            mean=mean,
-            precision=terms.precision,
-            precision_cholesky=terms.precision_cholesky,
-            entropy=terms.entropy,
-            kl_to_previous=self.kl_to_previous(
-                mean - previous_mean, terms.previous_precision, terms.kl_offset
-            ),
-            previous_precision=terms.previous_precision,
-            kl_offset=terms.kl_offset,
-        )
+        output = self._output(mean, previous_mean, terms)
         next_parts = {
             "hidden": final_hidden,
             "window_inputs": next_window,
@@ -659,17 +649,7 @@ class LaplaceBelief(RL2Belief):
         def complete() -> LaplaceOutput:
             with torch.no_grad():
                 terms = self._posterior_terms_(data_precision.clone(), carried, starts, factor)
-                return LaplaceOutput(
-                    mean=mean,
-                    precision=terms.precision,
-                    precision_cholesky=terms.precision_cholesky,
-                    entropy=terms.entropy,
-                    kl_to_previous=self.kl_to_previous(
-                        mean - previous_mean, terms.previous_precision, terms.kl_offset
-                    ),
-                    previous_precision=terms.previous_precision,
-                    kl_offset=terms.kl_offset,
-                )
+                return self._output(mean, previous_mean, terms)
 
         partial = LaplaceOutput(mean=mean, precision=precision, precision_cholesky=factor)
         return partial, self.state_layout.pack(next_parts), complete
@@ -693,6 +673,21 @@ class LaplaceBelief(RL2Belief):
         hidden, cell = self._unpack_carry(parts)
         hiddens, _, _, _ = self.recurrence(self.embedding(inputs), hidden, cell, starts, need_cells=False)
         return self._means(self.latent_head(hiddens), parts, starts)
+
+    def _output(self, mean: Tensor, previous_mean: Tensor, terms: LaplaceTerms) -> LaplaceOutput:
+        """The posterior output of means ``[T, B, L]`` (and the previous steps' means) and their
+        stop-gradient terms (``LaplaceTerms``)."""
+        return LaplaceOutput(
+            mean=mean,
+            precision=terms.precision,
+            precision_cholesky=terms.precision_cholesky,
+            entropy=terms.entropy,
+            kl_to_previous=self.kl_to_previous(
+                mean - previous_mean, terms.previous_precision, terms.kl_offset
+            ),
+            previous_precision=terms.previous_precision,
+            kl_offset=terms.kl_offset,
+        )
 
     def kl_to_previous(self, difference: Tensor, previous_precision: Tensor, kl_offset: Tensor) -> Tensor:
         """``KL(q_t || q_{t-1}) = kl_offset + ½ δ^T Λ_{t-1} δ`` ``[..]`` for ``δ = μ_t - μ_{t-1}``
