@@ -268,6 +268,11 @@ def evaluate(
         and callable(getattr(policy, "get_vec_normalize_env", None))
     ):
         normalization = policy.get_vec_normalize_env()
+    if normalization is not None and is_reference:
+        raise TypeError(
+            "normalization is for learned policies: a ReferencePolicy reads the env's raw observations "
+            "and rewards (its posterior thresholds are in reward units)"
+        )
     if normalization is not None and not isinstance(normalization, dict):
         if not isinstance(normalization, RL2VecNormalize):
             kind = type(normalization).__name__

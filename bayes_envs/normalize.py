@@ -172,31 +172,16 @@ class RL2VecNormalize(VecNormalize):
         return raw
 
     def step_wait(self) -> VecEnvStepReturn:
-        """Step; update the statistics (training), then normalise with the updated statistics.
+        """``VecNormalize.step_wait``, with the ``prev_reward`` of the returned observation scaled by
+        the statistics *after* this step's update, so that it equals the returned (normalised) reward.
 
-        The reward statistics are updated *before* the observation is normalised, so the
-        ``prev_reward`` of the returned observation equals the returned (normalised) reward.
+        SB3 normalises the observation before it updates the reward statistics (and the terminal
+        observations after), so only that one entry is formed again. The discounted return is reset
+        where ``dones`` marks the end of a trial: it runs over the whole trial.
         """
-        obs, rewards, dones, infos = self.venv.step_wait()
-        self.old_obs = obs
-        self.old_reward = rewards
-        if self.training:
-            if self.norm_obs:
-                if isinstance(obs, dict) and isinstance(self.obs_rms, dict):
-                    for key, rms in self.obs_rms.items():
-                        rms.update(obs[key])
-                else:
-                    self.obs_rms.update(obs)
-            self._update_reward(rewards)
-        rewards = self.normalize_reward(rewards)
-        obs = self.normalize_obs(obs)
-        for index in np.flatnonzero(dones):
-            if "terminal_observation" in infos[index]:
-                infos[index]["terminal_observation"] = self.normalize_obs(
-                    infos[index]["terminal_observation"]
-                )
-        # The discounted return runs over the whole trial: reset where the trial ends (dones).
-        self.returns[dones] = 0
+        obs, rewards, dones, infos = super().step_wait()
+        if self.norm_prev_reward and isinstance(obs, dict):
+            obs["prev_reward"] = self.scale_reward(self.old_obs["prev_reward"])
         return obs, rewards, dones, infos
 
     # ------------------------------------------------------------------ state

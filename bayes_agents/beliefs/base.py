@@ -447,6 +447,11 @@ def gaussian_offsets(
     if precision_cholesky is None:
         if precision is None:
             raise ValueError("gaussian_offsets needs precision (diagonal) or precision_cholesky")
+        if precision.dim() != noise.dim() - 1:
+            raise ValueError(
+                f"gaussian_offsets: a precision {tuple(precision.shape)} is not the diagonal of noise "
+                f"{tuple(noise.shape)}; a full precision needs its precision_cholesky"
+            )
         return noise * precision.rsqrt()
     blocks = precision_cholesky.dim() == noise.dim() + 1
     # Row form of L^T x = ε (x^T L = ε^T): solves without a transposed copy of L.

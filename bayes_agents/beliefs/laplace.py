@@ -615,8 +615,8 @@ class LaplaceBelief(RL2Belief):
 
         :return: the partial output (``entropy``, ``kl_to_previous``, ``previous_precision`` and
             ``kl_offset`` None; ``precision_cholesky`` None unless computed), the next state, and
-            ``complete()``: the output :meth:`sequence` gives for these inputs (the same tensors,
-            so the same values bit for bit), reusing the factor if it was computed.
+            ``complete()``: the output :meth:`sequence` gives for these inputs (the same values bit
+            for bit, without gradients), reusing the factor if it was computed.
         """
         inputs, starts = self._prepare_sequence(inputs, state, episode_starts)
         parts = self.state_layout.unpack(state)

@@ -161,6 +161,11 @@ class RL2Belief(Belief):
             cell = None if cell is None else cell * keep
             return self._single_step(embedded[0], hidden, cell, weights, need_cells)
         if self.rnn == "gru":
+            if embedded.device.type != "cpu":  # cuDNN's fused GRU kernel
+                hiddens, final_hidden = torch._VF.gru(
+                    embedded, hidden[None], weights, True, 1, 0.0, self.training, False, False
+                )
+                return hiddens, None, final_hidden[0], None
             # torch's GRU has no fused CPU kernel (its RNN call steps a composite cell, ~15 autograd
             # nodes per step); GRUSequence does the same equations with 6 ops per step and a
             # hand-written backward.

@@ -103,9 +103,6 @@ from bayes_agents.experiment.training import (
 )
 from bayes_envs.evaluation import evaluate
 
-#: Kept for callers of the single-module version (``experiment._merge``).
-_merge = merge
-
 __all__ = [
     "ACTIVATIONS",
     "CHECKPOINT_FILE",

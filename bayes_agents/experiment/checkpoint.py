@@ -38,7 +38,7 @@ import torch
 
 import bayes_envs
 from bayes_agents.experiment.config import ConfigError, jsonable, policy_kwargs
-from bayes_agents.experiment.runfiles import RunDirectoryError, atomic_write_bytes
+from bayes_agents.experiment.runfiles import RunDirectoryError, atomic_write_bytes, error_summary
 from bayes_agents.experiment.state import Unencodable, encode, is_configuration, restore
 from bayes_agents.methods import get_method
 from bayes_agents.ppo import BayesPPO
@@ -334,7 +334,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated zip, foreign pickle, bad bytes: all "corrupt" to the user
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = error_summary(error)
         raise RunDirectoryError(f"{path} is truncated or corrupt ({reason[:200]}); {advice}") from error
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise RunDirectoryError(f"{path} is not a bayes-rl checkpoint; {advice}")
@@ -395,9 +395,10 @@ def restore_model(payload: dict[str, Any], device: str | None = None) -> BayesPP
             stacklevel=2,
         )
         model._last_obs = None  # learn() resets the envs
-        return model
-    restore_env_state(model.get_env(), payload["venv"])
-    # Building the model re-seeds the global generators; the checkpoint's streams go back in last.
+    else:
+        restore_env_state(model.get_env(), payload["venv"])
+    # Building the model re-seeds the global generators; the checkpoint's streams go back in last
+    # (also without env state: the run continues its streams instead of restarting them from the seed).
     set_rng_state(restore(payload["rng"]))
     return model
 

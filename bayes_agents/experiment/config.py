@@ -302,7 +302,8 @@ def _is_number(value: Any) -> bool:
     )
 
 
-def _check_int(key: str, value: Any, minimum: int) -> None:
+def check_int(key: str, value: Any, minimum: int) -> None:
+    """``ConfigError`` unless ``value`` is an int (not a bool) ``>= minimum``."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ConfigError(f"{key} must be an int >= {minimum}, got {value!r}")
 
@@ -425,10 +426,10 @@ def check_values(config: dict[str, Any]) -> None:
     the policy can judge are checked by building them (``train`` does that before writing anything).
     """
     for key in ("seed", "eval_every", "eval_seed"):
-        _check_int(key, config[key], 0)
+        check_int(key, config[key], 0)
     for key in ("timesteps", "n_envs", "checkpoint_every", "eval_tasks", "final_eval_tasks"):
-        _check_int(key, config[key], 1)
-    for key in _ADDED_RUN_KEYS:
+        check_int(key, config[key], 1)
+    for key in ("norm_obs", "norm_reward"):
         if not isinstance(config.get(key, False), bool):
             raise ConfigError(f"{key} must be true or false, got {config[key]!r}")
     check_device(config["device"])
@@ -441,7 +442,7 @@ def check_values(config: dict[str, Any]) -> None:
         if key not in ppo or (optional and ppo[key] is None):
             continue
         if kind == "int":
-            _check_int(f"ppo.{key}", ppo[key], int(low))
+            check_int(f"ppo.{key}", ppo[key], int(low))
         elif key in _SCHEDULE_KEYS and isinstance(ppo[key], str):
             _check_schedule(f"ppo.{key}", ppo[key], low, high, low_open=low_open)
         else:
@@ -502,7 +503,7 @@ def resolve_config(
     config["env_id"], config["method"] = env_id, method
     check_keys(config)
     if config["eval_every"] is None:
-        _check_int("timesteps", config["timesteps"], 1)
+        check_int("timesteps", config["timesteps"], 1)
         config["eval_every"] = max(1, int(config["timesteps"]) // 10)
     check_values(config)
     return jsonable(config)

@@ -25,7 +25,7 @@ from bayes_agents.experiment.checkpoint import (
     read_normalization,
     restore_model,
 )
-from bayes_agents.experiment.config import ConfigError, jsonable, policy_kwargs
+from bayes_agents.experiment.config import ConfigError, check_int, jsonable, policy_kwargs
 from bayes_agents.experiment.runfiles import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -34,6 +34,7 @@ from bayes_agents.experiment.runfiles import (
     PROTECTED_FILES,
     RunDirectoryError,
     atomic_write_text,
+    error_summary,
     read_config,
 )
 from bayes_agents.methods import get_method
@@ -126,7 +127,7 @@ def load_model(run_dir: str | os.PathLike[str], device: str = "cpu", *, check: b
         try:
             model = BayesPPO.load(source, device=device)
         except Exception as error:  # a truncated zip, a model of another library: one line
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            reason = error_summary(error)
             raise RunDirectoryError(
                 f"{source} cannot be loaded ({reason[:200]}); retrain, "
                 "or delete it to evaluate the latest checkpoint"
@@ -202,11 +203,6 @@ def check_output_path(run_dir: Path, out: str | os.PathLike[str] | None) -> Path
     return path
 
 
-def _check_count(name: str, value: Any, minimum: int) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
-        raise ConfigError(f"{name} must be an int >= {minimum}, got {value!r}")
-
-
 def evaluate_run(
     run_dir: str | os.PathLike[str],
     n_tasks: int | None = None,
@@ -229,8 +225,9 @@ def evaluate_run(
     from bayes_envs.references import exact_references, reference_policies
 
     run_dir = Path(run_dir)
-    _check_count("n_tasks", n_tasks, 1)
-    _check_count("seed", seed, 0)
+    for name, value, minimum in (("n_tasks", n_tasks, 1), ("seed", seed, 0)):
+        if value is not None:
+            check_int(name, value, minimum)
     path = check_output_path(run_dir, out)
     config = read_config(run_dir)
     n_tasks = config["final_eval_tasks"] if n_tasks is None else n_tasks

@@ -118,18 +118,19 @@ def remove_stale_temporaries(run_dir: Path) -> list[Path]:
     return removed
 
 
+def error_summary(error: BaseException) -> str:
+    """The first line of ``error``'s message (its type name if it has none), for one-line errors."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 # ------------------------------------------------------------------------------------------ reading
 def read_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """The resolved config of a run directory (``RunDirectoryError`` naming the file if unreadable)."""
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise RunDirectoryError(f"{str(run_dir)!r} is not a run directory (no {CONFIG_FILE})")
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise RunDirectoryError(
-            f"{path} is corrupt ({error}); restore it, or start the run afresh with --force"
-        ) from error
+    config = read_json(path, remedy="restore it, or start the run afresh with --force")
     if not isinstance(config, dict) or not {"env_id", "method", "env", "ppo", "policy"} <= set(config):
         raise RunDirectoryError(
             f"{path} is not a config written by bayes-rl train; start afresh with --force"
@@ -137,15 +138,17 @@ def read_config(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return config
 
 
-def read_json(path: str | os.PathLike[str]) -> Any:
-    """A JSON run file (e.g. ``evaluation.json``); ``RunDirectoryError`` naming it if it is corrupt."""
+def read_json(
+    path: str | os.PathLike[str],
+    remedy: str = "delete it and write it again (e.g. bayes-rl evaluate RUN_DIR)",
+) -> Any:
+    """A JSON run file (e.g. ``evaluation.json``); ``RunDirectoryError`` naming it (and ``remedy``) if
+    it cannot be read or is corrupt."""
     path = Path(path)
     try:
         return json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise RunDirectoryError(
-            f"{path} is corrupt ({error}); delete it and write it again (e.g. bayes-rl evaluate RUN_DIR)"
-        ) from error
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RunDirectoryError(f"{path} is corrupt ({error}); {remedy}") from error
 
 
 def _parse_jsonl(path: Path) -> tuple[list[dict[str, Any]], bool]:

@@ -36,6 +36,7 @@ from bayes_agents.experiment.checkpoint import (
 from bayes_agents.experiment.config import (
     RESUMABLE_CHANGES,
     ConfigError,
+    check_int,
     check_values,
     config_differences,
     jsonable,
@@ -149,12 +150,12 @@ class RunController(BaseCallback):
     def _progress(self, force: bool = False) -> None:
         if not self.show_progress:
             return
-        returns = [info["r"] for info in self.model.ep_info_buffer or []]
-        trial = f"trial return {np.mean(returns):.2f}" if returns else "trial return -"
         now = time.monotonic()
         if not force and now - self._last_print < (0.5 if self.bar is not None else 10.0):
-            return
+            return  # called every env step: the throttle comes first
         self._last_print = now
+        returns = [info["r"] for info in self.model.ep_info_buffer or []]
+        trial = f"trial return {np.mean(returns):.2f}" if returns else "trial return -"
         if self.bar is not None:
             self.bar.n = min(self.model.num_timesteps, self.bar.total)
             self.bar.set_postfix_str(trial, refresh=True)
@@ -294,8 +295,8 @@ def train(
     :raises RunDirectoryError: existing run without ``force``, nothing to resume, or a corrupt checkpoint.
     """
     run_dir = Path(run_dir)
-    if pause_at is not None and (isinstance(pause_at, bool) or not isinstance(pause_at, int) or pause_at < 0):
-        raise ConfigError(f"pause_at must be an int >= 0 steps, got {pause_at!r}")
+    if pause_at is not None:
+        check_int("pause_at", pause_at, 0)
     check_values(config)
     check_run_dir(run_dir, resume, force)
     resume_step = None

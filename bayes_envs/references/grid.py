@@ -293,7 +293,20 @@ class _GridBelief:
         return positions, new_episode
 
 
-class GridOracle(ReferencePolicy):
+class _GridReference(ReferencePolicy):
+    """A grid reference policy's checked settings: the env's size, episode length, inner episodes
+    per trial and rewards."""
+
+    def _set_grid(
+        self, size: Any, episode_length: Any, episodes_per_trial: Any, goal_reward: Any, step_reward: Any
+    ) -> None:
+        self.size, self.episode_length, self.episodes_per_trial = _check_config(
+            size, episode_length, episodes_per_trial
+        )
+        self.goal_reward, self.step_reward = _check_rewards(goal_reward, step_reward)
+
+
+class GridOracle(_GridReference):
     """Known-goal oracle (privileged): a shortest path to ``tasks[i].goal``, then noop on it.
 
     Its expected return per inner episode is :func:`oracle_return_per_episode`.
@@ -310,10 +323,7 @@ class GridOracle(ReferencePolicy):
         goal_reward: float = GOAL_REWARD,
         step_reward: float = STEP_REWARD,
     ) -> None:
-        self.size, self.episode_length, self.episodes_per_trial = _check_config(
-            size, episode_length, episodes_per_trial
-        )
-        self.goal_reward, self.step_reward = _check_rewards(goal_reward, step_reward)
+        self._set_grid(size, episode_length, episodes_per_trial, goal_reward, step_reward)
 
     def act(
         self, observation: dict[str, np.ndarray], trial_start: np.ndarray, tasks: Sequence[Any]
@@ -325,7 +335,7 @@ class GridOracle(ReferencePolicy):
         return shortest_path_actions(positions, goals)
 
 
-class GridPosteriorSampling(ReferencePolicy):
+class GridPosteriorSampling(_GridReference):
     """Posterior sampling: walk to a goal sampled from the exact posterior, resample when it is ruled out.
 
     The posterior is uniform over the candidates not entered yet (every cell a walk passes through is
@@ -347,10 +357,7 @@ class GridPosteriorSampling(ReferencePolicy):
         goal_reward: float = GOAL_REWARD,
         step_reward: float = STEP_REWARD,
     ) -> None:
-        self.size, self.episode_length, self.episodes_per_trial = _check_config(
-            size, episode_length, episodes_per_trial
-        )
-        self.goal_reward, self.step_reward = _check_rewards(goal_reward, step_reward)
+        self._set_grid(size, episode_length, episodes_per_trial, goal_reward, step_reward)
         self.rng = np.random.default_rng(seed)
         self.belief = _GridBelief(self.size, self.goal_reward, self.step_reward)
         #: [B] candidate index of the currently sampled goal, −1 if none.
@@ -815,7 +822,7 @@ def bayes_optimal_episode_returns(
     return step_reward * solution.episode_length + (goal_reward - step_reward) * on_goal.mean(axis=0)
 
 
-class GridBayesOptimal(ReferencePolicy):
+class GridBayesOptimal(_GridReference):
     """The exact Bayes-optimal policy: the optimal search plan until the goal is found, then the oracle.
 
     Solving happens at construction (see :func:`solve_grid_bayes_optimal`; ~20 s once for the default
@@ -837,10 +844,7 @@ class GridBayesOptimal(ReferencePolicy):
         goal_reward: float = GOAL_REWARD,
         step_reward: float = STEP_REWARD,
     ) -> None:
-        self.size, self.episode_length, self.episodes_per_trial = _check_config(
-            size, episode_length, episodes_per_trial
-        )
-        self.goal_reward, self.step_reward = _check_rewards(goal_reward, step_reward)
+        self._set_grid(size, episode_length, episodes_per_trial, goal_reward, step_reward)
         self.solution, self._search = _solve(
             self.size, self.episode_length, self.episodes_per_trial, _cache_path(cache_dir, use_disk_cache)
         )
