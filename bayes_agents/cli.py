@@ -45,6 +45,12 @@ the environment's references. Progress bar, metrics.jsonl (+ TensorBoard events 
 installed), atomic checkpoints; Ctrl-C finishes the update, checkpoints and stops. Every config
 value is checked (and the env and model built once) before RUN_DIR is touched.
 
+Each periodic meta-test (every eval_every steps, on eval_tasks fixed test tasks) is printed as it
+happens, above the progress bar, and appended to RUN_DIR/evaluations.jsonl:
+  meta-test @ 120,000 steps: trial return 31.40 ± 1.20 (95% CI, 200 tasks), 84.4% of Bayes-optimal (37.21)
+(the % of the exact Bayes-optimal trial return only where the env has one, e.g. BayesGrid-v0 up to
+size 5). After training, a table of the final evaluation against the references.
+
 """
     + SECURITY_NOTE
 )
@@ -58,6 +64,22 @@ checked against RUN_DIR/config.json first.
 """
     + SECURITY_NOTE
 )
+PLOT_DESCRIPTION = """\
+PNG figures of runs, grouped by env and method (the seeds of a group give the CIs):
+  learning_curves.png        meta-test trial return against env steps: the periodic meta-tests
+                             (evaluations.jsonl) and, as the last point, the final evaluation
+                             (evaluation.json at its steps); several seeds: the mean and a 95%
+                             Student-t CI band over seeds; one seed: its 95% CI over the test tasks.
+                             Reference returns (oracle, Bayes-optimal, ...) as horizontal lines.
+  inner_episode_returns.png  return per inner episode (evaluation.json) with 95% CI error bars
+                             (over seeds; over the test tasks for one seed) against the references.
+  cumulative_regret.png      bandit: expected cumulative regret over a trial.
+  belief_over_trial.png, belief_training.png, grid_belief.png
+                             posterior entropy / KL over a trial and during training, and the
+                             belief over goal cells (belief methods that expose them).
+Titles give the number of test tasks (and env steps of the final evaluation); legends are placed
+outside the axes.
+"""
 SWEEP_DESCRIPTION = """\
 Expand CONFIG's grid of configs x seeds, train and evaluate every run (Ray Tune; locally by default,
 on a cluster with --address; or a local process pool with --executor local), then aggregate the
@@ -259,7 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
         "boundary at or after STEPS (continue with --resume): for time-sliced jobs",
     )
     train.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
-    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument(
+        "--no-progress", action="store_true", help="no progress bar, progress lines or meta-test lines"
+    )
     train.add_argument(
         "--verbose", "-v", action="store_true", help="also print SB3's table of metrics per update"
     )
@@ -291,9 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot = commands.add_parser(
         "plot",
         help="PNG figures of one or more runs (needs matplotlib: the [plot] extra)",
-        description="Learning curves (mean and 95%% CI over the seeds of each env/method), return per inner "
-        "episode against the references, cumulative regret (bandit), posterior entropy and KL over a trial "
-        "and during training (belief methods with a posterior). Runs are grouped by env and method.",
+        description=PLOT_DESCRIPTION,
         formatter_class=formatter,
     )
     plot.add_argument(

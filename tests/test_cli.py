@@ -68,10 +68,9 @@ def captured_figures():
 
 def test_train_evaluate_plot_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
-    status = main(
-        ["train", ENV, "--method", "rl2", "-t", "180", "--out", str(run), "--no-progress", *set_args()]
-    )
+    status = main(["train", ENV, "--method", "rl2", "-t", "180", "--out", str(run), *set_args()])
     assert status == 0
+    printed = capsys.readouterr().out
     for name in ("config.json", "checkpoint.pt", "model.zip", "metrics.jsonl", "evaluation.json"):
         assert (run / name).is_file(), name
     config = json.loads((run / "config.json").read_text())
@@ -95,7 +94,21 @@ def test_train_evaluate_plot_end_to_end(tmp_path: Path, capsys: pytest.CaptureFi
     assert report["exact"]["Bayes-optimal (exact)"] == pytest.approx(
         [4.0, 11.0714286, 11.0714286, 11.0714286]
     )
-    assert "posterior sampling" in capsys.readouterr().out
+    assert "posterior sampling" in printed
+    # each periodic meta-test was printed as it happened (plain lines: stdout is no terminal), with
+    # the % of the exact Bayes-optimal trial return; the rows of evaluations.jsonl record the %
+    bayes_optimal = sum(report["exact"]["Bayes-optimal (exact)"])
+    meta_tests = [line for line in printed.splitlines() if line.startswith("meta-test @")]
+    assert len(meta_tests) == len(evaluations) == 2
+    for line, record in zip(meta_tests, evaluations, strict=True):
+        percent = 100 * record["trial_return_mean"] / bayes_optimal
+        assert record["percent_of_bayes_optimal"] == pytest.approx(percent)
+        assert line == (
+            f"meta-test @ {record['timesteps']:,} steps: trial return {record['trial_return_mean']:.2f} "
+            f"± {record['trial_return_ci95']:.2f} (95% CI, 21 tasks), "
+            f"{percent:.1f}% of Bayes-optimal ({bayes_optimal:.2f})"
+        )
+    assert printed.index(meta_tests[-1]) < printed.index("trained 180 steps")  # before the final table
 
     # evaluate: other tasks and seed, the agent evaluated exactly as by bayes_envs.evaluation.evaluate
     out = tmp_path / "eval.json"
@@ -117,8 +130,12 @@ def test_train_evaluate_plot_end_to_end(tmp_path: Path, capsys: pytest.CaptureFi
     (curves,) = figures["learning_curves.png"].axes
     lines = {line.get_label(): line for line in curves.get_lines()}
     agent = next(line for label, line in lines.items() if label.startswith("rl2"))
-    np.testing.assert_array_equal(agent.get_xdata(), [0, 120])
-    np.testing.assert_allclose(agent.get_ydata(), [r["trial_return_mean"] for r in evaluations])
+    # the periodic meta-tests, then the final evaluation at its steps
+    np.testing.assert_array_equal(agent.get_xdata(), [0, 120, 180])
+    np.testing.assert_allclose(
+        agent.get_ydata(),
+        [*(r["trial_return_mean"] for r in evaluations), report["agent"]["trial_return_mean"]],
+    )
     references = {name: summary["episode_return_mean"] for name, summary in report["references"].items()}
     references.update(report["exact"])
     assert set(references) <= set(lines)
@@ -126,13 +143,87 @@ def test_train_evaluate_plot_end_to_end(tmp_path: Path, capsys: pytest.CaptureFi
         np.testing.assert_allclose(lines[name].get_ydata(), sum(values))
     (per_episode,) = figures["inner_episode_returns.png"].axes
     lines = {line.get_label(): line for line in per_episode.get_lines()}
-    (errorbar,) = per_episode.containers  # the agent's points (mean, CI over seeds)
-    assert errorbar.get_label().startswith("rl2")
+    (errorbar,) = [c for c in per_episode.containers if c.get_label().startswith("rl2")]  # the agent's
     agent = errorbar.lines[0]
     np.testing.assert_array_equal(agent.get_xdata(), [1, 2, 3, 4])
     np.testing.assert_allclose(agent.get_ydata(), report["agent"]["episode_return_mean"])
     for name, values in references.items():
         np.testing.assert_allclose(lines[name].get_ydata(), values)
+
+
+class _Bar:
+    """A stand-in for an active tqdm bar: records what is written above it."""
+
+    def __init__(self) -> None:
+        self.written: list[str] = []
+
+    def write(self, line: str) -> None:
+        self.written.append(line)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("where", ["plain", "bar", "silent", "no reference"])
+def test_each_meta_test_is_printed_with_the_percent_of_bayes_optimal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    from types import SimpleNamespace
+
+    from stable_baselines3.common.logger import Logger
+
+    from bayes_agents.experiment import training
+    from bayes_envs import references
+    from bayes_envs.evaluation import EvaluationResult
+
+    # A known reference (trial return 4 + 3 × 12 = 40) and known meta-test results.
+    calls = []
+
+    def exact_references(env_id: str, env_kwargs: dict) -> dict:
+        calls.append(env_id)
+        if where == "no reference":
+            raise ValueError("unsupported env constants")
+        return {"Bayes-optimal (exact)": [4.0, 12.0, 12.0, 12.0]}
+
+    returns = {
+        0: np.full((5, 4), 2.5),
+        120: np.array([[1.0, 7.0, 8.0, 9.0]] * 4 + [[1.0, 7.0, 8.0, 9.0 + 5]]),
+    }
+
+    def evaluate(model, env_id, n_tasks, seed, **env):
+        return EvaluationResult(env_id, "rl2", seed, returns[model.num_timesteps], np.zeros((5, 60)))
+
+    monkeypatch.setattr(references, "exact_references", exact_references)
+    monkeypatch.setattr(training, "evaluate", evaluate)
+    controller = training.RunController(tmp_path, tiny_config(), {}, None, show_progress=where != "silent")
+    if where == "bar":
+        controller.bar = _Bar()
+    controller.model = SimpleNamespace(logger=Logger(None, []), num_timesteps=0)
+    capsys.readouterr()
+    for steps in (0, 120):
+        controller.model.num_timesteps = steps
+        controller._evaluate(steps)
+    assert len(calls) == 1  # the reference is computed once per run
+    records = experiment.read_jsonl(tmp_path / experiment.EVALUATIONS_FILE)
+    assert [record["timesteps"] for record in records] == [0, 120]
+    ci = 1.959963984540054 * np.std([25, 25, 25, 25, 30], ddof=1) / np.sqrt(5)
+    expected = [  # trial returns 4 × 2.5 and the mean of 25, 25, 25, 25, 30
+        "meta-test @ 0 steps: trial return 10.00 ± 0.00 (95% CI, 5 tasks)",
+        f"meta-test @ 120 steps: trial return 26.00 ± {ci:.2f} (95% CI, 5 tasks)",
+    ]
+    if where == "no reference":  # the % is left out
+        assert all("percent_of_bayes_optimal" not in record for record in records)
+    else:
+        assert [record["percent_of_bayes_optimal"] for record in records] == pytest.approx([25.0, 65.0])
+        expected[0] += ", 25.0% of Bayes-optimal (40.00)"
+        expected[1] += ", 65.0% of Bayes-optimal (40.00)"
+    out = capsys.readouterr().out
+    if where == "bar":  # tqdm.write above the bar, nothing printed around it
+        assert controller.bar.written == expected and out == ""
+    elif where == "silent":  # --no-progress: nothing printed, the rows still written
+        assert out == ""
+    else:
+        assert out.splitlines() == expected
 
 
 class _CtrlCAt(BaseCallback):

@@ -98,6 +98,7 @@ from bayes_agents.experiment.training import (
     RunController,
     TrainResult,
     graceful_interrupt,
+    meta_test_line,
     set_torch_threads,
     train,
 )
@@ -156,6 +157,7 @@ __all__ = [
     "load_model",
     "make_logger",
     "merge",
+    "meta_test_line",
     "model_bytes",
     "model_differences",
     "normalized_env",

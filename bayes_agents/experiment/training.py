@@ -55,6 +55,7 @@ from bayes_agents.experiment.runfiles import (
     truncate_jsonl,
 )
 from bayes_agents.ppo import BayesPPO
+from bayes_envs import references
 from bayes_envs.evaluation import evaluate
 
 
@@ -77,6 +78,30 @@ def set_torch_threads(threads: int | None = None) -> int:
             threads = 1
     torch.set_num_threads(threads)
     return threads
+
+
+#: The label of the exact Bayes-optimal returns in :func:`bayes_envs.references.exact_references`.
+BAYES_OPTIMAL = "Bayes-optimal (exact)"
+
+
+def meta_test_line(steps: int, summary: dict[str, Any], bayes_optimal: float | None = None) -> str:
+    """The line ``bayes-rl train`` prints for a periodic meta-test, e.g. ``meta-test @ 120,000 steps:
+    trial return 31.40 ± 1.20 (95% CI, 200 tasks), 78.5% of Bayes-optimal (40.00)``.
+
+    :param summary: the evaluation summary (``trial_return_mean``, ``trial_return_ci95``, ``n_tasks``;
+        ``percent_of_bayes_optimal`` if known).
+    :param bayes_optimal: the exact Bayes-optimal trial return the percentage refers to.
+    """
+    ci = summary.get("trial_return_ci95")
+    ci_text = f" ± {ci:.2f}" if ci is not None and np.isfinite(ci) else ""
+    line = (
+        f"meta-test @ {steps:,} steps: trial return {summary['trial_return_mean']:.2f}{ci_text} "
+        f"(95% CI, {summary['n_tasks']} tasks)"
+    )
+    percent = summary.get("percent_of_bayes_optimal")
+    if percent is not None and bayes_optimal is not None:
+        line += f", {percent:.1f}% of Bayes-optimal ({bayes_optimal:.2f})"
+    return line
 
 
 class _PauseTraining(Exception):
@@ -126,6 +151,22 @@ class RunController(BaseCallback):
         self.paused_at: int | None = None
         self.bar: Any = None
         self._last_print = 0.0
+        self._reference: float | None = None
+        self._reference_computed = False
+
+    def bayes_optimal_return(self) -> float | None:
+        """The exact Bayes-optimal expected trial return of the run's env, or ``None`` where none is
+        known (other envs, or env constants the references do not support); computed once per run."""
+        if not self._reference_computed:
+            self._reference_computed = True
+            try:
+                with preserved_rng_state():  # the training's random streams stay untouched
+                    exact = references.exact_references(self.config["env_id"], self.config["env"])
+            except ValueError:  # env constants the references do not support
+                exact = {}
+            if BAYES_OPTIMAL in exact:
+                self._reference = float(sum(exact[BAYES_OPTIMAL]))
+        return self._reference
 
     # progress output
     def _on_training_start(self) -> None:
@@ -163,6 +204,15 @@ class RunController(BaseCallback):
             steps = f"{self.model.num_timesteps:>10,} / {self.config['timesteps']:,} steps"
             print(f"{steps}  {trial}", flush=True)
 
+    def _announce(self, line: str) -> None:
+        """Print a line of its own: above the bar when one is shown (tqdm.write), else plainly."""
+        if not self.show_progress:
+            return
+        if self.bar is not None:
+            self.bar.write(line)
+        else:
+            print(line, flush=True)
+
     def _on_training_end(self) -> None:
         self._progress(force=True)
         self.close()
@@ -188,6 +238,9 @@ class RunController(BaseCallback):
             raise _PauseTraining
 
     def _evaluate(self, steps: int) -> None:
+        """Meta-test the model on the run's fixed test tasks: log it, append it to evaluations.jsonl
+        (with ``percent_of_bayes_optimal`` where the env has an exact Bayes-optimal return) and print
+        its :func:`meta_test_line` (above the progress bar; nothing without progress output)."""
         with preserved_rng_state():
             summary = evaluate(
                 self.model,
@@ -201,8 +254,13 @@ class RunController(BaseCallback):
             self.logger.record(f"eval/inner_return_{episode}", value)
         if "final_regret_mean" in summary:
             self.logger.record("eval/final_regret", summary["final_regret_mean"])
+        reference = self.bayes_optimal_return()
+        if reference is not None and reference > 0:
+            summary["percent_of_bayes_optimal"] = 100.0 * summary["trial_return_mean"] / reference
+            self.logger.record("eval/percent_of_bayes_optimal", summary["percent_of_bayes_optimal"])
         with open(self.run_dir / EVALUATIONS_FILE, "a") as stream:
             stream.write(json.dumps({"timesteps": steps, **jsonable(summary)}) + "\n")
+        self._announce(meta_test_line(steps, summary, reference))
 
     def _on_step(self) -> bool:
         self._progress()
