@@ -1,216 +1,496 @@
-"""Shared runner of the learning benchmarks (``learning_grid.py``, ``learning_bandit.py``).
+"""Shared code of the learning benchmarks (``learning_grid.py``, ``learning_bandit.py``).
 
-A *job* trains one (method, seed) with ``BayesPPO`` for a budget of env steps, evaluating the
-deterministic policy on a fixed, seeded set of test tasks every ``eval_every`` steps (the learning
-curve) and once more at the end with more tasks. Jobs run in parallel processes, one torch thread
-each; results aggregate over seeds as mean ± 95% CI (normal approximation over seeds).
+A benchmark is a sweep file (``examples/configs/learning_<env>.yaml``: the methods as the grid,
+seeds 0–4, nothing else but the number of test tasks), so every run is exactly what
+``bayes-rl train ENV --method M --seed S`` trains: the CLI's per-env and per-method defaults,
+resolved by :mod:`bayes_agents.experiment`. The sweep runs with its local executor
+(:func:`bayes_agents.sweep.run_sweep`: finished runs are reused, interrupted ones resume) and
+aggregates its score into an IQM with stratified-bootstrap CIs (``OUT/sweep_results.json``).
+
+Then each run's meta-test (``evaluation.json``; for the bandit also ``evaluation_test.json``, the
+α = 0.3 split) is read and summarised per method over seeds: per-seed values, their mean with a
+95% Student-t interval, the worst seed, and the training wall time of each run (from the
+``time/time_elapsed`` records of its ``metrics.jsonl``). With ``--finetune-timesteps N`` each
+finished RL² run is also converted to Laplace-VRNN post hoc (:func:`bayes_agents.laplace_from_rl2`,
+no training: method ``"laplace post-hoc"``) and the converted model fine-tuned for ``N`` steps on
+its own schedule (``"laplace fine-tuned"``). The results file (``benchmarks/results/<name>.json``)
+is what ``benchmarks/results_tables.py`` renders into the README and docs/results.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import multiprocessing
+import shlex
+import subprocess
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from stable_baselines3.common.callbacks import BaseCallback
+from scipy import stats
 
-import bayes_envs
-from bayes_agents import BayesPPO, laplace_from_rl2
-from bayes_agents.experiment import normalized_env
-from bayes_agents.methods import get_method
-from bayes_envs.evaluation import evaluate, mean_ci
+from bayes_agents import experiment, laplace_from_rl2, sweep
+from bayes_agents.methods import method_defaults, method_names
+from bayes_agents.ppo import LinearDecay
+from bayes_envs.evaluation import evaluate
 
-RESULTS = Path(__file__).parent / "results"
-#: Test tasks are drawn from seeds 10,000+ (training envs use seeds below), identical for every job.
-TEST_SEED = 10_000
-
-
-@dataclass
-class Job:
-    env_id: str
-    method: str
-    seed: int
-    timesteps: int
-    n_envs: int
-    ppo: dict[str, Any]
-    policy_kwargs: dict[str, Any]
-    eval_every: int
-    eval_tasks: int
-    final_eval_tasks: int
-    env_kwargs: dict[str, Any] = field(default_factory=dict)
-    #: Final evaluations, label → env keywords (e.g. ``{"test": {"split": "test"}}``); the learning
-    #: curve uses the first one.
-    final_evals: dict[str, dict[str, Any]] = field(default_factory=lambda: {"test": {}})
-    #: For ``rl2`` jobs: Laplace keywords for the post-hoc conversion (empty: none) and the
-    #: fine-tuning budget of the converted model.
-    laplace: dict[str, Any] = field(default_factory=dict)
-    finetune_timesteps: int = 0
-    #: ``{"norm_obs": bool, "norm_reward": bool}``: train on an ``RL2VecNormalize``-wrapped env (its
-    #: statistics are frozen in the evaluations, which report raw returns); empty: no normalisation.
-    normalize: dict[str, bool] = field(default_factory=dict)
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+CONFIGS = REPO / "examples" / "configs"
+#: Marks the results files of this module (earlier learning results files have other layouts).
+FORMAT = "learning/v1"
+BAYES_OPTIMAL = "Bayes-optimal (exact)"
+POST_HOC, FINE_TUNED = "laplace post-hoc", "laplace fine-tuned"
 
 
-def method_seed_jobs(
-    env_id: str,
-    methods: dict[str, dict[str, Any]],
-    names: list[str],
-    seeds: int,
-    timesteps: int,
-    n_envs: int,
-    ppo: dict[str, Any],
-    eval_every: int,
-    eval_tasks: int,
-    final_eval_tasks: int,
-    **job_fields: Any,
-) -> list[Job]:
-    """One job per (method in ``names``, seed < ``seeds``); ``methods[name]`` is its ``policy_kwargs``."""
-    return [
-        Job(
-            env_id,
-            name,
-            seed,
-            timesteps,
-            n_envs,
-            ppo,
-            methods[name],
-            eval_every,
-            eval_tasks,
-            final_eval_tasks,
-            **job_fields,
-        )
-        for name in names
-        for seed in range(seeds)
+# ------------------------------------------------------------------------------------ statistics
+def t_interval(values: Any) -> float | None:
+    """Half-width of the 95% Student-t confidence interval of the mean of ``values`` (None if < 2)."""
+    values = np.asarray(values, np.float64)
+    if len(values) < 2:
+        return None
+    return float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
+
+
+def seed_stats(values: dict[int, float], lower_is_better: bool = False) -> dict[str, Any]:
+    """``{"per_seed", "mean", "ci95", "worst_seed", "worst"}`` of a value per seed (``per_seed`` in
+    the order of ``values``; ``ci95`` is the Student-t half-width, None for one seed)."""
+    worst = (max if lower_is_better else min)(values, key=values.__getitem__)
+    array = np.array(list(values.values()), np.float64)
+    return {
+        "per_seed": array.tolist(),
+        "mean": float(array.mean()),
+        "ci95": t_interval(array),
+        "worst_seed": worst,
+        "worst": float(values[worst]),
+    }
+
+
+def vector_stats(values: dict[int, list[float]]) -> dict[str, Any]:
+    """``{"per_seed", "mean", "ci95"}`` of a vector per seed (e.g. the return per inner episode)."""
+    array = np.array(list(values.values()), np.float64)
+    return {
+        "per_seed": array.tolist(),
+        "mean": array.mean(axis=0).tolist(),
+        "ci95": [t_interval(column) for column in array.T],
+    }
+
+
+# ------------------------------------------------------------------------------------ run files
+def read_report(run_dir: str | Path, split: str | None = None) -> dict[str, Any]:
+    """A run's meta-test: ``evaluation.json``, or ``evaluation_<split>.json`` for an extra split."""
+    name = experiment.EVALUATION_FILE if split is None else f"evaluation_{split}.json"
+    return experiment.read_json(Path(run_dir) / name)
+
+
+def train_minutes(run_dir: str | Path) -> float:
+    """Training wall time of a run in minutes: SB3's ``time/time_elapsed`` in ``metrics.jsonl``
+    (periodic meta-tests included), added up over the ``learn`` calls of a resumed run (each restarts
+    the clock); ``train_seconds`` of the evaluation for the runs of the Laplace protocol."""
+    report = read_report(run_dir)
+    if "train_seconds" in report:
+        return report["train_seconds"] / 60
+    elapsed = [
+        record["time/time_elapsed"]
+        for record in experiment.read_jsonl(Path(run_dir) / experiment.METRICS_FILE)
+        if "time/time_elapsed" in record
     ]
+    ends = [before for before, after in itertools.pairwise(elapsed) if after < before]
+    return (sum(ends) + (elapsed[-1] if elapsed else 0.0)) / 60
 
 
-class PeriodicEvaluation(BaseCallback):
-    def __init__(self, job: Job) -> None:
-        super().__init__()
-        self.job = job
-        self.curve: list[dict[str, Any]] = []
-        self.next_eval = 0
-
-    def _on_training_start(self) -> None:
-        # A fine-tuning run continues the step count: evaluate at its start, then every eval_every.
-        self.next_eval = self.num_timesteps
-
-    def _on_step(self) -> bool:
-        if self.num_timesteps >= self.next_eval:
-            env_kwargs = next(iter(self.job.final_evals.values()))
-            summary = evaluate(
-                self.model, self.job.env_id, n_tasks=self.job.eval_tasks, seed=TEST_SEED, **env_kwargs
-            ).summary()
-            self.curve.append({"timesteps": self.num_timesteps, **summary})
-            self.next_eval += self.job.eval_every
-        return True
+def _is_current(run_dir: Path, source: Path, splits: dict[str, dict[str, Any]]) -> bool:
+    """Whether ``run_dir`` holds every evaluation, written after ``source``'s model."""
+    files = [run_dir / experiment.EVALUATION_FILE] + [run_dir / f"evaluation_{s}.json" for s in splits]
+    model_time = (source / experiment.MODEL_FILE).stat().st_mtime
+    return all(path.is_file() and path.stat().st_mtime >= model_time for path in files)
 
 
-def _final_evaluations(model: Any, job: Job) -> dict[str, Any]:
-    return {
-        label: evaluate(
-            model, job.env_id, n_tasks=job.final_eval_tasks, seed=TEST_SEED, **env_kwargs
-        ).summary()
-        for label, env_kwargs in job.final_evals.items()
+# ------------------------------------------------------------------------------------ evaluations
+def meta_test(
+    model: Any, config: dict[str, Any], env_overrides: dict[str, Any] | None = None, references: bool = True
+) -> dict[str, Any]:
+    """An ``evaluation.json``-shaped report of ``model`` on the run's test tasks (``final_eval_tasks``
+    tasks from ``eval_seed``), with ``env_overrides`` on top of the run's env constants (e.g.
+    ``{"split": "test"}``), the env's exact references and, with ``references``, its reference
+    policies on the same tasks."""
+    from bayes_envs.references import exact_references, reference_policies
+
+    env_id, env_kwargs = config["env_id"], {**config["env"], **(env_overrides or {})}
+    tasks = {"n_tasks": config["final_eval_tasks"], "seed": config["eval_seed"]}
+    report: dict[str, Any] = {
+        "config": config,
+        "env_kwargs": env_kwargs,
+        "num_timesteps": int(model.num_timesteps),
+        "agent": evaluate(model, env_id, **tasks, **env_kwargs).summary(),
+        "references": {},
+        "exact": exact_references(env_id, env_kwargs),
     }
+    for label, policy in (reference_policies(env_id, env_kwargs) if references else {}).items():
+        report["references"][label] = evaluate(policy, env_id, **tasks, **env_kwargs).summary()
+    return experiment.jsonable(report)
 
 
-def _train(model: Any, job: Job, timesteps: int, method: str) -> dict[str, Any]:
-    callback = PeriodicEvaluation(job)
-    start = time.perf_counter()
-    model.learn(timesteps, callback=callback, reset_num_timesteps=False)
-    minutes = (time.perf_counter() - start) / 60
-    return {
-        "method": method,
-        "seed": job.seed,
-        "minutes": minutes,
-        "steps_per_s": timesteps / minutes / 60,
-        "curve": callback.curve,
-        "final": _final_evaluations(model, job),
-    }
+def evaluate_splits(run_dir: Path, splits: dict[str, dict[str, Any]]) -> None:
+    """Meta-test a finished run on each extra split (``evaluation_<label>.json``, with references);
+    evaluations newer than the run's model are kept."""
+    model = None
+    for label, env_overrides in splits.items():
+        path = run_dir / f"evaluation_{label}.json"
+        if path.is_file() and path.stat().st_mtime >= (run_dir / experiment.MODEL_FILE).stat().st_mtime:
+            continue
+        model = model or experiment.load_model(run_dir)
+        report = meta_test(model, experiment.read_config(run_dir), env_overrides)
+        experiment.atomic_write_text(path, json.dumps(report, indent=2))
 
 
-def run_job(job: Job) -> list[dict[str, Any]]:
-    """Train ``job.method``; for ``rl2`` with ``job.laplace`` set, also convert the trained RL²
-    model to Laplace post hoc (no training) and fine-tune that for ``job.finetune_timesteps``
-    (the Laplace-VRNN paper's post-hoc and fine-tune protocols)."""
-    torch.set_num_threads(1)
-    venv = bayes_envs.make_vec(job.env_id, job.n_envs, seed=job.seed * 1000, **job.env_kwargs)
-    venv = normalized_env(venv, {**job.normalize, "ppo": job.ppo})
-    model = BayesPPO(
-        get_method(job.method.split(":")[0]).policy_class,  # "name:variant" labels a variant
-        venv,
-        seed=job.seed,
-        device="cpu",
-        policy_kwargs=job.policy_kwargs,
-        **job.ppo,
-    )
-    results = [_train(model, job, job.timesteps, job.method)]
-    if job.method == "rl2" and job.laplace:
-        laplace = laplace_from_rl2(model, **job.laplace)
-        results.append(
-            {
-                "method": "laplace post-hoc",
-                "seed": job.seed,
-                "minutes": 0.0,
-                "final": _final_evaluations(laplace, job),
-            }
+# ------------------------------------------------------------------------------------ Laplace protocol
+def laplace_keywords(config: dict[str, Any]) -> dict[str, Any]:
+    """The Laplace keywords of the CLI's ``laplace`` defaults for the run's env (those RL² lacks:
+    window, covariance, variant, number of samples)."""
+    laplace = method_defaults(config["env_id"], "laplace")["policy"]
+    rl2 = method_defaults(config["env_id"], "rl2")["policy"]
+    return {key: value for key, value in laplace.items() if key not in rl2}
+
+
+def finetune(model: Any, config: dict[str, Any], timesteps: int, learning_rate: float) -> None:
+    """Train ``model`` in place for ``timesteps`` env steps on the run's training envs, on a schedule
+    of its own: learning rate from ``learning_rate`` and clip range from the run's initial value,
+    both decaying linearly to 0 over ``timesteps``."""
+    model.set_env(experiment.build_env(config))
+    model.learning_rate = model.lr_schedule = LinearDecay(learning_rate)
+    model.clip_range = LinearDecay(model.clip_range(1.0))
+    model.set_random_seed(config["seed"])
+    model.learn(timesteps, reset_num_timesteps=True)
+
+
+def _write_reports(model: Any, config: dict[str, Any], run_dir: Path, splits: dict, **extra: Any) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for label, env_overrides in {None: {}, **splits}.items():
+        report = {**meta_test(model, config, env_overrides, references=False), **extra}
+        name = experiment.EVALUATION_FILE if label is None else f"evaluation_{label}.json"
+        experiment.atomic_write_text(run_dir / name, json.dumps(report, indent=2))
+
+
+def laplace_job(job: dict[str, Any]) -> None:
+    """Convert one RL² run to Laplace post hoc and evaluate it; then, if ``job["timesteps"]``,
+    fine-tune the converted model and evaluate that (evaluations newer than the RL² model are kept)."""
+    experiment.set_torch_threads(1)
+    source, post_hoc = Path(job["source"]), Path(job["post_hoc"])
+    fine_tuned = Path(job["fine_tuned"]) if job["timesteps"] else None
+    todo = [d for d in (post_hoc, fine_tuned) if d is not None and not _is_current(d, source, job["splits"])]
+    if not todo:
+        return
+    rl2_config = experiment.read_config(source)
+    keywords = laplace_keywords(rl2_config)
+    config = {**rl2_config, "method": "laplace", "policy": {**rl2_config["policy"], **keywords}}
+    model = laplace_from_rl2(experiment.load_model(source), **keywords)
+    steps = int(model.num_timesteps)
+    if post_hoc in todo:
+        _write_reports(model, config, post_hoc, job["splits"], source=str(source), train_seconds=0.0)
+    if fine_tuned is not None and fine_tuned in todo:
+        start = time.perf_counter()
+        finetune(model, rl2_config, job["timesteps"], job["learning_rate"])
+        seconds = time.perf_counter() - start
+        settings = {"timesteps": job["timesteps"], "learning_rate": job["learning_rate"]}
+        _write_reports(
+            model,
+            {**config, "finetune": settings},
+            fine_tuned,
+            job["splits"],
+            source=str(source),
+            train_seconds=seconds,
+            num_timesteps=steps + int(model.num_timesteps),
         )
-        if job.finetune_timesteps:
-            results.append(_train(laplace, job, job.finetune_timesteps, "laplace fine-tuned"))
-    return results
+        experiment.atomic_write_bytes(fine_tuned / experiment.MODEL_FILE, experiment.model_bytes(model))
 
 
-def parse_args(doc: str, methods: list[str]) -> argparse.Namespace:
-    """The command line shared by the learning benchmarks."""
+def laplace_protocol(
+    rl2_runs: dict[int, Path],
+    out: Path,
+    timesteps: int,
+    learning_rate: float,
+    splits: dict[str, dict[str, Any]],
+    workers: int,
+) -> dict[str, dict[int, Path]]:
+    """Run :func:`laplace_job` on every RL² run (``workers`` processes); the run directories of the
+    two derived methods, ``{"laplace post-hoc": {seed: dir}, "laplace fine-tuned": {...}}``."""
+    tuned = out / f"laplace_fine-tuned_{timesteps}_lr{learning_rate:g}"
+    runs = {POST_HOC: {s: out / "laplace_post-hoc" / f"seed_{s}" for s in rl2_runs}}
+    if timesteps:
+        runs[FINE_TUNED] = {s: tuned / f"seed_{s}" for s in rl2_runs}
+    jobs = [
+        {
+            "source": str(run_dir),
+            "post_hoc": str(runs[POST_HOC][seed]),
+            "fine_tuned": str(tuned / f"seed_{seed}"),
+            "timesteps": timesteps,
+            "learning_rate": learning_rate,
+            "splits": splits,
+        }
+        for seed, run_dir in rl2_runs.items()
+    ]
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            laplace_job(job)
+    else:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            pool.map(laplace_job, jobs, chunksize=1)
+    return runs
+
+
+# ------------------------------------------------------------------------------------ summaries
+def _common(seeds: dict[int, Path], reports: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "seeds": list(seeds),
+        "env_steps": [reports[s]["num_timesteps"] for s in seeds],
+        "train_minutes": [train_minutes(seeds[s]) for s in seeds],
+        "run_dirs": [_relative(seeds[s]) for s in seeds],
+    }
+
+
+def _reference_report(runs: dict[str, dict[int, Path]], split: str | None = None) -> dict[str, Any]:
+    """The first evaluation with reference policies (all runs share the test tasks)."""
+    for seeds in runs.values():
+        for run_dir in seeds.values():
+            report = read_report(run_dir, split)
+            if report["references"]:
+                return report
+    raise ValueError("no run has an evaluation with references")
+
+
+def grid_summary(runs: dict[str, dict[int, Path]]) -> dict[str, Any]:
+    """Per method (``runs``: method → seed → run directory): trial return and % of the exact
+    Bayes-optimal trial return per seed with mean ± 95% t-CI and worst seed, the return per inner
+    episode, episodes 2–4 as % of the oracle on the same tasks; and the references' values."""
+    reference = _reference_report(runs)
+    oracle_label = next(label for label in reference["references"] if label.startswith("oracle"))
+    oracle = reference["references"][oracle_label]["episode_return_mean"]
+    optimal = reference["exact"][BAYES_OPTIMAL]
+    references = {
+        label: {
+            key: summary[key] for key in ("episode_return_mean", "trial_return_mean", "trial_return_ci95")
+        }
+        for label, summary in reference["references"].items()
+    }
+    references[BAYES_OPTIMAL] = {"episode_return_mean": optimal, "trial_return_mean": float(sum(optimal))}
+    methods = {}
+    for method, seeds in runs.items():
+        reports = {seed: read_report(run_dir) for seed, run_dir in seeds.items()}
+        agents = {seed: report["agent"] for seed, report in reports.items()}
+        bayes_optimal = {seed: sum(report["exact"][BAYES_OPTIMAL]) for seed, report in reports.items()}
+        episodes = {seed: agent["episode_return_mean"] for seed, agent in agents.items()}
+        methods[method] = {
+            **_common(seeds, reports),
+            "trial_return": seed_stats({s: a["trial_return_mean"] for s, a in agents.items()}),
+            "percent_of_bayes_optimal": seed_stats(
+                {s: 100 * a["trial_return_mean"] / bayes_optimal[s] for s, a in agents.items()}
+            ),
+            "episode_returns": vector_stats(episodes),
+            "later_episodes_percent_of_oracle": seed_stats(
+                {s: 100 * sum(e[1:]) / sum(oracle[1:]) for s, e in episodes.items()}
+            ),
+        }
+    return {
+        "n_tasks": reference["agent"]["n_tasks"],
+        "bayes_optimal_trial_return": float(sum(optimal)),
+        "oracle": oracle_label,
+        "references": references,
+        "methods": methods,
+    }
+
+
+def bandit_summary(runs: dict[str, dict[int, Path]]) -> dict[str, Any]:
+    """Per method: expected cumulative regret at the horizon (``final_regret_mean``) on the train
+    split (``evaluation.json``) and the test split (``evaluation_test.json``) per seed, mean ± 95%
+    t-CI, worst seed and worst seed / Thompson sampling; and the references' regret on the same tasks."""
+    splits = {"train": None, "test": "test"}
+    references = {}
+    for split, name in splits.items():
+        report = _reference_report(runs, name)
+        references[split] = {
+            label: {
+                key: summary[key] for key in ("final_regret_mean", "final_regret_ci95", "trial_return_mean")
+            }
+            for label, summary in report["references"].items()
+        }
+    methods = {}
+    for method, seeds in runs.items():
+        reports = {
+            split: {s: read_report(d, name) for s, d in seeds.items()} for split, name in splits.items()
+        }
+        regret = {
+            split: seed_stats({s: r["agent"]["final_regret_mean"] for s, r in reports[split].items()}, True)
+            for split in splits
+        }
+        methods[method] = {
+            **_common(seeds, reports["train"]),
+            "regret": regret,
+            "worst_vs_thompson": {
+                split: regret[split]["worst"] / references[split]["Thompson sampling"]["final_regret_mean"]
+                for split in splits
+            },
+        }
+    report = _reference_report(runs)
+    return {"n_tasks": report["agent"]["n_tasks"], "references": references, "methods": methods}
+
+
+# ------------------------------------------------------------------------------------ the benchmark
+@dataclass
+class Benchmark:
+    """A learning benchmark: its name (and results file), sweep file, summary and extra splits."""
+
+    name: str
+    sweep_file: Path
+    summarize: Callable[[dict[str, dict[int, Path]]], dict[str, Any]]
+    #: Extra meta-tests of every run: label → env constants on top of the run's (``evaluation_<label>.json``).
+    splits: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def parse_args(benchmark: Benchmark, doc: str, argv: list[str] | None) -> argparse.Namespace:
+    """The command line of a learning benchmark (the sweep file's values are the defaults)."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--timesteps", type=int, default=1_000_000)
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--methods", nargs="+", default=methods, choices=methods)
-    parser.add_argument("--eval-every", type=int, default=100_000)
-    parser.add_argument("--name", default=None, help="results file name (default: the benchmark's)")
+    parser.add_argument("--methods", nargs="+", choices=method_names(), help="default: the sweep file's")
+    parser.add_argument("--seeds", nargs="+", type=int, help="default: the sweep file's (0-4)")
+    parser.add_argument("--timesteps", type=int, help="env steps per run (default: the CLI's for the env)")
+    parser.add_argument("--workers", type=int, default=2, help="runs at a time (one core each)")
+    parser.add_argument("--runs", type=Path, help="run directories (default: the sweep file's 'out')")
+    parser.add_argument("--out", type=Path, default=RESULTS / f"{benchmark.name}.json", help="results file")
+    parser.add_argument("--sweep", type=Path, default=benchmark.sweep_file, help="the sweep file")
+    parser.add_argument(
+        "--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides of every run"
+    )
     parser.add_argument(
         "--finetune-timesteps",
         type=int,
-        default=200_000,
-        help="rl2 runs: fine-tune the post-hoc Laplace conversion for this many steps",
+        default=0,
+        help="convert each RL² run to Laplace post hoc and fine-tune it for this many steps (0: skip)",
     )
-    return parser.parse_args()
+    parser.add_argument("--finetune-lr", type=float, default=1e-4, help="initial fine-tuning learning rate")
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error(f"--workers must be >= 1, got {args.workers}")
+    return args
 
 
-def run_jobs(jobs: list[Job], workers: int) -> list[dict[str, Any]]:
-    if workers <= 1:
-        nested = [run_job(job) for job in jobs]
-    else:
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            nested = pool.map(run_job, jobs, chunksize=1)
-    return [result for results in nested for result in results]
+def build_spec(args: argparse.Namespace) -> sweep.SweepSpec:
+    """The sweep file with the command line's overrides (methods, seeds, budget, ``--set``)."""
+    spec = sweep.load_sweep(args.sweep, out=str(args.runs) if args.runs else None, seeds=args.seeds)
+    if args.methods:
+        spec.grid["method"] = list(args.methods)
+    if args.timesteps is not None:
+        spec.base["timesteps"] = args.timesteps
+    spec.base = experiment.merge(spec.base, experiment.parse_overrides(args.set))
+    return spec
 
 
-def aggregate(results: list[dict[str, Any]], label: str, key: str) -> dict[str, dict[str, Any]]:
-    """Per method: mean ± 95% CI over seeds of ``final[label][key]`` (a number or a list)."""
-    out: dict[str, dict[str, Any]] = {}
-    for method in dict.fromkeys(r["method"] for r in results):
-        values = np.array([r["final"][label][key] for r in results if r["method"] == method], np.float64)
-        mean, ci = mean_ci(values)
-        out[method] = {
-            "mean": np.atleast_1d(mean).tolist(),
-            "ci95": np.atleast_1d(ci).tolist(),
-            "n_seeds": len(values),
-            "per_seed": values.tolist(),
-            "minutes": [r["minutes"] for r in results if r["method"] == method],
-        }
-    return out
+def git_commit() -> dict[str, Any]:
+    """``{"commit", "dirty"}`` of the repository (tracked files only; None outside git)."""
+    try:
+        run = {"cwd": REPO, "capture_output": True, "text": True, "check": True}
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], **run).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **run).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": bool(status.strip())}
 
 
-def save(name: str, payload: dict[str, Any]) -> Path:
-    path = RESULTS / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2))
-    return path
+def _iqm(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    return row and {key: row[key] for key in ("iqm", "iqm_ci", "mean", "mean_ci", "n_runs")}
+
+
+def run_benchmark(benchmark: Benchmark, doc: str, argv: list[str] | None = None) -> dict[str, Any]:
+    """Run a learning benchmark from its command line (see the module docstring) and write its results.
+
+    :return: the results written to ``--out``.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(benchmark, doc, argv)
+    experiment.set_torch_threads()
+    try:
+        spec = build_spec(args)
+        sweep.run_sweep(spec, executor="local", workers=args.workers)
+    except experiment.ConfigError as error:  # a bad sweep file or override: one line, nothing run
+        raise SystemExit(f"error: {error}") from None
+    swept = experiment.read_json(spec.out / "sweep_results.json")
+    runs: dict[str, dict[int, Path]] = {}
+    iqm: dict[str, dict[str, Any] | None] = {}
+    for outcome in swept["runs"]:
+        if outcome["error"] is None:
+            run_dir = Path(outcome["run_dir"])
+            method = experiment.read_config(run_dir)["method"]
+            if outcome["seed"] in runs.get(method, {}):
+                raise SystemExit(
+                    f"{args.sweep}: the grid may vary only the method (one run per method and seed)"
+                )
+            evaluate_splits(run_dir, benchmark.splits)
+            runs.setdefault(method, {})[outcome["seed"]] = run_dir
+            iqm[method] = _iqm(swept["table"].get(outcome["label"]))
+    if not runs:
+        raise SystemExit(f"every run failed; see {spec.out / 'sweep_results.json'}")
+    if args.finetune_timesteps and "rl2" not in runs:
+        print("--finetune-timesteps: no finished rl2 run to convert; the Laplace protocol is skipped")
+    if args.finetune_timesteps and "rl2" in runs:
+        derived = laplace_protocol(
+            runs["rl2"],
+            spec.out / spec.base["env_id"],
+            args.finetune_timesteps,
+            args.finetune_lr,
+            benchmark.splits,
+            args.workers,
+        )
+        outcomes = [
+            {"label": m, "env_id": spec.base["env_id"], "seed": s, "run_dir": str(d), "error": None}
+            for m, seeds in derived.items()
+            for s, d in seeds.items()
+        ]
+        table = sweep.aggregate(outcomes, spec.metric)
+        runs.update(derived)
+        iqm.update({m: _iqm(table.get(m)) for m in derived})
+    summary = benchmark.summarize(runs)
+    for method, row in summary["methods"].items():
+        row["iqm"] = iqm[method]
+    results = {
+        "format": FORMAT,
+        "benchmark": benchmark.name,
+        "env_id": spec.base["env_id"],
+        "metric": spec.metric,
+        "higher_is_better": sweep.METRICS[spec.metric][1],
+        "command": shlex.join(["python", f"benchmarks/{benchmark.name}.py", *argv]),
+        "git": git_commit(),
+        "sweep_file": _relative(args.sweep),
+        "runs_dir": _relative(spec.out),
+        "settings": {
+            "seeds": spec.seeds,
+            "timesteps": args.timesteps,
+            "set": args.set,
+            "finetune_timesteps": args.finetune_timesteps,
+            "finetune_lr": args.finetune_lr,
+        },
+        **summary,
+        "failed": [
+            {"label": o["label"], "seed": o["seed"], "error": o["error"].strip().splitlines()[-1]}
+            for o in swept["failed"]
+        ],
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    from results_tables import render_learning
+
+    print(render_learning(results, _relative(args.out)))
+    for failure in results["failed"]:
+        print(f"FAILED {failure['label']} seed {failure['seed']}: {failure['error']}")
+    print(f"wrote {args.out}")
+    return results
+
+
+def _relative(path: Path) -> str:
+    """``path`` relative to the repository if inside it (results files do not name the machine)."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)

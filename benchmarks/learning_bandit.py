@@ -1,92 +1,36 @@
-"""Learning on BayesBandit-v0: expected cumulative regret at t = 50 of RL² and Laplace-VRNN.
+"""Learning on BayesBandit-v0: every method as ``bayes-rl train BayesBandit-v0 --method M`` trains it.
 
-Trains on the train split (α = 0.2) and evaluates the final models on 1,000 fixed tasks of the
-train split and of the harder test split (α = 0.3), next to Thompson sampling with the exact
-posterior, greedy posterior mean and uniform random (see benchmarks/references.py).
+Runs the sweep ``examples/configs/learning_bandit.yaml`` (methods rl2, laplace, vrnn, varibad,
+glibrl × seeds 0–4 at the CLI's defaults: trained on the train split, α = 0.2) with the sweep's
+local executor: finished runs are reused, interrupted ones resume. Each run is meta-tested on
+1,000 fixed tasks of the train split (``evaluation.json``) and of the test split, α = 0.3
+(``evaluation_test.json``), next to Thompson sampling and the greedy posterior mean on the same
+tasks. Writes per method the expected cumulative regret at t = 50 per seed, mean ± 95% Student-t
+CI, the worst seed and worst seed / Thompson sampling on both splits, training minutes per run and
+the sweep's IQM (train split) to ``benchmarks/results/learning_bandit.json`` (then run
+``python benchmarks/results_tables.py`` to update the README and docs tables).
 
-    python benchmarks/learning_bandit.py [--timesteps 1000000] [--seeds 3] [--workers 2]
+    python benchmarks/learning_bandit.py [--methods rl2 laplace vrnn varibad glibrl] [--seeds 0 1 2 3 4]
+        [--timesteps N] [--workers 2] [--runs DIR] [--out FILE] [--set KEY=VALUE ...]
+        [--finetune-timesteps N] [--finetune-lr 1e-4]
+
+Options as in ``learning_grid.py``.
 """
 
 from __future__ import annotations
 
-import gymnasium as gym
-from learning import aggregate, method_seed_jobs, parse_args, run_jobs, save
+from typing import Any
 
-from bayes_agents.defaults import LAPLACE_SETTINGS, belief_settings, ppo_settings
-from bayes_agents.methods import method_defaults
-from bayes_envs.evaluation import evaluate
-from bayes_envs.references import BanditGreedyPosteriorMean, BanditThompsonSampling, UniformRandomPolicy
+from learning import CONFIGS, Benchmark, bandit_summary, run_benchmark
 
-PPO = ppo_settings("BayesBandit-v0")
-BELIEF = belief_settings("BayesBandit-v0")
-METHODS = {
-    "rl2": BELIEF,
-    "laplace": {**BELIEF, **LAPLACE_SETTINGS},
-    **{name: method_defaults("BayesBandit-v0", name)["policy"] for name in ("varibad", "glibrl", "vrnn")},
-}
-SPLITS = {"train": {"split": "train"}, "test": {"split": "test"}}
+BENCHMARK = Benchmark(
+    "learning_bandit", CONFIGS / "learning_bandit.yaml", bandit_summary, splits={"test": {"split": "test"}}
+)
 
 
-def main() -> None:
-    args = parse_args(__doc__, list(METHODS))
-
-    jobs = method_seed_jobs(
-        "BayesBandit-v0",
-        METHODS,
-        args.methods,
-        args.seeds,
-        args.timesteps,
-        16,
-        PPO,
-        args.eval_every,
-        200,
-        1000,
-        final_evals=SPLITS,
-        laplace=LAPLACE_SETTINGS,
-        finetune_timesteps=args.finetune_timesteps,
-    )
-    results = run_jobs(jobs, args.workers)
-    learned = {split: aggregate(results, split, "final_regret_mean") for split in SPLITS}
-    references = {}
-    for split, alpha in (("train", 0.2), ("test", 0.3)):
-        policies = {
-            "Thompson sampling": BanditThompsonSampling(n_arms=5, alpha=alpha, seed=0),
-            "greedy posterior mean": BanditGreedyPosteriorMean(n_arms=5, alpha=alpha, seed=0),
-            "uniform random": UniformRandomPolicy(gym.make("BayesBandit-v0").action_space, seed=0),
-        }
-        for name, policy in policies.items():
-            summary = evaluate(policy, "BayesBandit-v0", n_tasks=1000, seed=10_000, split=split).summary()
-            references.setdefault(name, {})[split] = (
-                summary["final_regret_mean"],
-                summary["final_regret_ci95"],
-            )
-
-    print(
-        f"\nBayesBandit-v0: expected cumulative regret at t=50 after {args.timesteps:,} env steps, "
-        f"{args.seeds} seeds (mean ± 95% CI)"
-    )
-    print(f"{'agent':<24}{'alpha=0.2 (train)':>20}{'alpha=0.3 (test)':>20}{'minutes':>9}")
-    for method in learned["train"]:
-        cells = "".join(
-            f"{learned[s][method]['mean'][0]:>13.2f} ± {learned[s][method]['ci95'][0]:<4.2f}" for s in SPLITS
-        )
-        minutes = sum(learned["train"][method]["minutes"]) / args.seeds
-        print(f"{method:<24}{cells}{minutes:>9.1f}")
-    for name, cells in references.items():
-        print(f"{name:<24}" + "".join(f"{cells[s][0]:>13.2f} ± {cells[s][1]:<4.2f}" for s in SPLITS))
-    path = save(
-        args.name or "learning_bandit",
-        {
-            "benchmark": "learning_bandit",
-            "settings": vars(args),
-            "ppo": PPO,
-            "methods": METHODS,
-            "regret": learned,
-            "references": references,
-            "runs": results,
-        },
-    )
-    print(f"wrote {path}")
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark with the command line ``argv`` (default ``sys.argv``); the results written."""
+    return run_benchmark(BENCHMARK, __doc__, argv)
 
 
 if __name__ == "__main__":

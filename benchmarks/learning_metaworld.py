@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from learning import aggregate, method_seed_jobs, run_jobs, save
+from learning_jobs import aggregate, method_seed_jobs, run_jobs, save
 
 from bayes_agents.defaults import (
     LAPLACE_SETTINGS,

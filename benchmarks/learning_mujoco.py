@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from learning import aggregate, method_seed_jobs, run_jobs, save
+from learning_jobs import aggregate, method_seed_jobs, run_jobs, save
 
 from bayes_agents.defaults import ppo_settings, run_settings
 from bayes_agents.methods import method_defaults

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
+from learning import t_interval
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ENV_ID = "BayesGrid-v0"
@@ -57,6 +57,7 @@ def run_seed(seed: int, run_dir: Path, timesteps: int | None) -> float | None:
 
 
 def summarize(seeds: list[int], runs: Path, wall_times: dict[int, float | None]) -> dict[str, Any]:
+    """Per seed and over seeds (mean, 95% Student-t CI, worst seed) from each ``seed<S>/evaluation.json``."""
     per_seed = {}
     for seed in seeds:
         report = json.loads((runs / f"seed{seed}" / "evaluation.json").read_text())
@@ -72,15 +73,11 @@ def summarize(seeds: list[int], runs: Path, wall_times: dict[int, float | None])
         }
     returns = np.array([row["trial_return"] for row in per_seed.values()])
     percents = np.array([row["percent_of_bayes_optimal"] for row in per_seed.values()])
-    half_width = (
-        float(stats.t.ppf(0.975, len(returns) - 1) * returns.std(ddof=1) / np.sqrt(len(returns)))
-        if len(returns) > 1
-        else float("nan")
-    )
+    half_width = t_interval(returns)
     worst = min(per_seed, key=lambda seed: per_seed[seed]["trial_return"])
     return {
         "trial_return_mean": float(returns.mean()),
-        "trial_return_ci95_over_seeds": half_width,
+        "trial_return_ci95_over_seeds": float("nan") if half_width is None else half_width,
         "percent_of_bayes_optimal_mean": float(percents.mean()),
         "worst_seed": worst,
         "worst_percent_of_bayes_optimal": per_seed[worst]["percent_of_bayes_optimal"],

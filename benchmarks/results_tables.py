@@ -1,0 +1,465 @@
+"""The results tables of README.md and docs/results.md, rendered from the results files.
+
+Each table sits between two marker comments, ``<!-- results:NAME:begin -->`` and
+``<!-- results:NAME:end -->``; everything between them is generated from ``benchmarks/results/``:
+
+* ``main-job``, ``main-job-summary``: ``main_job*.json`` (``benchmarks/main_job.py``);
+* ``learning-grid``, ``learning-grid-episodes``: ``learning_grid*.json`` (``benchmarks/learning_grid.py``);
+* ``learning-bandit``: ``learning_bandit*.json`` (``benchmarks/learning_bandit.py``);
+* ``train-throughput``, ``train-throughput-ratios``: ``train_throughput.json``.
+
+Learning results files of earlier layouts (without ``"format": "learning/v1"``) are skipped; a
+block without any results file says which command would measure it.
+
+    python benchmarks/results_tables.py           # rewrite the blocks
+    python benchmarks/results_tables.py --check   # exit 1 listing the blocks that differ
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+DOCUMENTS = (REPO / "README.md", REPO / "docs" / "results.md")
+LEARNING_FORMAT = "learning/v1"
+MARKER = re.compile(
+    r"(?P<begin><!-- results:(?P<name>[a-z0-9-]+):begin -->\n)(?P<body>.*?)"
+    r"(?P<end><!-- results:(?P=name):end -->)",
+    re.S,
+)
+METHOD_NAMES = {
+    "rl2": "RL²",
+    "laplace": "Laplace-VRNN",
+    "vrnn": "VRNN",
+    "varibad": "VariBAD",
+    "glibrl": "GLiBRL",
+    "laplace post-hoc": "Laplace, post hoc on RL² (no training)",
+    "laplace fine-tuned": "Laplace, post hoc on RL² + fine-tuning",
+}
+
+
+# ------------------------------------------------------------------------------------ formatting
+def _number(value: float | None, digits: int = 2) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _pm(mean: float, ci: float | None, digits: int = 2) -> str:
+    """``mean ± ci`` (just the mean without an interval)."""
+    return _number(mean, digits) + ("" if ci is None else f" ± {ci:.{digits}f}")
+
+
+def _steps(steps: float) -> str:
+    """Env steps in short form: 1000320 → 1M, 2500000 → 2.5M, 800000 → 800k."""
+    for scale, suffix in ((1e6, "M"), (1e3, "k")):
+        if steps >= scale:
+            return f"{steps / scale:.3g}{suffix}"
+    return f"{steps:.0f}"
+
+
+def _table(header: list[str], align: str, rows: list[list[str]]) -> str:
+    """A markdown table; ``align`` holds one letter per column, ``l`` or ``r``."""
+    rule = ["---" if a == "l" else "---:" for a in align]
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in [header, rule, *rows])
+
+
+def _load(results_dir: Path, pattern: str, learning: bool = False) -> list[tuple[str, dict[str, Any]]]:
+    """``(file name, content)`` of the results files matching ``pattern`` (learning files: only those
+    of :data:`LEARNING_FORMAT`)."""
+    files = []
+    for path in sorted(Path(results_dir).glob(pattern)):
+        data = json.loads(path.read_text())
+        if not learning or data.get("format") == LEARNING_FORMAT:
+            files.append((path.name, data))
+    return files
+
+
+def _missing(command: str, file: str) -> str:
+    return (
+        f"_Not measured yet: `{command}` writes `benchmarks/results/{file}`, "
+        "then `python benchmarks/results_tables.py` fills in this table._"
+    )
+
+
+def _caption(result: dict[str, Any], name: str) -> str:
+    git = result.get("git") or {}
+    commit = (git.get("commit") or "unknown")[:10] + (" with local changes" if git.get("dirty") else "")
+    return f"`{result['command']}` (commit {commit}; `{name}`):"
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+# ------------------------------------------------------------------------------------ main job
+def _main_job_files(results_dir: Path) -> list[tuple[str, dict[str, Any]]]:
+    files = _load(results_dir, "main_job*.json")
+    return sorted(files, key=lambda item: (_main_job_steps(item[1]), item[0]))
+
+
+def _main_job_steps(result: dict[str, Any]) -> float:
+    return _mean([row["num_timesteps"] for row in result["per_seed"].values()])
+
+
+def render_main_job(results_dir: Path) -> str:
+    """Per results file: trial return, % of Bayes-optimal, return per inner episode and wall time of
+    each seed, then their mean ± 95% CI with the worst seed."""
+    files = _main_job_files(results_dir)
+    if not files:
+        return _missing("python benchmarks/main_job.py", "main_job.json")
+    parts = []
+    for name, result in files:
+        rows = [
+            [
+                seed,
+                _number(row["trial_return"]),
+                f"{row['percent_of_bayes_optimal']:.1f}%",
+                " / ".join(f"{value:.2f}" for value in row["episode_returns"]),
+                "–" if row["wall_seconds"] is None else f"{row['wall_seconds']:.0f}",
+            ]
+            for seed, row in result["per_seed"].items()
+        ]
+        rows.append(
+            [
+                "mean ± 95% CI",
+                f"**{_pm(result['trial_return_mean'], result['trial_return_ci95_over_seeds'])}**",
+                f"**{result['percent_of_bayes_optimal_mean']:.1f}%** (worst seed {result['worst_seed']}: "
+                f"{result['worst_percent_of_bayes_optimal']:.1f}%)",
+                " / ".join(f"{value:.2f}" for value in result["episode_returns_mean"]),
+                "",
+            ]
+        )
+        header = ["seed", "trial return", "% of Bayes-optimal", "per inner episode", "wall s"]
+        caption = (
+            f"`{result['command']}`, {_steps(_main_job_steps(result))} env steps, "
+            f"Bayes-optimal trial return {result['bayes_optimal_trial_return']:.2f} (`{name}`):"
+        )
+        parts.append(caption + "\n\n" + _table(header, "rrrlr", rows))
+    return "\n\n".join(parts)
+
+
+def render_main_job_summary(results_dir: Path) -> str:
+    """One row per main-job results file: mean ± 95% CI over seeds, % of Bayes-optimal, worst seed."""
+    files = _main_job_files(results_dir)
+    if not files:
+        return _missing("python benchmarks/main_job.py", "main_job.json")
+    rows = []
+    for name, result in files:
+        walls = [
+            row["wall_seconds"] for row in result["per_seed"].values() if row["wall_seconds"] is not None
+        ]
+        rows.append(
+            [
+                f"`{result['command']}`",
+                _steps(_main_job_steps(result)),
+                str(len(result["per_seed"])),
+                _pm(result["trial_return_mean"], result["trial_return_ci95_over_seeds"]),
+                f"{result['percent_of_bayes_optimal_mean']:.1f}%",
+                f"seed {result['worst_seed']}: {result['worst_percent_of_bayes_optimal']:.1f}%",
+                f"{_mean(walls):.0f}" if walls else "–",
+                f"`{name}`",
+            ]
+        )
+    header = [
+        "command",
+        "env steps",
+        "seeds",
+        "trial return",
+        "% of Bayes-optimal",
+        "worst seed",
+        "wall s / run",
+        "results file",
+    ]
+    return _table(header, "lrrrrrrl", rows)
+
+
+# ------------------------------------------------------------------------------------ learning
+def _method_cells(method: str, row: dict[str, Any]) -> list[str]:
+    return [METHOD_NAMES.get(method, method), _steps(_mean(row["env_steps"])), str(len(row["seeds"]))]
+
+
+def _iqm(row: dict[str, Any], digits: int = 2) -> str:
+    iqm = row.get("iqm")
+    if not iqm:
+        return "–"
+    low, high = iqm["iqm_ci"]
+    return f"{iqm['iqm']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def _minutes(row: dict[str, Any]) -> str:
+    return f"{_mean(row['train_minutes']):.1f}"
+
+
+def render_grid(result: dict[str, Any], name: str) -> str:
+    """Per method: env steps, seeds, trial return mean ± 95% CI, % of Bayes-optimal, worst seed,
+    episodes 2–4 as % of the oracle, IQM [95% CI], training minutes per run; then the references."""
+    rows = []
+    for method, row in result["methods"].items():
+        percent, later = row["percent_of_bayes_optimal"], row["later_episodes_percent_of_oracle"]
+        rows.append(
+            [
+                *_method_cells(method, row),
+                _pm(row["trial_return"]["mean"], row["trial_return"]["ci95"]),
+                f"{percent['mean']:.1f}%",
+                f"seed {percent['worst_seed']}: {percent['worst']:.1f}%",
+                f"{later['mean']:.1f}%",
+                _iqm(row),
+                _minutes(row),
+            ]
+        )
+    optimal, oracle = result["bayes_optimal_trial_return"], result["references"][result["oracle"]]
+    for label, reference in result["references"].items():
+        episodes = reference["episode_return_mean"]
+        rows.append(
+            [
+                f"{label} (reference)",
+                "–",
+                "–",
+                _number(reference["trial_return_mean"]),
+                f"{100 * reference['trial_return_mean'] / optimal:.1f}%",
+                "",
+                f"{100 * sum(episodes[1:]) / sum(oracle['episode_return_mean'][1:]):.1f}%",
+                "",
+                "",
+            ]
+        )
+    header = [
+        "agent",
+        "env steps",
+        "seeds",
+        "trial return",
+        "% of Bayes-optimal",
+        "worst seed",
+        "episodes 2–4, % of oracle",
+        "IQM [95% CI]",
+        "train min / run",
+    ]
+    return _caption(result, name) + "\n\n" + _table(header, "lrrrrrrrr", rows)
+
+
+def render_grid_episodes(result: dict[str, Any], name: str) -> str:
+    """Per method and reference: the return of each inner episode and of the trial, mean ± 95% CI."""
+    rows = []
+    for method, row in result["methods"].items():
+        episodes = row["episode_returns"]
+        cells = [_pm(m, c) for m, c in zip(episodes["mean"], episodes["ci95"], strict=True)]
+        trial = _pm(row["trial_return"]["mean"], row["trial_return"]["ci95"])
+        rows.append(
+            [f"{METHOD_NAMES.get(method, method)} ({_steps(_mean(row['env_steps']))})", *cells, trial]
+        )
+    for label, reference in result["references"].items():
+        cells = [_number(value) for value in reference["episode_return_mean"]]
+        rows.append([f"{label} (reference)", *cells, _number(reference["trial_return_mean"])])
+    n_episodes = len(next(iter(result["references"].values()))["episode_return_mean"])
+    header = ["agent (env steps)", *(f"ep {e + 1}" for e in range(n_episodes)), "trial"]
+    return _caption(result, name) + "\n\n" + _table(header, "l" + "r" * (n_episodes + 1), rows)
+
+
+def render_bandit(result: dict[str, Any], name: str) -> str:
+    """Per method: regret at the horizon on both splits (mean ± 95% CI, worst seed), worst seed /
+    Thompson sampling, IQM on the train split, training minutes; then the references."""
+    rows = []
+    for method, row in result["methods"].items():
+        cells = []
+        for split in ("train", "test"):
+            regret = row["regret"][split]
+            cells += [
+                _pm(regret["mean"], regret["ci95"]),
+                f"seed {regret['worst_seed']}: {regret['worst']:.2f}",
+            ]
+        ratios = row["worst_vs_thompson"]
+        rows.append(
+            [
+                *_method_cells(method, row),
+                *cells,
+                f"{ratios['train']:.2f} / {ratios['test']:.2f}",
+                _iqm(row),
+                _minutes(row),
+            ]
+        )
+    for label, train in result["references"]["train"].items():
+        if label.startswith("oracle"):
+            continue  # zero regret by definition
+        test = result["references"]["test"][label]
+        rows.append(
+            [
+                f"{label} (reference)",
+                "–",
+                "–",
+                _pm(train["final_regret_mean"], train["final_regret_ci95"]),
+                "",
+                _pm(test["final_regret_mean"], test["final_regret_ci95"]),
+                "",
+                "",
+                "",
+                "",
+            ]
+        )
+    header = [
+        "agent",
+        "env steps",
+        "seeds",
+        "α = 0.2 (train)",
+        "worst seed",
+        "α = 0.3 (test)",
+        "worst seed",
+        "worst seed / Thompson (0.2 / 0.3)",
+        "IQM α = 0.2 [95% CI]",
+        "train min / run",
+    ]
+    return _caption(result, name) + "\n\n" + _table(header, "lrrrrrrrrr", rows)
+
+
+def render_learning(result: dict[str, Any], name: str) -> str:
+    """The main table of a learning results file (grid or bandit)."""
+    return (render_bandit if result["benchmark"] == "learning_bandit" else render_grid)(result, name)
+
+
+def _learning_block(benchmark: str, render: Callable[[dict[str, Any], str], str]) -> Callable[[Path], str]:
+    def block(results_dir: Path) -> str:
+        files = _load(results_dir, f"{benchmark}*.json", learning=True)
+        if not files:
+            return _missing(f"python benchmarks/{benchmark}.py", f"{benchmark}.json")
+        return "\n\n".join(render(result, f"benchmarks/results/{name}") for name, result in files)
+
+    return block
+
+
+# ------------------------------------------------------------------------------------ training speed
+def _throughput(results_dir: Path) -> dict[str, Any] | None:
+    files = _load(results_dir, "train_throughput.json")
+    return files[0][1] if files else None
+
+
+def _ratios_table(result: dict[str, Any]) -> str:
+    rows = [
+        [label, f"{ratio['value']:.2f}", ratio["target"], "yes" if ratio["met"] else "no"]
+        for label, ratio in result["ratios"].items()
+    ]
+    return _table(["ratio", "value", "target", "met"], "lrrl", rows)
+
+
+def render_throughput_ratios(results_dir: Path) -> str:
+    """The ratios of ``train_throughput.json`` with their targets."""
+    result = _throughput(results_dir)
+    if result is None:
+        return _missing("python benchmarks/train_throughput.py", "train_throughput.json")
+    return _ratios_table(result)
+
+
+def render_throughput(results_dir: Path) -> str:
+    """Every measurement of ``train_throughput.json`` (rate and time), then the ratios."""
+    result = _throughput(results_dir)
+    if result is None:
+        return _missing("python benchmarks/train_throughput.py", "train_throughput.json")
+    rows = []
+    for group, measurements in result["results"].items():
+        for label, row in measurements.items():
+            if "env_steps_per_s" in row:
+                rate = f"{row['env_steps_per_s']:,.0f} env steps/s"
+            else:
+                rate = f"{row['ms_per_step']:.2f} ms per step"
+            seconds = f"{row['seconds']:.1f} s" if "seconds" in row else ""
+            rows.append([group, label, rate, seconds])
+    table = _table(["group", "measurement", "rate", "time"], "llrr", rows)
+    return table + "\n\n" + _ratios_table(result)
+
+
+# ------------------------------------------------------------------------------------ blocks
+BLOCKS: dict[str, Callable[[Path], str]] = {
+    "main-job": render_main_job,
+    "main-job-summary": render_main_job_summary,
+    "learning-grid": _learning_block("learning_grid", render_grid),
+    "learning-grid-episodes": _learning_block("learning_grid", render_grid_episodes),
+    "learning-bandit": _learning_block("learning_bandit", render_bandit),
+    "train-throughput": render_throughput,
+    "train-throughput-ratios": render_throughput_ratios,
+}
+
+
+def render_blocks(results_dir: Path = RESULTS) -> dict[str, str]:
+    """Every block's text, by name."""
+    return {name: render(Path(results_dir)) for name, render in BLOCKS.items()}
+
+
+def update_text(text: str, blocks: dict[str, str]) -> tuple[str, list[str]]:
+    """``text`` with each marker block's body replaced by its rendering, and the names of the blocks
+    that changed. ``ValueError`` for an unknown block name or a begin marker without its end."""
+    changed = []
+
+    def replace(match: re.Match[str]) -> str:
+        name = match["name"]
+        if name not in blocks:
+            raise ValueError(f"unknown results block {name!r}; known: {sorted(blocks)}")
+        body = blocks[name].strip("\n") + "\n"
+        if match["body"] != body:
+            changed.append(name)
+        return match["begin"] + body + match["end"]
+
+    updated = MARKER.sub(replace, text)
+    begins = re.findall(r"<!-- results:([a-z0-9-]+):begin -->", text)
+    matched = [m["name"] for m in MARKER.finditer(text)]
+    if begins != matched:
+        raise ValueError(
+            f"results blocks without a matching end marker: {sorted(set(begins) - set(matched))}"
+        )
+    return updated, changed
+
+
+def check(documents: tuple[Path, ...] = DOCUMENTS, results_dir: Path = RESULTS) -> list[str]:
+    """``"FILE: BLOCK"`` for every block of ``documents`` that differs from its rendering."""
+    blocks = render_blocks(results_dir)
+    differences = []
+    for path in documents:
+        _, changed = update_text(Path(path).read_text(), blocks)
+        differences += [f"{_display(path)}: {name}" for name in changed]
+    return differences
+
+
+def write(documents: tuple[Path, ...] = DOCUMENTS, results_dir: Path = RESULTS) -> list[str]:
+    """Rewrite the blocks of ``documents``; returns ``"FILE: BLOCK"`` for each block changed."""
+    blocks = render_blocks(results_dir)
+    changes = []
+    for path in documents:
+        text, changed = update_text(Path(path).read_text(), blocks)
+        if changed:
+            Path(path).write_text(text)
+        changes += [f"{_display(path)}: {name}" for name in changed]
+    return changes
+
+
+def _display(path: Path) -> str:
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: rewrite the blocks, or with ``--check`` exit 1 listing those that differ."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--check", action="store_true", help="only compare; exit 1 if a block differs")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="results directory")
+    parser.add_argument("documents", nargs="*", type=Path, default=list(DOCUMENTS), help="markdown files")
+    args = parser.parse_args(argv)
+    documents = tuple(args.documents)
+    if args.check:
+        differences = check(documents, args.results)
+        for difference in differences:
+            print(f"differs from the results files: {difference}")
+        if differences:
+            print("run: python benchmarks/results_tables.py")
+        return 1 if differences else 0
+    for change in write(documents, args.results):
+        print(f"updated {change}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,278 @@
+"""The generated results tables (``benchmarks/results_tables.py``) and the learning benchmarks'
+aggregation (``benchmarks/learning.py``): the README and docs tables equal the rendering of the
+committed results files, and the statistics are those computed by hand."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from bayes_envs.evaluation import EvaluationResult
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+if str(BENCHMARKS) not in sys.path:
+    sys.path.append(str(BENCHMARKS))
+
+import learning  # noqa: E402
+import main_job  # noqa: E402
+import results_tables  # noqa: E402
+
+GRID = "BayesGrid-v0"
+BANDIT = "BayesBandit-v0"
+OPTIMAL = [4.0, 11.0, 11.0, 11.0]  # a Bayes-optimal return per inner episode (trial 37)
+ORACLE = [11.0, 11.0, 11.0, 11.0]
+#: A tiny run: 4 envs × 15 steps = 60 env steps per PPO update.
+TINY = [
+    "n_envs=4",
+    "ppo.n_steps=15",
+    "ppo.batch_size=30",
+    "ppo.n_epochs=1",
+    "policy.hidden_size=16",
+    "policy.latent_dim=4",
+    "policy.embed_sizes=[8]",
+    "policy.net_arch=[8]",
+    "eval_every=120",
+    "eval_tasks=21",
+    "final_eval_tasks=21",
+]
+
+
+def summary(env_id: str, episodes: list[float], regret: float | None = None) -> dict:
+    """A real ``EvaluationResult.summary()`` of two tasks with these returns per inner episode (and
+    this cumulative regret at the horizon)."""
+    returns = np.tile(np.asarray(episodes, np.float64), (2, 1))
+    cumulative = None if regret is None else np.tile(np.linspace(0, regret, 50), (2, 1))
+    result = EvaluationResult(env_id, "policy", 10_000, returns, np.zeros((2, 60)), cumulative)
+    return result.summary()
+
+
+def write_run(
+    run_dir: Path,
+    report: dict,
+    name: str = "evaluation.json",
+    elapsed: list[float] | None = None,
+) -> Path:
+    """A run directory with ``report`` as its evaluation and ``time/time_elapsed`` metrics."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / name).write_text(json.dumps(report))
+    if elapsed is not None:
+        records = [{"timesteps": 60 * (i + 1), "time/time_elapsed": value} for i, value in enumerate(elapsed)]
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return run_dir
+
+
+def grid_report(episodes: list[float], steps: int = 1000) -> dict:
+    return {
+        "config": {"env_id": GRID, "method": "rl2"},
+        "num_timesteps": steps,
+        "agent": summary(GRID, episodes),
+        "references": {
+            "oracle (known goal)": summary(GRID, ORACLE),
+            "posterior sampling": summary(GRID, [3.0, 8.0, 10.0, 11.0]),
+        },
+        "exact": {"Bayes-optimal (exact)": OPTIMAL},
+    }
+
+
+def grid_runs(tmp_path: Path) -> dict[str, dict[int, Path]]:
+    """Three RL² seeds with trial returns 30, 33 and 36 (mean 33, sd 3)."""
+    episodes = {0: [3.0, 9.0, 9.0, 9.0], 1: [3.0, 10.0, 10.0, 10.0], 2: [3.0, 11.0, 11.0, 11.0]}
+    # Seed 1 was resumed: SB3's clock restarts at each learn call (60 s + 20 s in all).
+    elapsed = {0: [0.0, 30.0, 60.0], 1: [0.0, 30.0, 60.0, 10.0, 20.0], 2: [0.0, 60.0, 120.0]}
+    return {
+        "rl2": {
+            seed: write_run(tmp_path / "runs" / f"seed_{seed}", grid_report(eps), elapsed=elapsed[seed])
+            for seed, eps in episodes.items()
+        }
+    }
+
+
+def test_learning_aggregation_computes_seed_statistics(tmp_path: Path) -> None:
+    result = learning.grid_summary(grid_runs(tmp_path))
+    row = result["methods"]["rl2"]
+    half_width = stats.t.ppf(0.975, 2) * 3.0 / np.sqrt(3)  # 4.3027 × sd 3 / √3 = 7.4524
+    assert row["seeds"] == [0, 1, 2]
+    assert row["trial_return"]["per_seed"] == pytest.approx([30.0, 33.0, 36.0])
+    assert row["trial_return"]["mean"] == pytest.approx(33.0)
+    assert row["trial_return"]["ci95"] == pytest.approx(half_width)
+    assert half_width == pytest.approx(7.4524, abs=1e-4)
+    assert (row["trial_return"]["worst_seed"], row["trial_return"]["worst"]) == (0, pytest.approx(30.0))
+    percent = row["percent_of_bayes_optimal"]
+    assert percent["per_seed"] == pytest.approx([100 * 30 / 37, 100 * 33 / 37, 100 * 36 / 37])
+    assert percent["mean"] == pytest.approx(100 * 33 / 37)
+    assert percent["ci95"] == pytest.approx(100 * half_width / 37)
+    assert (percent["worst_seed"], percent["worst"]) == (0, pytest.approx(100 * 30 / 37))
+    # Episodes 2–4 against the oracle's 33 on the same tasks.
+    later = row["later_episodes_percent_of_oracle"]
+    assert later["per_seed"] == pytest.approx([100 * 27 / 33, 100 * 30 / 33, 100.0])
+    assert row["episode_returns"]["mean"] == pytest.approx([3.0, 10.0, 10.0, 10.0])
+    assert row["episode_returns"]["ci95"][0] == pytest.approx(0.0)
+    assert row["train_minutes"] == pytest.approx([1.0, 80 / 60, 2.0])
+    assert row["env_steps"] == [1000, 1000, 1000]
+    assert result["bayes_optimal_trial_return"] == pytest.approx(37.0)
+    assert result["references"]["posterior sampling"]["trial_return_mean"] == pytest.approx(32.0)
+    # One seed: no interval.
+    assert learning.seed_stats({4: 1.0})["ci95"] is None
+
+
+def bandit_runs(tmp_path: Path) -> dict[str, dict[int, Path]]:
+    """Two seeds; regret at t = 50 of 6 and 10 (train split), 7 and 12 (test split)."""
+    runs = {}
+    for seed, regrets in {0: (6.0, 7.0), 1: (10.0, 12.0)}.items():
+        run_dir = tmp_path / "bandit" / f"seed_{seed}"
+        for name, regret, thompson in (
+            ("evaluation.json", regrets[0], 5.0),
+            ("evaluation_test.json", regrets[1], 6.0),
+        ):
+            report = {
+                "config": {"env_id": BANDIT, "method": "rl2"},
+                "num_timesteps": 400,
+                "agent": summary(BANDIT, [0.5] * 50, regret),
+                "references": {
+                    "Thompson sampling": summary(BANDIT, [0.5] * 50, thompson),
+                    "greedy posterior mean": summary(BANDIT, [0.5] * 50, 4.0),
+                },
+                "exact": {},
+            }
+            write_run(run_dir, report, name, elapsed=[0.0, 30.0])
+        runs[seed] = run_dir
+    return {"rl2": runs}
+
+
+def test_bandit_aggregation_computes_regret_statistics(tmp_path: Path) -> None:
+    result = learning.bandit_summary(bandit_runs(tmp_path))
+    row = result["methods"]["rl2"]
+    half_width = stats.t.ppf(0.975, 1) * np.std([6.0, 10.0], ddof=1) / np.sqrt(2)  # 12.706 × 2.828 / 1.414
+    assert row["regret"]["train"]["mean"] == pytest.approx(8.0)
+    assert row["regret"]["train"]["ci95"] == pytest.approx(half_width)
+    assert half_width == pytest.approx(25.4124, abs=1e-3)
+    # Lower is better: the worst seed has the highest regret.
+    assert (row["regret"]["train"]["worst_seed"], row["regret"]["train"]["worst"]) == (1, pytest.approx(10.0))
+    assert row["regret"]["test"]["per_seed"] == pytest.approx([7.0, 12.0])
+    assert row["worst_vs_thompson"] == {"train": pytest.approx(2.0), "test": pytest.approx(2.0)}
+    assert result["references"]["test"]["Thompson sampling"]["final_regret_mean"] == pytest.approx(6.0)
+
+
+def test_committed_tables_match_the_committed_results_files() -> None:
+    assert results_tables.check() == []
+
+
+def _results(tmp_path: Path, name: str, summary_result: dict, benchmark: str) -> Path:
+    results = tmp_path / "results"
+    results.mkdir(exist_ok=True)
+    payload = {
+        "format": learning.FORMAT,
+        "benchmark": benchmark,
+        "command": f"python benchmarks/{benchmark}.py",
+        "git": {"commit": "0123456789abcdef", "dirty": False},
+        **summary_result,
+    }
+    for row in payload["methods"].values():
+        row["iqm"] = {"iqm": 33.0, "iqm_ci": [30.0, 36.0], "mean": 33.0, "mean_ci": [30.0, 36.0], "n_runs": 3}
+    (results / name).write_text(json.dumps(payload))
+    return results
+
+
+def test_rendered_tables_hold_the_hand_computed_statistics(tmp_path: Path) -> None:
+    results = _results(
+        tmp_path, "learning_grid.json", learning.grid_summary(grid_runs(tmp_path)), "learning_grid"
+    )
+    _results(
+        tmp_path, "learning_bandit.json", learning.bandit_summary(bandit_runs(tmp_path)), "learning_bandit"
+    )
+    # An earlier layout of a learning results file is skipped.
+    (results / "learning_grid_old.json").write_text(json.dumps({"benchmark": "learning_grid", "trial": {}}))
+    # A main-job results file from three synthetic runs (trial returns 30, 33, 36).
+    runs = tmp_path / "main_job"
+    for seed, total in enumerate([30.0, 33.0, 36.0]):
+        write_run(runs / f"seed{seed}", grid_report([3.0, *[(total - 3) / 3] * 3], steps=1_000_320))
+    main = main_job.summarize([0, 1, 2], runs, {0: 80.0, 1: 82.0, 2: None})
+    (results / "main_job_1m.json").write_text(
+        json.dumps({"command": "bayes-rl train", "seeds": [0, 1, 2], **main})
+    )
+
+    blocks = results_tables.render_blocks(results)
+    grid = blocks["learning-grid"]
+    assert (
+        "| RL² | 1k | 3 | 33.00 ± 7.45 | 89.2% | seed 0: 81.1% | 90.9% | 33.00 [30.00, 36.00] | 1.4 |" in grid
+    )
+    assert "| posterior sampling (reference) | – | – | 32.00 | 86.5% |" in grid
+    assert "learning_grid_old" not in grid
+    assert "| RL² (1k) | 3.00 ± 0.00 | 10.00 ± 2.48 |" in blocks["learning-grid-episodes"]
+    bandit = blocks["learning-bandit"]
+    assert (
+        "| RL² | 400 | 2 | 8.00 ± 25.41 | seed 1: 10.00 | 9.50 ± 31.77 | seed 1: 12.00 | 2.00 / 2.00 |"
+        in bandit
+    )
+    assert "| Thompson sampling (reference) | – | – | 5.00 ± 0.00 |" in bandit
+    summary_table = blocks["main-job-summary"]
+    assert (
+        "| `bayes-rl train` | 1M | 3 | 33.00 ± 7.45 | 89.2% | seed 0: 81.1% | 81 | `main_job_1m.json` |"
+        in summary_table
+    )
+    assert "| mean ± 95% CI | **33.00 ± 7.45** | **89.2%** (worst seed 0: 81.1%) |" in blocks["main-job"]
+    assert "| 2 | 36.00 | 97.3% | 3.00 / 11.00 / 11.00 / 11.00 | – |" in blocks["main-job"]
+    # No results file: a one-line note naming the command.
+    assert "python benchmarks/train_throughput.py" in blocks["train-throughput"]
+    assert "\n" not in blocks["train-throughput"]
+
+
+def test_check_fails_when_a_number_in_a_block_differs(tmp_path: Path) -> None:
+    documents = tuple(shutil.copy(path, tmp_path / path.name) for path in results_tables.DOCUMENTS)
+    documents = tuple(Path(path) for path in documents)
+    readme = documents[0]
+    text = readme.read_text()
+    begin = text.index("<!-- results:main-job-summary:begin -->")
+    edited = text[:begin] + text[begin:].replace("26.62 ± 6.37", "26.63 ± 6.37", 1)
+    assert edited != text
+    readme.write_text(edited)
+    assert results_tables.check(documents) == [f"{readme}: main-job-summary"]
+    assert results_tables.main(["--check", *map(str, documents)]) == 1
+    # Writing puts the rendering back; text outside the blocks is left alone.
+    readme.write_text(edited.replace("## Results", "## Results (edited heading)"))
+    assert results_tables.write(documents) == [f"{readme}: main-job-summary"]
+    assert results_tables.check(documents) == []
+    assert "## Results (edited heading)" in readme.read_text()
+    # A block name the renderer does not know is an error, not a silent pass.
+    readme.write_text(text + "\n<!-- results:nope:begin -->\n<!-- results:nope:end -->\n")
+    with pytest.raises(ValueError, match="nope"):
+        results_tables.check(documents)
+
+
+def test_learning_grid_runs_the_sweep_end_to_end(tmp_path: Path) -> None:
+    import learning_grid
+
+    runs, out = tmp_path / "runs", tmp_path / "learning_grid.json"
+    argv = ["--methods", "rl2", "laplace", "--seeds", "0", "1", "--timesteps", "240", "--workers", "1"]
+    argv += ["--runs", str(runs), "--out", str(out), "--finetune-timesteps", "120", "--set", *TINY]
+    result = learning_grid.main(argv)
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert list(result["methods"]) == ["rl2", "laplace", "laplace post-hoc", "laplace fine-tuned"]
+    assert result["format"] == learning.FORMAT and result["failed"] == []
+    assert result["command"].startswith("python benchmarks/learning_grid.py --methods rl2 laplace")
+    assert result["git"]["commit"] is None or len(result["git"]["commit"]) == 40
+    rl2 = result["methods"]["rl2"]
+    assert rl2["seeds"] == [0, 1] and rl2["env_steps"] == [240, 240]
+    assert result["methods"]["laplace fine-tuned"]["env_steps"] == [360, 360]
+    # The values are the runs' own meta-tests (the CLI's evaluation.json), run by the sweep.
+    sweep_dir = runs / GRID / "method=rl2"
+    for seed, value in zip(rl2["seeds"], rl2["trial_return"]["per_seed"], strict=True):
+        report = json.loads((sweep_dir / f"seed_{seed}" / "evaluation.json").read_text())
+        assert report["config"]["method"] == "rl2" and report["config"]["timesteps"] == 240
+        assert value == report["agent"]["trial_return_mean"]
+    table = json.loads((runs / "sweep_results.json").read_text())["table"]
+    assert rl2["iqm"]["iqm"] == table["method=rl2"]["iqm"]
+    assert all(row["iqm"] is not None for row in result["methods"].values())
+    assert "RL²" in results_tables.render_learning(result, "learning_grid.json")
+    # Finished runs and evaluations are reused.
+    model = sweep_dir / "seed_0" / "model.zip"
+    stamp = model.stat().st_mtime_ns
+    again = learning_grid.main(argv)
+    assert model.stat().st_mtime_ns == stamp
+    assert again["methods"]["rl2"]["trial_return"] == rl2["trial_return"]
