@@ -135,6 +135,7 @@ class RL2VecNormalize(VecNormalize):
         """The space of what the policy sees: normalised keys lie in ``±clip_obs`` and a scaled
         ``prev_reward`` in ``±clip_reward`` (a new space: the wrapped env's is left as it is), so that a
         policy's bounds check (e.g. ``BeliefPolicy.predict``) holds for normalised observations."""
+
         def clipped(box: spaces.Space, bound: float) -> spaces.Box:
             return spaces.Box(-bound, bound, shape=box.shape, dtype=np.float32)
 
@@ -187,12 +188,11 @@ class RL2VecNormalize(VecNormalize):
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         """The settings and statistics as plain data (numpy arrays, floats, strings); copies."""
-        if isinstance(self.obs_rms, dict):
-            obs_rms: Any = {key: _rms_state(rms) for key, rms in self.obs_rms.items()}
+        obs_rms: Any = None  # VecNormalize has no obs_rms without norm_obs
+        if self.norm_obs and isinstance(self.obs_rms, dict):
+            obs_rms = {key: _rms_state(rms) for key, rms in self.obs_rms.items()}
         elif self.norm_obs:
             obs_rms = _rms_state(self.obs_rms)
-        else:
-            obs_rms = None
         return {
             **{name: getattr(self, name) for name in _SETTINGS},
             "norm_obs_keys": list(self.norm_obs_keys) if self.norm_obs_keys is not None else None,

@@ -393,3 +393,23 @@ def test_the_wrapper_declares_the_clipped_ranges_it_emits() -> None:
         assert all(space[key].contains(observation[key][0]) for key in space.spaces)
     raw = RL2VecNormalize(bayes_envs.make_vec("BayesGrid-v0", 2, seed=0, monitor=False), norm_obs=False)
     assert raw.observation_space["obs"] == inner["obs"]  # only what is normalised changes
+
+
+@pytest.mark.parametrize(
+    "switches", [("norm_obs=true", "norm_reward=false"), ("norm_obs=false", "norm_reward=true")]
+)
+def test_one_switch_alone_trains_saves_resumes_and_evaluates(
+    tmp_path: Path, switches: tuple[str, str]
+) -> None:
+    # VecNormalize has no obs_rms without norm_obs: the state must not need one.
+    config = tiny_config(timesteps=120, extra=("eval_every=0", "checkpoint_every=60", *switches))
+    first = experiment.train(config, tmp_path / "run", show_progress=False, pause_at=60)
+    wrapper = first.model.get_vec_normalize_env()
+    state = wrapper.state_dict()
+    assert (state["obs_rms"] is None) == (switches[0] == "norm_obs=false")
+    if switches[1] == "norm_reward=true":
+        assert wrapper.ret_rms.count > 1  # the return statistics were updated
+    resumed = experiment.train(config, tmp_path / "run", resume=True, show_progress=False)
+    assert resumed.finished and resumed.model.num_timesteps == 120
+    report = experiment.evaluate_run(tmp_path / "run", references=False)
+    assert np.isfinite(report["agent"]["trial_return_mean"])
