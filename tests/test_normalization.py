@@ -413,3 +413,32 @@ def test_one_switch_alone_trains_saves_resumes_and_evaluates(
     assert resumed.finished and resumed.model.num_timesteps == 120
     report = experiment.evaluate_run(tmp_path / "run", references=False)
     assert np.isfinite(report["agent"]["trial_return_mean"])
+
+
+@pytest.mark.parametrize(
+    ("method", "scaled"), [("rl2", True), ("laplace", True), ("varibad", False), ("glibrl", False)]
+)
+def test_beliefs_that_model_rewards_read_raw_rewards(method: str, scaled: bool) -> None:
+    # VariBAD's Bernoulli decoder thresholds the reward it reads at 0.5 and GLiBRL's prior is set for
+    # the raw reward scale: with rewards scaled by 1/std their inputs must stay raw.
+    overrides = experiment.parse_overrides(["norm_reward=true", "n_envs=4"])
+    config = experiment.resolve_config("BayesGrid-v0", method, overrides=overrides)
+    assert config["norm_prev_reward"] is scaled
+    venv = experiment.normalized_env(bayes_envs.make_vec("BayesGrid-v0", 4, seed=0), config)
+    venv.reset()
+    for _ in range(30):
+        obs, _, _, _ = venv.step(np.full(4, 2))  # right: the goal may be hit on row 0
+        raw = venv.get_original_reward()
+        expected = venv.normalize_reward(raw) if scaled else raw
+        np.testing.assert_allclose(obs["prev_reward"], expected.reshape(obs["prev_reward"].shape), rtol=1e-6)
+    assert venv.ret_rms.var != 1.0  # the PPO rewards are normalised either way
+    explicit = experiment.resolve_config(
+        "BayesGrid-v0",
+        "varibad",
+        overrides=experiment.parse_overrides(["norm_reward=true", "norm_prev_reward=true"]),
+    )
+    assert explicit["norm_prev_reward"] is True
+    # Configs written before the key existed scaled prev_reward with norm_reward.
+    assert experiment.config.with_added_keys({"norm_reward": True})["norm_prev_reward"] is None
+    with pytest.raises(experiment.ConfigError, match="norm_prev_reward must be true, false or null"):
+        experiment.resolve_config("BayesGrid-v0", "rl2", overrides={"norm_prev_reward": "yes"})

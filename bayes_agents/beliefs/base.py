@@ -270,6 +270,10 @@ class Belief(nn.Module, ABC):
     #: what :meth:`add_trials` hands it and trains on it in :meth:`update_trial_model`. Callers may
     #: skip preparing trials for beliefs without it.
     trains_on_trials: ClassVar[bool] = False
+    #: Whether the belief is a likelihood model of the rewards it reads (VariBAD's decoder, GLiBRL's
+    #: regression): its ``prev_reward`` input must then be the env's raw reward, not one scaled by
+    #: running statistics (see the ``norm_prev_reward`` run key of :mod:`bayes_agents.experiment`).
+    models_rewards: ClassVar[bool] = False
 
     def after_policy_update(self, model: Any) -> None:
         """Called by :class:`~bayes_agents.BayesPPO` after every PPO update with the model (its

@@ -222,6 +222,8 @@ class GLiBRLBelief(Belief):
     :param basis_lr: learning rate of those extra steps.
     """
 
+    models_rewards = True  # the Bayesian regression is a likelihood of the raw rewards
+
     def __init__(
         self,
         input_dim: int,

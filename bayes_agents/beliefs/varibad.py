@@ -597,6 +597,7 @@ class VariBADBelief(Belief):
     # ------------------------------------------------------------------------------ VAE training
     #: The VAE trains on whole trials (:meth:`add_trials`, :meth:`update_trial_model`).
     trains_on_trials = True
+    models_rewards = True
 
     @property
     def buffered_trials(self) -> int:

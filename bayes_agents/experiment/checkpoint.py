@@ -125,7 +125,11 @@ def normalized_env(venv: Any, config: dict[str, Any]) -> Any:
     if not (norm_obs or norm_reward):
         return venv
     return bayes_envs.RL2VecNormalize(
-        venv, norm_obs=norm_obs, norm_reward=norm_reward, gamma=float(config["ppo"].get("gamma", 0.99))
+        venv,
+        norm_obs=norm_obs,
+        norm_reward=norm_reward,
+        gamma=float(config["ppo"].get("gamma", 0.99)),
+        norm_prev_reward=config.get("norm_prev_reward"),  # None: as norm_reward
     )
 
 

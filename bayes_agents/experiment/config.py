@@ -43,10 +43,15 @@ RUN_KEYS: dict[str, str] = {
     "final_eval_tasks": "test tasks of the final evaluation (bayes-rl evaluate)",
     "eval_seed": "seed of the fixed test tasks (task i: an env seeded eval_seed + i)",
     "norm_obs": "normalise obs['obs'] by a running mean/variance (bayes_envs.RL2VecNormalize)",
-    "norm_reward": "divide rewards and the belief's prev_reward by the running std of the trial return",
+    "norm_reward": "divide the rewards PPO learns from by the running std of the trial return",
+    "norm_prev_reward": (
+        "scale the belief's prev_reward input like the rewards (default: norm_reward, but false for "
+        "beliefs that model the rewards they read: varibad, glibrl)"
+    ),
 }
 #: Run keys that configs written before they existed lack, and the value those runs used.
-_ADDED_RUN_KEYS = {"norm_obs": False, "norm_reward": False}
+#: (``norm_prev_reward`` None: as ``norm_reward``, what RL2VecNormalize did before the key existed.)
+_ADDED_RUN_KEYS = {"norm_obs": False, "norm_reward": False, "norm_prev_reward": None}
 SECTIONS = ("env", "ppo", "policy")
 #: Keys that may differ between a checkpoint's config and the config of a ``--resume``.
 RESUMABLE_CHANGES = frozenset({"timesteps", "device", "checkpoint_every"})
@@ -432,6 +437,8 @@ def check_values(config: dict[str, Any]) -> None:
     for key in ("norm_obs", "norm_reward"):
         if not isinstance(config.get(key, False), bool):
             raise ConfigError(f"{key} must be true or false, got {config[key]!r}")
+    if not isinstance(config.get("norm_prev_reward"), (bool, type(None))):
+        raise ConfigError(f"norm_prev_reward must be true, false or null, got {config['norm_prev_reward']!r}")
     check_device(config["device"])
     for section in SECTIONS:
         found = _non_finite(config.get(section, {}), section)
@@ -495,6 +502,7 @@ def resolve_config(
         "eval_seed": 10_000,
         "norm_obs": run["norm_obs"],
         "norm_reward": run["norm_reward"],
+        "norm_prev_reward": None,
         "env": {},
         "ppo": defaults["ppo"],
         "policy": defaults["policy"],
@@ -502,6 +510,9 @@ def resolve_config(
     config = merge(base, layered)
     config["env_id"], config["method"] = env_id, method
     check_keys(config)
+    if config["norm_prev_reward"] is None and isinstance(config["norm_reward"], bool):
+        models_rewards = get_method(method).policy_class.belief_class.models_rewards
+        config["norm_prev_reward"] = config["norm_reward"] and not models_rewards
     if config["eval_every"] is None:
         check_int("timesteps", config["timesteps"], 1)
         config["eval_every"] = max(1, int(config["timesteps"]) // 10)
