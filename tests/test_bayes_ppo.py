@@ -28,7 +28,6 @@ STOCK_KEYS = (
 )
 
 
-
 @pytest.mark.parametrize("target_kl", [None, 1e-7])
 def test_bayes_ppo_trains_as_stock_recurrent_ppo_without_aux_loss(target_kl) -> None:
     """RL² has no auxiliary loss: BayesPPO (own rollout, buffer and update loop) must then train

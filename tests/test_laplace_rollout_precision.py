@@ -20,7 +20,6 @@ INPUT_DIM, HIDDEN, LATENT = 4, 6, 3
 OUTPUT_FIELDS = ("mean", "precision", "precision_cholesky", "entropy", "kl_to_previous")
 
 
-
 def make_belief(**options) -> LaplaceBelief:
     torch.manual_seed(0)
     belief = LaplaceBelief(INPUT_DIM, hidden_size=HIDDEN, latent_dim=LATENT, embed_sizes=(7,), **options)

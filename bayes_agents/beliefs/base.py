@@ -281,9 +281,7 @@ class Belief(nn.Module, ABC):
         ``model.logger``). Beliefs that train a model of their own (VariBAD's VAE, GLiBRL's extra
         basis steps) do it here; the stock ``RecurrentPPO`` never calls it. Nothing by default."""
 
-    def add_trials(
-        self, inputs: Any, episode_starts: Any, next_starts: Any | None = None
-    ) -> int:
+    def add_trials(self, inputs: Any, episode_starts: Any, next_starts: Any | None = None) -> int:
         """Hand the belief the RL² inputs of a rollout, ``x_t`` ``[n_envs, n_steps, input_dim]`` with
         SB3's ``episode_starts`` ``[n_envs, n_steps]`` and optionally ``next_starts`` ``[n_envs]``
         (whether the step after the rollout starts a trial), to cut into whole trials for
