@@ -62,6 +62,7 @@ def grid_defaults(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """Stock LSTM, RL², VariBAD and GLiBRL at the package's grid PPO settings, 16 envs."""
     ppo = ppo_settings(GRID)
     rollout = ppo["n_steps"] * N_ENVS
+    ppo["batch_size"] = rollout // 4  # four minibatches per epoch, as the defaults' 64 envs have
     # About 5 s per measurement on an idle core (the stock policy is ~8x slower per step).
     timesteps = rollout * (1 if args.quick else 8)
     belief_timesteps = rollout * (1 if args.quick else 48)

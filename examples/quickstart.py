@@ -2,9 +2,10 @@
 
 Runs in a few minutes on 2 CPU cores:
 
-    python examples/quickstart.py [--timesteps 1000000]
+    python examples/quickstart.py [--timesteps 4000000]
 
-1. Meta-trains an RL² agent with ``BayesPPO`` on 16 batched grid envs.
+1. Meta-trains an RL² agent with ``BayesPPO`` at the settings ``bayes-rl train BayesGrid-v0`` uses
+   (``bayes_agents.defaults``: 64 batched grid envs, rewards normalised by ``RL2VecNormalize``).
 2. Turns it into a Laplace-VRNN agent post hoc (same weights, no training): same actions, but now
    with a task posterior whose entropy can be read at every step.
 3. Evaluates the untrained agent, the trained agent and the references on the same 210 fixed
@@ -21,8 +22,9 @@ import numpy as np
 import bayes_envs
 from bayes_agents import BayesPPO, RL2Policy, laplace_from_rl2
 from bayes_agents.callbacks import ProgressCallback
-from bayes_agents.defaults import belief_settings, ppo_settings
+from bayes_agents.defaults import belief_settings, ppo_settings, run_settings
 from bayes_agents.experiment import set_torch_threads
+from bayes_envs import RL2VecNormalize
 from bayes_envs.evaluation import evaluate
 from bayes_envs.references import (
     GridPosteriorSampling,
@@ -41,6 +43,7 @@ def row(name: str, values: list[float]) -> str:
 def posterior_entropy_over_a_trial(model, seed: int = 0) -> np.ndarray:
     """Mean posterior entropy over 16 test trials at each of the 60 steps."""
     venv = bayes_envs.make_vec(ENV_ID, 16, seed=TEST_SEED + seed, monitor=False)
+    venv = model.get_vec_normalize_env().frozen_copy(venv)  # the inputs the agent was trained on
     obs, state, start, entropies = venv.reset(), None, np.ones(16, bool), []
     for _ in range(60):
         action, state = model.predict(obs, state=state, episode_start=start, deterministic=True)
@@ -53,19 +56,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--timesteps", type=int, default=1_000_000)
+    run = run_settings(ENV_ID)
+    parser.add_argument("--timesteps", type=int, default=run["timesteps"])
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     set_torch_threads()  # as bayes-rl train: $OMP_NUM_THREADS, else 1
 
-    env = bayes_envs.make_vec(ENV_ID, n_envs=16, seed=args.seed)
+    ppo = ppo_settings(ENV_ID)
+    env = bayes_envs.make_vec(ENV_ID, n_envs=run["n_envs"], seed=args.seed)
+    # Rewards divided by the running std of the trial return (the evaluations report raw returns).
+    env = RL2VecNormalize(env, norm_obs=run["norm_obs"], norm_reward=run["norm_reward"], gamma=ppo["gamma"])
     model = BayesPPO(
-        RL2Policy,
-        env,
-        seed=args.seed,
-        device="cpu",
-        policy_kwargs=belief_settings(ENV_ID),
-        **ppo_settings(ENV_ID),
+        RL2Policy, env, seed=args.seed, device="cpu", policy_kwargs=belief_settings(ENV_ID), **ppo
     )
     untrained = evaluate(model, ENV_ID, n_tasks=TEST_TASKS, seed=TEST_SEED).summary()
     start = time.perf_counter()

@@ -75,7 +75,7 @@ def test_train_evaluate_plot_end_to_end(tmp_path: Path, capsys: pytest.CaptureFi
         assert (run / name).is_file(), name
     config = json.loads((run / "config.json").read_text())
     assert config["ppo"]["n_steps"] == 15 and config["policy"]["embed_sizes"] == [8]
-    assert config["ppo"]["gamma"] == 0.95  # the grid default survives the overrides
+    assert config["ppo"]["gamma"] == 0.99  # the grid default survives the overrides
     metrics = experiment.read_jsonl(run / "metrics.jsonl")
     assert [record["timesteps"] for record in metrics] == [60, 120, 180]
     # 15 steps per env and update = one inner episode: update k logs the return of inner episode k.
