@@ -439,6 +439,20 @@ def test_beliefs_that_model_rewards_read_raw_rewards(method: str, scaled: bool) 
     )
     assert explicit["norm_prev_reward"] is True
     # Configs written before the key existed scaled prev_reward with norm_reward.
-    assert experiment.config.with_added_keys({"norm_reward": True})["norm_prev_reward"] is None
+    assert experiment.config.with_added_keys({"norm_reward": True})["norm_prev_reward"] is True
+    assert experiment.config.with_added_keys({})["norm_prev_reward"] is False
     with pytest.raises(experiment.ConfigError, match="norm_prev_reward must be true, false or null"):
         experiment.resolve_config("BayesGrid-v0", "rl2", overrides={"norm_prev_reward": "yes"})
+
+
+def test_a_config_written_before_norm_prev_reward_matches_its_resolved_equivalent() -> None:
+    # Resuming or re-running a sweep over a run made before the key existed must not see a change.
+    for norm_reward in (False, True):
+        overrides = experiment.parse_overrides([f"norm_reward={str(norm_reward).lower()}"])
+        resolved = experiment.resolve_config("BayesGrid-v0", "rl2", overrides=overrides)
+        old = {key: value for key, value in resolved.items() if key != "norm_prev_reward"}
+        assert experiment.config.config_differences(old, resolved) == []
+        flipped = {**resolved, "norm_prev_reward": not norm_reward}
+        assert experiment.config.config_differences(old, flipped) == [
+            f"norm_prev_reward: {norm_reward!r} -> {not norm_reward!r}"
+        ]

@@ -50,7 +50,8 @@ RUN_KEYS: dict[str, str] = {
     ),
 }
 #: Run keys that configs written before they existed lack, and the value those runs used.
-#: (``norm_prev_reward`` None: as ``norm_reward``, what RL2VecNormalize did before the key existed.)
+#: (``norm_prev_reward`` None: as ``norm_reward``, what RL2VecNormalize did before the key existed;
+#: :func:`with_added_keys` resolves it.)
 _ADDED_RUN_KEYS = {"norm_obs": False, "norm_reward": False, "norm_prev_reward": None}
 SECTIONS = ("env", "ppo", "policy")
 #: Keys that may differ between a checkpoint's config and the config of a ``--resume``.
@@ -522,7 +523,10 @@ def resolve_config(
 
 def with_added_keys(config: dict[str, Any]) -> dict[str, Any]:
     """A saved config with the run keys added since it was written, at the values its run used."""
-    return {**_ADDED_RUN_KEYS, **config}
+    config = {**_ADDED_RUN_KEYS, **config}
+    if config["norm_prev_reward"] is None:  # before the key: prev_reward scaled iff the rewards were
+        config["norm_prev_reward"] = config["norm_reward"]
+    return config
 
 
 def config_differences(saved: dict[str, Any], requested: dict[str, Any]) -> list[str]:
