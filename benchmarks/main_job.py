@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from learning import t_interval
+from learning import t_interval, train_minutes
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ENV_ID = "BayesGrid-v0"
@@ -70,6 +70,7 @@ def summarize(seeds: list[int], runs: Path, wall_times: dict[int, float | None])
             "episode_returns": agent["episode_return_mean"],
             "num_timesteps": report["num_timesteps"],
             "wall_seconds": wall_times.get(seed),
+            "train_seconds": 60 * train_minutes(runs / f"seed{seed}"),
         }
     returns = np.array([row["trial_return"] for row in per_seed.values()])
     percents = np.array([row["percent_of_bayes_optimal"] for row in per_seed.values()])
@@ -81,6 +82,8 @@ def summarize(seeds: list[int], runs: Path, wall_times: dict[int, float | None])
         "percent_of_bayes_optimal_mean": float(percents.mean()),
         "worst_seed": worst,
         "worst_percent_of_bayes_optimal": per_seed[worst]["percent_of_bayes_optimal"],
+        "best_percent_of_bayes_optimal": float(percents.max()),
+        "train_seconds_max": max(row["train_seconds"] for row in per_seed.values()),
         "episode_returns_mean": np.mean(
             [row["episode_returns"] for row in per_seed.values()], axis=0
         ).tolist(),

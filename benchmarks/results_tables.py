@@ -122,6 +122,7 @@ def render_main_job(results_dir: Path) -> str:
                 f"{row['percent_of_bayes_optimal']:.1f}%",
                 " / ".join(f"{value:.2f}" for value in row["episode_returns"]),
                 "–" if row["wall_seconds"] is None else f"{row['wall_seconds']:.0f}",
+                "–" if row.get("train_seconds") is None else f"{row['train_seconds']:.0f}",
             ]
             for seed, row in result["per_seed"].items()
         ]
@@ -133,14 +134,15 @@ def render_main_job(results_dir: Path) -> str:
                 f"{result['worst_percent_of_bayes_optimal']:.1f}%)",
                 " / ".join(f"{value:.2f}" for value in result["episode_returns_mean"]),
                 "",
+                "",
             ]
         )
-        header = ["seed", "trial return", "% of Bayes-optimal", "per inner episode", "wall s"]
+        header = ["seed", "trial return", "% of Bayes-optimal", "per inner episode", "wall s", "training s"]
         caption = (
             f"`{result['command']}`, {_steps(_main_job_steps(result))} env steps, "
             f"Bayes-optimal trial return {result['bayes_optimal_trial_return']:.2f} (`{name}`):"
         )
-        parts.append(caption + "\n\n" + _table(header, "rrrlr", rows))
+        parts.append(caption + "\n\n" + _table(header, "rrrlrr", rows))
     return "\n\n".join(parts)
 
 
@@ -177,6 +179,29 @@ def render_main_job_summary(results_dir: Path) -> str:
         "results file",
     ]
     return _table(header, "lrrrrrrl", rows)
+
+
+def render_main_job_sentence(results_dir: Path) -> str:
+    """The README's one-sentence summary of the main job at the CLI's default budget (``main_job.json``):
+    mean ± 95% CI over seeds, % of Bayes-optimal, the range over seeds and the longest training time."""
+    path = Path(results_dir) / "main_job.json"
+    if not path.is_file():
+        return _missing("python benchmarks/main_job.py", "main_job.json")
+    result = json.loads(path.read_text())
+    per_seed = result["per_seed"]
+    seeds = ", ".join(str(seed) for seed in per_seed)
+    percents = [row["percent_of_bayes_optimal"] for row in per_seed.values()]
+    train = [row["train_seconds"] for row in per_seed.values() if row.get("train_seconds") is not None]
+    text = (
+        f"On seeds {seeds} (`python benchmarks/main_job.py`, two runs at a time on the 2 cores, "
+        f"{_steps(_main_job_steps(result))} env steps each): trial return "
+        f"**{_pm(result['trial_return_mean'], result['trial_return_ci95_over_seeds'])}** on the "
+        f"420 test tasks, **{result['percent_of_bayes_optimal_mean']:.1f}%** of Bayes-optimal "
+        f"(seeds from {min(percents):.1f}% to {max(percents):.1f}%)"
+    )
+    if train:
+        text += f", at most {max(train) / 60:.1f} minutes of training per run"
+    return text + " (`benchmarks/results/main_job.json`)."
 
 
 # ------------------------------------------------------------------------------------ learning
@@ -375,6 +400,7 @@ def render_throughput(results_dir: Path) -> str:
 BLOCKS: dict[str, Callable[[Path], str]] = {
     "main-job": render_main_job,
     "main-job-summary": render_main_job_summary,
+    "main-job-sentence": render_main_job_sentence,
     "learning-grid": _learning_block("learning_grid", render_grid),
     "learning-grid-episodes": _learning_block("learning_grid", render_grid_episodes),
     "learning-bandit": _learning_block("learning_bandit", render_bandit),
