@@ -5,6 +5,7 @@ committed results files, and the statistics are those computed by hand."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -229,7 +230,9 @@ def test_check_fails_when_a_number_in_a_block_differs(tmp_path: Path) -> None:
     readme = documents[0]
     text = readme.read_text()
     begin = text.index("<!-- results:main-job-summary:begin -->")
-    edited = text[:begin] + text[begin:].replace("26.62 ± 6.37", "26.63 ± 6.37", 1)
+    figure = re.search(r"\d+\.\d+ ± ", text[begin:]).group(0)  # the first mean ± CI of the block
+    changed = f"{float(figure.split()[0]) + 0.01:.2f} ± "
+    edited = text[:begin] + text[begin:].replace(figure, changed, 1)
     assert edited != text
     readme.write_text(edited)
     assert results_tables.check(documents) == [f"{readme}: main-job-summary"]
