@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from scipy import stats
+from test_cli import TINY as CLI_TINY
 
 from bayes_envs.evaluation import EvaluationResult
 
@@ -28,20 +29,8 @@ GRID = "BayesGrid-v0"
 BANDIT = "BayesBandit-v0"
 OPTIMAL = [4.0, 11.0, 11.0, 11.0]  # a Bayes-optimal return per inner episode (trial 37)
 ORACLE = [11.0, 11.0, 11.0, 11.0]
-#: A tiny run: 4 envs × 15 steps = 60 env steps per PPO update.
-TINY = [
-    "n_envs=4",
-    "ppo.n_steps=15",
-    "ppo.batch_size=30",
-    "ppo.n_epochs=1",
-    "policy.hidden_size=16",
-    "policy.latent_dim=4",
-    "policy.embed_sizes=[8]",
-    "policy.net_arch=[8]",
-    "eval_every=120",
-    "eval_tasks=21",
-    "final_eval_tasks=21",
-]
+#: The CLI tests' tiny run (4 envs × 15 steps per PPO update).
+TINY = CLI_TINY
 
 
 def summary(env_id: str, episodes: list[float], regret: float | None = None) -> dict:
