@@ -198,14 +198,17 @@ def test_statistics_round_trip_through_json_exactly(tmp_path: Path) -> None:
         np.testing.assert_array_equal(getattr(loaded.ret_rms, key), getattr(venv.ret_rms, key))
 
 
-def test_defaults_switch_normalisation_on_for_mujoco_and_metaworld_only() -> None:
+def test_default_normalisation_per_env() -> None:
+    # Observations: MuJoCo and Meta-World only; rewards: also the grid and the bandit (issue #15).
     for env_id in MUJOCO_IDS + METAWORLD_IDS:
         assert run_settings(env_id)["norm_obs"] and run_settings(env_id)["norm_reward"]
         config = experiment.resolve_config(env_id, "rl2")
         assert config["norm_obs"] is True and config["norm_reward"] is True
-    for env_id in ("BayesGrid-v0", "BayesBandit-v0", "FourierRegression-v0"):
+    for env_id in ("BayesGrid-v0", "BayesBandit-v0"):
         config = experiment.resolve_config(env_id, "rl2")
-        assert config["norm_obs"] is False and config["norm_reward"] is False
+        assert config["norm_obs"] is False and config["norm_reward"] is True
+    config = experiment.resolve_config("FourierRegression-v0", "rl2")
+    assert config["norm_obs"] is False and config["norm_reward"] is False
     with pytest.raises(experiment.ConfigError, match="norm_obs must be true or false"):
         experiment.resolve_config("BayesGrid-v0", "rl2", overrides={"norm_obs": "yes"})
 
