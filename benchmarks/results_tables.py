@@ -156,6 +156,7 @@ def render_main_job_summary(results_dir: Path) -> str:
         walls = [
             row["wall_seconds"] for row in result["per_seed"].values() if row["wall_seconds"] is not None
         ]
+        trains = [row["train_seconds"] for row in result["per_seed"].values() if row.get("train_seconds")]
         rows.append(
             [
                 f"`{result['command']}`",
@@ -165,6 +166,7 @@ def render_main_job_summary(results_dir: Path) -> str:
                 f"{result['percent_of_bayes_optimal_mean']:.1f}%",
                 f"seed {result['worst_seed']}: {result['worst_percent_of_bayes_optimal']:.1f}%",
                 f"{_mean(walls):.0f}" if walls else "–",
+                f"{max(trains):.0f}" if trains else "–",
                 f"`{name}`",
             ]
         )
@@ -176,9 +178,10 @@ def render_main_job_summary(results_dir: Path) -> str:
         "% of Bayes-optimal",
         "worst seed",
         "wall s / run",
+        "training s / run (max)",
         "results file",
     ]
-    return _table(header, "lrrrrrrl", rows)
+    return _table(header, "lrrrrrrrl", rows)
 
 
 def render_main_job_sentence(results_dir: Path) -> str:

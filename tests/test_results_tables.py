@@ -203,7 +203,7 @@ def test_rendered_tables_hold_the_hand_computed_statistics(tmp_path: Path) -> No
     assert "| Thompson sampling (reference) | – | – | 5.00 ± 0.00 |" in bandit
     summary_table = blocks["main-job-summary"]
     assert (
-        "| `bayes-rl train` | 1M | 3 | 33.00 ± 7.45 | 89.2% | seed 0: 81.1% | 81 | `main_job_1m.json` |"
+        "| `bayes-rl train` | 1M | 3 | 33.00 ± 7.45 | 89.2% | seed 0: 81.1% | 81 | – | `main_job_1m.json` |"
         in summary_table
     )
     assert "| mean ± 95% CI | **33.00 ± 7.45** | **89.2%** (worst seed 0: 81.1%) |" in blocks["main-job"]
