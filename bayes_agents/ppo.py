@@ -677,7 +677,9 @@ def laplace_from_rl2(model: RecurrentPPO, **laplace_kwargs: Any) -> RecurrentPPO
     :param model: a ``RecurrentPPO``/``BayesPPO`` model whose policy is an :class:`RL2Policy`.
     :param laplace_kwargs: Laplace keywords (``window``, ``covariance``, ``variant``, ``damping``,
         ``beta``, ``n_samples``); the RL² architecture keywords are kept.
-    :return: a model of the same class with a :class:`LaplacePolicy`, on the same env.
+    :return: a model of the same class with a :class:`LaplacePolicy`, on the same env, with the same
+        observation/reward normalisation (``get_vec_normalize_env()``, also for a model loaded
+        without an env, e.g. :func:`bayes_agents.experiment.load_model`).
     """
     if not isinstance(model.policy, RL2Policy) or isinstance(model.policy, LaplacePolicy):
         raise TypeError(
@@ -691,9 +693,13 @@ def laplace_from_rl2(model: RecurrentPPO, **laplace_kwargs: Any) -> RecurrentPPO
     buffer = io.BytesIO()
     model.save(buffer)
     buffer.seek(0)
-    return type(model).load(
+    converted = type(model).load(
         buffer,
         env=model.get_env(),
         device=model.device,
         custom_objects={"policy_class": LaplacePolicy, "policy_kwargs": policy_kwargs},
     )
+    if converted.get_vec_normalize_env() is None:
+        # A model without an env keeps its statistics only here; the policy reads inputs scaled by them.
+        converted._vec_normalize_env = model.get_vec_normalize_env()
+    return converted

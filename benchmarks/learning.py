@@ -163,7 +163,11 @@ def finetune(model: Any, config: dict[str, Any], timesteps: int, learning_rate: 
     """Train ``model`` in place for ``timesteps`` env steps on the run's training envs, on a schedule
     of its own: learning rate from ``learning_rate`` and clip range from the run's initial value,
     both decaying linearly to 0 over ``timesteps``."""
-    model.set_env(experiment.build_env(config))
+    venv = experiment.build_env(config)
+    trained_statistics = model.get_vec_normalize_env()
+    if trained_statistics is not None:  # continue with the RL² run's statistics, not fresh ones
+        venv.load_state_dict(trained_statistics.state_dict())
+    model.set_env(venv)
     model.learning_rate = model.lr_schedule = LinearDecay(learning_rate)
     model.clip_range = LinearDecay(model.clip_range(1.0))
     model.set_random_seed(config["seed"])

@@ -459,3 +459,22 @@ def test_a_config_written_before_norm_prev_reward_matches_its_resolved_equivalen
         assert experiment.config.config_differences(old, flipped) == [
             f"norm_prev_reward: {norm_reward!r} -> {not norm_reward!r}"
         ]
+
+
+def test_posthoc_laplace_of_a_loaded_run_keeps_its_normalisation(tmp_path: Path) -> None:
+    # A model loaded from a run directory has no env: the conversion must still carry the statistics
+    # its inputs are scaled with, or the converted agent reads raw rewards it never saw in training.
+    from bayes_agents import laplace_from_rl2
+
+    config = tiny_config(timesteps=240, extra=("eval_every=0", "norm_obs=false"))
+    experiment.train(config, tmp_path / "run", show_progress=False)
+    rl2 = experiment.load_model(tmp_path / "run")
+    assert rl2.get_env() is None and rl2.get_vec_normalize_env() is not None
+    laplace = laplace_from_rl2(rl2, window=1, covariance="diag", variant="sum_precision")
+    assert laplace.get_vec_normalize_env() is rl2.get_vec_normalize_env()
+    # n_samples=0: the posterior mean is RL²'s latent, so the meta-test returns are RL²'s exactly.
+    seed = config["eval_seed"]
+    np.testing.assert_array_equal(
+        evaluate(laplace, "BayesGrid-v0", n_tasks=14, seed=seed).episode_returns,
+        evaluate(rl2, "BayesGrid-v0", n_tasks=14, seed=seed).episode_returns,
+    )

@@ -268,3 +268,17 @@ def test_learning_grid_runs_the_sweep_end_to_end(tmp_path: Path) -> None:
     again = learning_grid.main(argv)
     assert model.stat().st_mtime_ns == stamp
     assert again["methods"]["rl2"]["trial_return"] == rl2["trial_return"]
+
+
+def test_finetuning_continues_with_the_rl2_runs_normalisation(tmp_path: Path) -> None:
+    from bayes_agents import experiment, laplace_from_rl2
+
+    overrides = experiment.parse_overrides([*TINY, "eval_every=0", "norm_reward=true"])
+    config = experiment.resolve_config("BayesGrid-v0", "rl2", overrides={**overrides, "timesteps": 240})
+    experiment.train(config, tmp_path / "run", show_progress=False)
+    rl2 = experiment.load_model(tmp_path / "run")
+    trained_count = rl2.get_vec_normalize_env().ret_rms.count
+    model = laplace_from_rl2(rl2, window=1, covariance="diag", variant="sum_precision")
+    learning.finetune(model, config, 60, 1e-4)
+    # Fresh statistics would hold only the fine-tuning's 60 steps (plus SB3's 1e-4 prior count).
+    assert model.get_vec_normalize_env().ret_rms.count == pytest.approx(trained_count + 60)
