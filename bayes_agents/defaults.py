@@ -183,7 +183,11 @@ for _env_id in MUJOCO_IDS + METAWORLD_IDS:
 _METHOD_ENV: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     # Full-covariance Laplace costs 5.6× RL² per update on a CPU (docs/results.md#training-speed); the
     # diagonal precision keeps the grid run within a few minutes.
-    ("BayesGrid-v0", "laplace"): {"policy": dict(covariance="diag")},
+    # β = 0: the KL penalty between consecutive posteriors (β = 0.01) held Laplace-VRNN from scratch at
+    # 65.1% of Bayes-optimal at 2M steps (learning_grid.json, seeds 0-4); without it 87.7%, worst seed
+    # 82.0% (examples/configs/grid_laplace_beta_sweep.yaml), and its gradient also undid post-hoc
+    # fine-tuning (docs/results.md#learning).
+    ("BayesGrid-v0", "laplace"): {"policy": dict(covariance="diag", beta=0.0)},
     # The full 64×64 precision costs several times more per update on a CPU.
     **{(env_id, "laplace"): {"policy": dict(covariance="diag")} for env_id in METAWORLD_IDS},
     # On MuJoCo the shared latent is RL²'s 128-wide policy layer; the Gaussian posteriors of Laplace-VRNN

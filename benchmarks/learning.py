@@ -195,7 +195,7 @@ def laplace_job(job: dict[str, Any]) -> None:
     keywords = laplace_keywords(rl2_config)
     config = {**rl2_config, "method": "laplace", "policy": {**rl2_config["policy"], **keywords}}
     # The KL penalty's weight only matters for fine-tuning (the post-hoc agent is not trained).
-    model = laplace_from_rl2(experiment.load_model(source), **keywords, beta=job["beta"])
+    model = laplace_from_rl2(experiment.load_model(source), **{**keywords, "beta": job["beta"]})
     steps = int(model.num_timesteps)
     if post_hoc in todo:
         _write_reports(model, config, post_hoc, job["splits"], source=str(source), train_seconds=0.0)
