@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from learning import t_interval, train_minutes
+from learning import read_report, seed_stats, train_minutes, vector_stats
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ENV_ID = "BayesGrid-v0"
@@ -60,7 +60,7 @@ def summarize(seeds: list[int], runs: Path, wall_times: dict[int, float | None])
     """Per seed and over seeds (mean, 95% Student-t CI, worst seed) from each ``seed<S>/evaluation.json``."""
     per_seed = {}
     for seed in seeds:
-        report = json.loads((runs / f"seed{seed}" / "evaluation.json").read_text())
+        report = read_report(runs / f"seed{seed}")
         optimal_return = float(np.sum(report["exact"][BAYES_OPTIMAL]))  # per inner episode
         agent = report["agent"]
         per_seed[seed] = {
@@ -72,22 +72,21 @@ def summarize(seeds: list[int], runs: Path, wall_times: dict[int, float | None])
             "wall_seconds": wall_times.get(seed),
             "train_seconds": 60 * train_minutes(runs / f"seed{seed}"),
         }
-    returns = np.array([row["trial_return"] for row in per_seed.values()])
-    percents = np.array([row["percent_of_bayes_optimal"] for row in per_seed.values()])
-    half_width = t_interval(returns)
-    worst = min(per_seed, key=lambda seed: per_seed[seed]["trial_return"])
+    returns = seed_stats({seed: row["trial_return"] for seed, row in per_seed.items()})
+    percents = seed_stats({seed: row["percent_of_bayes_optimal"] for seed, row in per_seed.items()})
+    worst = returns["worst_seed"]
     return {
-        "trial_return_mean": float(returns.mean()),
-        "trial_return_ci95_over_seeds": float("nan") if half_width is None else half_width,
-        "percent_of_bayes_optimal_mean": float(percents.mean()),
+        "trial_return_mean": returns["mean"],
+        "trial_return_ci95_over_seeds": float("nan") if returns["ci95"] is None else returns["ci95"],
+        "percent_of_bayes_optimal_mean": percents["mean"],
         "worst_seed": worst,
         "worst_percent_of_bayes_optimal": per_seed[worst]["percent_of_bayes_optimal"],
-        "best_percent_of_bayes_optimal": float(percents.max()),
+        "best_percent_of_bayes_optimal": max(percents["per_seed"]),
         "train_seconds_max": max(row["train_seconds"] for row in per_seed.values()),
-        "episode_returns_mean": np.mean(
-            [row["episode_returns"] for row in per_seed.values()], axis=0
-        ).tolist(),
-        "bayes_optimal_trial_return": float(returns.mean() * 100 / percents.mean()),
+        "episode_returns_mean": vector_stats(
+            {seed: row["episode_returns"] for seed, row in per_seed.items()}
+        )["mean"],
+        "bayes_optimal_trial_return": returns["mean"] * 100 / percents["mean"],
         "per_seed": per_seed,
     }
 
