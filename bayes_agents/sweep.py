@@ -207,23 +207,35 @@ def _score(report: dict[str, Any], metric: str) -> float:
     return float(report["agent"][METRICS[metric][0]])
 
 
-def _normalised(report: dict[str, Any], metric: str) -> float:
-    """(score − uniform random) / (best reference − uniform random), references from the same tasks."""
+def _normaliser(report: dict[str, Any], metric: str) -> tuple[float, float] | None:
+    """(uniform random, best reference) scores on the report's tasks; None if the env lacks them."""
     key, higher_is_better = METRICS[metric]
     references = {name: s[key] for name, s in report["references"].items() if key in s}
     random_score = references.pop("uniform random", None)
     candidates = [v for name, v in references.items() if "oracle" not in name]
     candidates += [sum(values) for values in report.get("exact", {}).values() if metric == "trial_return"]
     if random_score is None or not candidates:
+        return None
+    return random_score, max(candidates) if higher_is_better else min(candidates)
+
+
+def _normalised(report: dict[str, Any], metric: str) -> float:
+    """(score − uniform random) / (best reference − uniform random), references from the same tasks."""
+    normaliser = _normaliser(report, metric)
+    if normaliser is None:
         raise ConfigError(f"{report['config']['env_id']} has no references to normalise {metric} across envs")
-    best = max(candidates) if higher_is_better else min(candidates)
-    return (report["agent"][key] - random_score) / (best - random_score)
+    random_score, best = normaliser
+    return (report["agent"][METRICS[metric][0]] - random_score) / (best - random_score)
 
 
 def aggregate(
     outcomes: list[dict[str, Any]], metric: str, reps: int = 2000, seed: int = 0
 ) -> dict[str, dict[str, Any]]:
     """Per config label: IQM and mean over (seeds × envs) with stratified-bootstrap 95% CIs (rliable).
+
+    Scores of several envs are normalised by each env's references (uniform random → 0, best
+    reference → 1). Where some env has no such references (e.g. the MuJoCo envs, which have no
+    Bayes-optimal reference), each env gets its own rows, labelled ``"<label> @ <env_id>"``, in raw units.
 
     :return: ``{label: {"iqm", "iqm_ci", "mean", "mean_ci", "n_runs", "envs", "scores"}}``.
     """
@@ -238,6 +250,12 @@ def aggregate(
     }
     envs = sorted({o["env_id"] for o in done})
     normalise = len(envs) > 1
+    if normalise and any(_normaliser(reports[o["run_dir"]], metric) is None for o in done):
+        table = {}
+        for env_id in envs:
+            rows = aggregate([o for o in done if o["env_id"] == env_id], metric, reps=reps, seed=seed)
+            table.update({f"{label} @ {env_id}": row for label, row in rows.items()})
+        return table
     table: dict[str, dict[str, Any]] = {}
     score_dict: dict[str, np.ndarray] = {}
     for label in dict.fromkeys(o["label"] for o in done):

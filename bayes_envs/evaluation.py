@@ -49,7 +49,10 @@ class EvaluationResult:
     (NaN after a trial that ended early); ``cumulative_regret`` ``[n_tasks, T]`` where the env
     reports an expected regret (the bandit). Where the env reports them: ``episode_success``
     ``[n_tasks, episodes_per_trial]`` (Meta-World: 1 if some step of the inner episode succeeded)
-    and ``task_classes`` (one name per task). Where the policy exposes its belief
+    and ``task_classes`` (one name per task). Where the env reports a per-step ``forward_reward``
+    (the direction tasks: HalfCheetahDir, AntDir): ``episode_forward`` ``[n_tasks, episodes_per_trial]``,
+    its sum over each inner episode — the distance run in the task's direction divided by the control
+    timestep, positive when the agent ran the task's way. Where the policy exposes its belief
     (``policy.last_belief_output``): ``belief_entropy`` and ``belief_kl`` ``[n_tasks, T]``, the
     posterior entropy and ``KL(q_t ‖ q_{t−1})`` in nats after each step's input.
     """
@@ -63,6 +66,7 @@ class EvaluationResult:
     tasks: list[Any] = field(default_factory=list, repr=False)
     episode_success: np.ndarray | None = None
     task_classes: list[str] | None = None
+    episode_forward: np.ndarray | None = None
     belief_entropy: np.ndarray | None = None
     belief_kl: np.ndarray | None = None
 
@@ -109,6 +113,11 @@ class EvaluationResult:
             }
             # Success within the trial: some inner episode succeeded.
             out["trial_success_rate"] = float(np.mean(np.nanmax(self.episode_success, axis=1)))
+        if self.episode_forward is not None:
+            # Adaptation on the direction tasks: the share of trials whose inner episode ran the
+            # task's way (positive forward progress), per inner episode.
+            out["episode_forward_mean"] = self.episode_forward.mean(axis=0).tolist()
+            out["task_direction_rate"] = (self.episode_forward > 0).mean(axis=0).tolist()
         for key, values in (("belief_entropy", self.belief_entropy), ("belief_kl", self.belief_kl)):
             if values is not None:
                 # Trials that ended early leave NaN: average over the tasks still running.
@@ -171,6 +180,8 @@ def _rollout(
     episodes = int(venv.get_attr("episodes_per_trial")[0])
     episode_returns = np.full((n_tasks, episodes), np.nan)
     episode_success = np.full((n_tasks, episodes), np.nan)
+    episode_forward = np.zeros((n_tasks, episodes))
+    has_forward = False
     task_classes: list[str | None] = [None] * n_tasks
     rewards: list[np.ndarray] = []
     regrets: list[np.ndarray] = []
@@ -199,6 +210,9 @@ def _rollout(
             info = infos[i]
             if "task_class" in info:
                 task_classes[i] = info["task_class"]
+            if "forward_reward" in info:
+                has_forward = True
+                episode_forward[i, info["inner_episode"]] += info["forward_reward"]
             if info["inner_done"]:
                 episode_returns[i, info["inner_episode"]] = info["inner_return"]
                 if "success" in info:
@@ -215,6 +229,7 @@ def _rollout(
         "cumulative_regret": np.nancumsum(np.stack(regrets, axis=1), axis=1) if regrets else None,
         "episode_success": episode_success if has_success else None,
         "task_classes": task_classes if all(name is not None for name in task_classes) else None,
+        "episode_forward": episode_forward if has_forward else None,
         "belief_entropy": np.stack(entropies, axis=1) if entropies else None,
         "belief_kl": np.stack(kls, axis=1) if kls else None,
     }
@@ -315,6 +330,7 @@ def evaluate(
         tasks=[task for chunk in chunks for task in chunk["tasks"]],
         episode_success=joined("episode_success"),
         task_classes=classes,
+        episode_forward=joined("episode_forward"),
         belief_entropy=joined("belief_entropy", pad=True),
         belief_kl=joined("belief_kl", pad=True),
     )

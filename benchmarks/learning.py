@@ -105,6 +105,11 @@ def train_minutes(run_dir: str | Path) -> float:
     return (sum(ends) + (elapsed[-1] if elapsed else 0.0)) / 60
 
 
+def steps_per_second(env_steps: int, minutes: float) -> float | None:
+    """Env steps per second of training wall time (None for a run too short to time)."""
+    return env_steps / (60 * minutes) if minutes > 0 else None
+
+
 def _is_current(run_dir: Path, source: Path, splits: dict[str, dict[str, Any]]) -> bool:
     """Whether ``run_dir`` holds every evaluation, written after ``source``'s model."""
     files = [run_dir / experiment.EVALUATION_FILE] + [run_dir / f"evaluation_{s}.json" for s in splits]
@@ -258,7 +263,7 @@ def _common(seeds: dict[int, Path], reports: dict[int, dict[str, Any]]) -> dict[
         "seeds": list(seeds),
         "env_steps": [reports[s]["num_timesteps"] for s in seeds],
         "train_minutes": [train_minutes(seeds[s]) for s in seeds],
-        "run_dirs": [_relative(seeds[s]) for s in seeds],
+        "run_dirs": [repo_relative(seeds[s]) for s in seeds],
     }
 
 
@@ -358,6 +363,13 @@ class Benchmark:
     summarize: Callable[[dict[str, dict[int, Path]]], dict[str, Any]]
     #: Extra meta-tests of every run: label → env constants on top of the run's (``evaluation_<label>.json``).
     splits: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Runs that are not belief methods, e.g. stock SB3 baselines: called with the sweep and the
+    #: number of workers, returns ``env_id → label → seed → run directory`` of finished runs whose
+    #: ``evaluation*.json`` have the layout of the belief runs' (``agent``, ``num_timesteps``, ...).
+    baselines: Callable[[sweep.SweepSpec, int], dict[str, dict[str, dict[int, Path]]]] | None = None
+    #: Also draw the figures of ``bayes-rl plot`` (learning curves with CI bands over seeds, return per
+    #: inner episode) of the sweep's runs, per env, next to the results file (``<out stem>/<env_id>/``).
+    plots: bool = False
 
 
 def parse_args(benchmark: Benchmark, doc: str, argv: list[str] | None) -> argparse.Namespace:
@@ -433,54 +445,71 @@ def run_benchmark(benchmark: Benchmark, doc: str, argv: list[str] | None = None)
     except experiment.ConfigError as error:  # a bad sweep file or override: one line, nothing run
         raise SystemExit(f"error: {error}") from None
     swept = experiment.read_json(spec.out / "sweep_results.json")
-    runs: dict[str, dict[int, Path]] = {}
-    iqm: dict[str, dict[str, Any] | None] = {}
+    # env_id → method → seed → run directory (a sweep may vary the env as well as the method)
+    runs_by_env: dict[str, dict[str, dict[int, Path]]] = {}
+    outcomes_by_env: dict[str, list[dict[str, Any]]] = {}
     for outcome in swept["runs"]:
         if outcome["error"] is None:
             run_dir = Path(outcome["run_dir"])
-            method = experiment.read_config(run_dir)["method"]
-            if outcome["seed"] in runs.get(method, {}):
+            config = experiment.read_config(run_dir)
+            runs = runs_by_env.setdefault(config["env_id"], {})
+            if outcome["seed"] in runs.get(config["method"], {}):
                 raise SystemExit(
-                    f"{args.sweep}: the grid may vary only the method (one run per method and seed)"
+                    f"{args.sweep}: the grid may vary only the env and the method (one run per env, "
+                    "method and seed)"
                 )
             evaluate_splits(run_dir, benchmark.splits)
-            runs.setdefault(method, {})[outcome["seed"]] = run_dir
-            iqm[method] = _iqm(swept["table"].get(outcome["label"]))
-    if not runs:
+            runs.setdefault(config["method"], {})[outcome["seed"]] = run_dir
+            outcomes_by_env.setdefault(config["env_id"], []).append({**outcome, "label": config["method"]})
+    if not runs_by_env:
         raise SystemExit(f"every run failed; see {spec.out / 'sweep_results.json'}")
-    if args.finetune_timesteps and "rl2" not in runs:
-        print("--finetune-timesteps: no finished rl2 run to convert; the Laplace protocol is skipped")
-    if args.finetune_timesteps and "rl2" in runs:
-        derived = laplace_protocol(
-            runs["rl2"],
-            spec.out / spec.base["env_id"],
-            args.finetune_timesteps,
-            args.finetune_lr,
-            benchmark.splits,
-            args.workers,
-            beta=args.finetune_beta,
-        )
-        outcomes = [
-            {"label": m, "env_id": spec.base["env_id"], "seed": s, "run_dir": str(d), "error": None}
-            for m, seeds in derived.items()
-            for s, d in seeds.items()
-        ]
-        table = sweep.aggregate(outcomes, spec.metric)
-        runs.update(derived)
-        iqm.update({m: _iqm(table.get(m)) for m in derived})
-    summary = benchmark.summarize(runs)
-    for method, row in summary["methods"].items():
-        row["iqm"] = iqm[method]
+    if args.finetune_timesteps:
+        if len(runs_by_env) > 1:
+            raise SystemExit("--finetune-timesteps needs a sweep of one env")
+        env_id, runs = next(iter(runs_by_env.items()))
+        if "rl2" not in runs:
+            print("--finetune-timesteps: no finished rl2 run to convert; the Laplace protocol is skipped")
+        else:
+            derived = laplace_protocol(
+                runs["rl2"],
+                spec.out / env_id,
+                args.finetune_timesteps,
+                args.finetune_lr,
+                benchmark.splits,
+                args.workers,
+                beta=args.finetune_beta,
+            )
+            runs.update(derived)
+            outcomes_by_env[env_id] += _outcomes(env_id, derived)
+    if benchmark.plots:
+        from bayes_agents import plotting
+
+        for env_id, runs in runs_by_env.items():
+            run_dirs = [run_dir for seeds in runs.values() for run_dir in seeds.values()]
+            plotting.plot_runs(run_dirs, args.out.parent / args.out.stem / env_id)
+    if benchmark.baselines is not None:
+        for env_id, baseline_runs in benchmark.baselines(spec, args.workers).items():
+            runs_by_env.setdefault(env_id, {}).update(baseline_runs)
+            outcomes_by_env.setdefault(env_id, []).extend(_outcomes(env_id, baseline_runs))
+    summaries = {}
+    for env_id, runs in runs_by_env.items():
+        summaries[env_id] = benchmark.summarize(runs)
+        table = sweep.aggregate(outcomes_by_env[env_id], spec.metric)  # IQM per method over seeds
+        for method, row in summaries[env_id]["methods"].items():
+            row["iqm"] = _iqm(table.get(method))
+    # One env: its summary at the top level (the grid and bandit files); several: under "envs".
+    env_ids = list(summaries)
+    summary = summaries[env_ids[0]] if len(env_ids) == 1 else {"envs": summaries}
     results = {
         "format": FORMAT,
         "benchmark": benchmark.name,
-        "env_id": spec.base["env_id"],
+        "env_id": env_ids[0] if len(env_ids) == 1 else env_ids,
         "metric": spec.metric,
         "higher_is_better": sweep.METRICS[spec.metric][1],
         "command": shlex.join(["python", f"benchmarks/{benchmark.name}.py", *argv]),
         "git": git_commit(),
-        "sweep_file": _relative(args.sweep),
-        "runs_dir": _relative(spec.out),
+        "sweep_file": repo_relative(args.sweep),
+        "runs_dir": repo_relative(spec.out),
         "settings": {
             "seeds": spec.seeds,
             "timesteps": args.timesteps,
@@ -499,14 +528,23 @@ def run_benchmark(benchmark: Benchmark, doc: str, argv: list[str] | None = None)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     from results_tables import render_learning
 
-    print(render_learning(results, _relative(args.out)))
+    print(render_learning(results, repo_relative(args.out)))
     for failure in results["failed"]:
         print(f"FAILED {failure['label']} seed {failure['seed']}: {failure['error']}")
     print(f"wrote {args.out}")
     return results
 
 
-def _relative(path: Path) -> str:
+def _outcomes(env_id: str, runs: dict[str, dict[int, Path]]) -> list[dict[str, Any]]:
+    """Sweep outcomes (as :func:`bayes_agents.sweep.aggregate` reads them) of finished runs."""
+    return [
+        {"label": label, "env_id": env_id, "seed": seed, "run_dir": str(run_dir), "error": None}
+        for label, seeds in runs.items()
+        for seed, run_dir in seeds.items()
+    ]
+
+
+def repo_relative(path: Path) -> str:
     """``path`` relative to the repository if inside it (results files do not name the machine)."""
     path = Path(path).resolve()
     return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)

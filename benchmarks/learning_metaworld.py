@@ -1,152 +1,103 @@
-"""Learning on Meta-World ML1 (reach, push, pick-place): RL² and Laplace-VRNN, success per inner episode.
+"""Learning on Meta-World: RL² as ``bayes-rl train MetaWorld-ML1-v0 --set env.env_name=reach-v3`` trains
+it, success per inner episode on train and test goals (ML1) or classes (ML10 / ML45).
 
-Defaults follow the VariBAD paper's ML1 experiments (§5.4, Appendix E, ML1-Push column): 2 inner
-episodes per trial (VariBAD optimises the return of 2 episodes), 16 envs × 200 steps per update, 2
-epochs, 8 minibatches, clip 0.1, lr 7e-4, entropy 0.001, γ 0.99, λ 0.9, policy layers [128, 128, 128];
-observation and reward normalisation (``bayes_envs.RL2VecNormalize``, the default of
-``bayes_agents.defaults``; ``--no-normalize`` switches it off; evaluations use the frozen statistics and
-report raw returns); 20 seeds. Two choices are this benchmark's own, both keywords: inner episodes last
-Meta-World's ``max_path_length`` = 500 steps (docs/specification.md#meta-world; VariBAD used 150–200),
-and the budget is 5e7 env steps per run (the paper's text gives no ML1 frame count). VariBAD's reference
-success rates (episode 1/2, test tasks; docs/specification.md#published-results): reach 100, push 100,
-pick-place 29.
+Runs the sweep ``examples/configs/learning_metaworld.yaml`` (ML1 reach-v3, RL², seeds 0–1, 3M env
+steps, the CLI's defaults: VariBAD's ML1 PPO column with observation and reward normalisation, 2 inner
+episodes of Meta-World's 500 steps) with the sweep's local executor: finished runs are reused,
+interrupted ones resume. Each run is meta-tested on 100 fixed tasks of the train split
+(``evaluation.json``) and of the test split (``evaluation_test.json``): ML1's 50 held-out goals of the
+same class; ML10 / ML45's held-out classes. ``--sweep examples/configs/learning_metaworld_ml10.yaml``
+runs ML10 (one run) instead.
 
-Every ``--eval-every`` steps the deterministic policy is evaluated on fixed test tasks (learning curve
-of return and success rate per inner episode); at the end on ``--final-eval-tasks`` test tasks with 2
-and with 3 inner episodes, and on train tasks. ``--benchmark ML10``/``ML45`` runs those benchmarks
-instead (success averaged over task classes, Meta-World's protocol). Results go to
-``benchmarks/results/learning_metaworld.json``, rewritten after each env.
+Writes per method: success rate per inner episode (Meta-World's protocol: an episode succeeds if some
+step does; rates averaged over task classes) on both splits per seed, mean ± 95% Student-t CI, the
+worst seed; per-class rates (mean over seeds); trial return; training minutes and env steps/s per run.
+To ``benchmarks/results/learning_metaworld.json`` (``--out`` for another file; then
+``python benchmarks/results_tables.py``). Published rates to compare with (far larger budgets):
+VariBAD on ML1 reach 100% / 100% (episodes 1 / 2, test goals); the Meta-World paper's RL² on ML10
+86.9% train / 35.8% test, on ML45 70.0% / 33.3%.
 
-    python benchmarks/learning_metaworld.py [--envs reach-v3 push-v3 pick-place-v3] [--timesteps 50000000]
+    python benchmarks/learning_metaworld.py [--sweep FILE] [--seeds 0 1] [--timesteps N] [--workers 2]
+        [--runs DIR] [--out FILE] [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
 
-import argparse
-import time
+from pathlib import Path
+from typing import Any
 
-from learning_jobs import aggregate, method_seed_jobs, run_jobs, save
-
-from bayes_agents.defaults import (
-    LAPLACE_SETTINGS,
-    belief_settings,
-    method_env_settings,
-    ppo_settings,
-    run_settings,
+import numpy as np
+from learning import (
+    CONFIGS,
+    Benchmark,
+    read_report,
+    repo_relative,
+    run_benchmark,
+    seed_stats,
+    steps_per_second,
+    train_minutes,
+    vector_stats,
 )
 
-ML1_ENVS = ["reach-v3", "push-v3", "pick-place-v3"]
-N_ENVS = 16
-#: The VariBAD PPO column and belief sizes of ``bayes_agents.defaults`` (one for the whole family).
-PPO = ppo_settings("MetaWorld-ML1-v0")
-BELIEF = belief_settings("MetaWorld-ML1-v0")
-METHODS = {
-    "rl2": BELIEF,
-    "laplace": {**BELIEF, **LAPLACE_SETTINGS, **method_env_settings("MetaWorld-ML1-v0", "laplace")["policy"]},
-}
-VARIBAD_SUCCESS = {"reach-v3": [100, 100], "push-v3": [100, 100], "pick-place-v3": [29, 29]}
+SPLITS = {"train": None, "test": "test"}
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--benchmark", default="ML1", choices=["ML1", "ML10", "ML45"])
-    parser.add_argument("--envs", nargs="+", default=ML1_ENVS, help="ML1 env names")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--timesteps", type=int, default=50_000_000)
-    parser.add_argument("--seeds", type=int, default=20)
-    parser.add_argument("--workers", type=int, default=2, help="parallel training processes")
-    parser.add_argument("--n-envs", type=int, default=N_ENVS)
-    parser.add_argument("--n-steps", type=int, default=PPO["n_steps"], help="PPO rollout length per env")
-    parser.add_argument(
-        "--no-normalize", action="store_true", help="train without observation/reward normalisation"
-    )
-    parser.add_argument("--max-path-length", type=int, default=500, help="steps per inner episode")
-    parser.add_argument("--episodes-per-trial", type=int, default=2)
-    parser.add_argument("--eval-every", type=int, default=1_000_000)
-    parser.add_argument("--eval-tasks", type=int, default=20)
-    parser.add_argument("--final-eval-tasks", type=int, default=100)
-    parser.add_argument("--eval-batch", type=int, default=25, help="evaluation envs at once (memory)")
-    parser.add_argument("--out", default="learning_metaworld", help="results/<out>.json")
-    return parser.parse_args()
+def _per_class(reports: dict[int, dict[str, Any]]) -> dict[str, list[float]]:
+    """Class → success rate per inner episode, mean over seeds (classes every seed met)."""
+    rates = [report["agent"]["success_rate_per_class"] for report in reports.values()]
+    classes = sorted(set.intersection(*(set(r) for r in rates)))
+    return {name: np.mean([r[name] for r in rates], axis=0).tolist() for name in classes}
 
 
-def main() -> None:
-    args = parse_args()
-    ppo = {**PPO, "n_steps": args.n_steps, "batch_size": max(args.n_envs * args.n_steps // 8, 2)}
-    env_kwargs = {"max_path_length": args.max_path_length, "episodes_per_trial": args.episodes_per_trial}
-    runs = (
-        [(f"MetaWorld-ML1-v0:{name}", "MetaWorld-ML1-v0", {"env_name": name}) for name in args.envs]
-        if args.benchmark == "ML1"
-        else [(f"MetaWorld-{args.benchmark}-v0", f"MetaWorld-{args.benchmark}-v0", {})]
-    )
-    payload: dict = {
-        "benchmark": "learning_metaworld",
-        "settings": vars(args),
-        "ppo": ppo,
-        "methods": METHODS,
+def metaworld_summary(runs: dict[str, dict[int, Path]]) -> dict[str, Any]:
+    """Per method (``runs``: method → seed → run directory), on each split: success rate per inner
+    episode (per seed, mean ± 95% t-CI, worst seed of the last episode), per class, trial success and
+    trial return; training minutes and env steps/s per run."""
+    methods = {}
+    for method, seeds in runs.items():
+        reports = {
+            split: {s: read_report(d, name) for s, d in seeds.items()} for split, name in SPLITS.items()
+        }
+        minutes = {s: train_minutes(d) for s, d in seeds.items()}
+        steps = {s: reports["train"][s]["num_timesteps"] for s in seeds}
+        row: dict[str, Any] = {
+            "seeds": list(seeds),
+            "env_steps": list(steps.values()),
+            "train_minutes": list(minutes.values()),
+            "env_steps_per_s": [steps_per_second(steps[s], minutes[s]) for s in seeds],
+            "run_dirs": [repo_relative(d) for d in seeds.values()],
+        }
+        for split, split_reports in reports.items():
+            agents = {s: report["agent"] for s, report in split_reports.items()}
+            row[split] = {
+                "success_rate": vector_stats({s: a["success_rate"] for s, a in agents.items()}),
+                "last_episode_success": seed_stats({s: a["success_rate"][-1] for s, a in agents.items()}),
+                "trial_success_rate": seed_stats({s: a["trial_success_rate"] for s, a in agents.items()}),
+                "trial_return": seed_stats({s: a["trial_return_mean"] for s, a in agents.items()}),
+                "success_rate_per_class": _per_class(split_reports),
+            }
+        methods[method] = row
+    first = next(iter(next(iter(runs.values())).values()))
+    report = read_report(first)
+    return {
+        "n_tasks": report["agent"]["n_tasks"],
+        "env_kwargs": report["config"]["env"],
+        "methods": methods,
     }
-    payload["varibad_success_reference"] = VARIBAD_SUCCESS
-    payload["envs"] = {}
-    for label, env_id, extra in runs:
-        start = time.perf_counter()
-        run = run_settings(env_id)
-        normalize = (
-            {} if args.no_normalize else {"norm_obs": run["norm_obs"], "norm_reward": run["norm_reward"]}
-        )
-        train_kwargs = {**env_kwargs, **extra}
-        evaluation = {**train_kwargs, "n_envs": args.eval_batch}
-        final_evals = {
-            "test": {**evaluation, "split": "test"},
-            "test_3_episodes": {
-                **evaluation,
-                "split": "test",
-                "episodes_per_trial": args.episodes_per_trial + 1,
-            },
-            "train": {**evaluation, "split": "train"},
-        }
-        jobs = method_seed_jobs(
-            env_id,
-            METHODS,
-            args.methods,
-            args.seeds,
-            args.timesteps,
-            args.n_envs,
-            ppo,
-            args.eval_every,
-            args.eval_tasks,
-            args.final_eval_tasks,
-            env_kwargs=train_kwargs,
-            final_evals=final_evals,
-            normalize=normalize,
-        )
-        results = run_jobs(jobs, args.workers)
-        success = aggregate(results, "test", "success_rate")
-        beyond = aggregate(results, "test_3_episodes", "success_rate")
-        returns = aggregate(results, "test", "episode_return_mean")
-        minutes = (time.perf_counter() - start) / 60
-        print(f"\n{label}: {args.timesteps:,} steps × {args.seeds} seeds in {minutes:.1f} min")
-        header = "".join(f"{'success ep ' + str(e + 1) + ' (%)':>20}" for e in range(args.episodes_per_trial))
-        print(f"{'method':<10}{header}{'one more (%)':>14}{'return ep 1':>14}")
-        for method, stats in success.items():
-            cells = "".join(
-                f"{100 * m:>12.1f} ± {100 * c:<5.1f}"
-                for m, c in zip(stats["mean"], stats["ci95"], strict=True)
-            )
-            print(
-                f"{method:<10}{cells}{100 * beyond[method]['mean'][-1]:>14.1f}"
-                f"{returns[method]['mean'][0]:>14.1f}"
-            )
-        payload["envs"][label] = {
-            "normalize": normalize,
-            "success_rate": success,
-            "success_rate_3_episodes": beyond,
-            "episode_return": returns,
-            "runs": results,
-        }
-        path = save(args.out, payload)
-    print(f"wrote {path}")
+
+
+BENCHMARK = Benchmark(
+    "learning_metaworld",
+    CONFIGS / "learning_metaworld.yaml",
+    metaworld_summary,
+    splits={"test": {"split": "test"}},
+    plots=True,
+)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark with the command line ``argv`` (default ``sys.argv``); the results written."""
+    return run_benchmark(BENCHMARK, __doc__, argv)
 
 
 if __name__ == "__main__":

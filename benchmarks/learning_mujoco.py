@@ -1,131 +1,200 @@
-"""Learning on the MuJoCo meta-RL envs: RL² and Laplace-VRNN with VariBAD's budget and settings.
+"""Learning on the MuJoCo meta-RL envs: RL² and VariBAD as ``bayes-rl train ENV --method M`` trains them,
+next to stock PPO (no memory, so it cannot adapt) with the same normalisation and budget.
 
-Defaults are the full budget of the VariBAD paper: 1e8 env steps per run, 10 seeds per env, on
-HalfCheetahDir, HalfCheetahVel, AntDir and AntGoal (2 inner episodes of 200 steps), with each env's
-defaults of ``bayes_agents.defaults`` (the VariBAD reference's ``config/mujoco/args_<env>_rl2.py`` PPO
-settings and RL² sizes; Laplace-VRNN with its own keywords on top) and, as the reference, observation
-and reward normalisation (``bayes_envs.RL2VecNormalize``; ``--no-normalize`` switches it off; the
-evaluations use the frozen statistics and report raw returns). On a 2-core CPU (~1–3k env steps/s) that
-is weeks per run: run it on a cluster, or use ``--timesteps`` for a reduced budget.
+Runs the sweep ``examples/configs/learning_mujoco.yaml`` (HalfCheetahDir-v0 and HalfCheetahVel-v0 ×
+methods rl2, varibad × seeds 0–1, 3M env steps each, at the CLI's defaults: the VariBAD reference's
+PPO settings and model sizes with observation and reward normalisation) with the sweep's local
+executor: finished runs are reused, interrupted ones resume. Every run is meta-tested on its train
+split (``evaluation.json``) and its test split (``evaluation_test.json``), 100 fixed tasks each.
 
-Every ``--eval-every`` steps the deterministic policy is evaluated on fixed test tasks (the learning
-curve); at the end on ``--final-eval-tasks`` test tasks with the trained 2 inner episodes and with one
-more (``test_3_episodes``), and on train tasks. Results, curves and posterior statistics go to
-``benchmarks/results/learning_mujoco.json`` (rewritten after each env, so partial runs keep results).
+The baseline is Stable-Baselines3's ``PPO("MlpPolicy")`` on the plain observations
+(``make_vec(..., rl2_inputs=False)``) in SB3's ``VecNormalize``, with the env's PPO settings (those of
+RL²), its number of envs, budget and seeds, meta-tested on the same tasks (label ``stock PPO``).
 
-    python benchmarks/learning_mujoco.py [--envs HalfCheetahVel-v0] [--timesteps 100000000] [--seeds 10]
+Writes per env and method: trial return and return per inner episode on the test split per seed,
+mean ± 95% Student-t CI, the worst seed; on the direction tasks the share of test trials whose inner
+episode ran the task's way (``task_direction_rate``: positive forward progress); the train-split
+trial return; training minutes and env steps/s per run; the IQM with stratified-bootstrap CIs. To
+``benchmarks/results/learning_mujoco.json`` (then ``python benchmarks/results_tables.py``).
+
+    python benchmarks/learning_mujoco.py [--methods rl2 varibad] [--seeds 0 1] [--timesteps N]
+        [--workers 2] [--runs DIR] [--out FILE] [--set KEY=VALUE ...]
+
+AntDir-v0 / AntGoal-v0 run the same way: add them to the sweep file's ``env_id`` list.
 """
 
 from __future__ import annotations
 
-import argparse
+import json
+import multiprocessing
 import time
+from pathlib import Path
+from typing import Any
 
-from learning_jobs import aggregate, method_seed_jobs, run_jobs, save
+import numpy as np
+from learning import (
+    CONFIGS,
+    Benchmark,
+    read_report,
+    repo_relative,
+    run_benchmark,
+    seed_stats,
+    steps_per_second,
+    train_minutes,
+    vector_stats,
+)
 
-from bayes_agents.defaults import ppo_settings, run_settings
-from bayes_agents.methods import method_defaults
+from bayes_agents import experiment, sweep
 
-ENV_IDS = ["HalfCheetahDir-v0", "HalfCheetahVel-v0", "AntDir-v0", "AntGoal-v0"]
-N_ENVS = 16
-#: The benchmarked methods; their ``policy_kwargs`` are each env's defaults (``method_defaults``).
-METHOD_NAMES = ["rl2", "laplace"]
-
-
-def env_methods(env_id: str) -> dict[str, dict]:
-    """``policy_kwargs`` of each benchmarked method on ``env_id`` (the CLI's defaults)."""
-    return {name: method_defaults(env_id, name)["policy"] for name in METHOD_NAMES}
-
-
-def env_ppo(env_id: str, n_envs: int, n_steps: int | None) -> dict:
-    """The env's PPO defaults, with ``n_steps`` (default: the env's) and the reference's number of
-    minibatches kept for ``n_envs`` envs."""
-    ppo = ppo_settings(env_id)
-    minibatches = max(1, N_ENVS * ppo["n_steps"] // ppo["batch_size"])
-    n_steps = ppo["n_steps"] if n_steps is None else n_steps
-    return {**ppo, "n_steps": n_steps, "batch_size": max(n_envs * n_steps // minibatches, 2)}
+STOCK_PPO = "stock PPO"
+TEST = {"test": {"split": "test"}}
 
 
-def env_normalize(env_id: str, enabled: bool) -> dict[str, bool]:
-    """The env's normalisation defaults (``bayes_agents.defaults.run_settings``), or none."""
-    run = run_settings(env_id)
-    return {"norm_obs": run["norm_obs"], "norm_reward": run["norm_reward"]} if enabled else {}
+# ------------------------------------------------------------------------------------ the baseline
+class StockPolicy:
+    """A stock SB3 model trained on the plain observations, evaluated on the RL²-input trials of
+    :func:`bayes_envs.evaluation.evaluate`: it reads ``observation["obs"]``, normalised with the frozen
+    statistics of its ``VecNormalize``, and keeps no state across steps."""
 
+    name = STOCK_PPO
 
-FINAL_EVALS = {
-    "test": {"split": "test"},
-    "test_3_episodes": {"split": "test", "episodes_per_trial": 3},
-    "train": {"split": "train"},
-}
+    def __init__(self, model: Any, normalizer: Any) -> None:
+        self.model, self.normalizer = model, normalizer
 
-
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--envs", nargs="+", default=ENV_IDS, choices=ENV_IDS)
-    parser.add_argument("--methods", nargs="+", default=METHOD_NAMES, choices=METHOD_NAMES)
-    parser.add_argument("--timesteps", type=int, default=100_000_000)
-    parser.add_argument("--seeds", type=int, default=10)
-    parser.add_argument("--workers", type=int, default=2, help="parallel training processes")
-    parser.add_argument("--n-envs", type=int, default=N_ENVS)
-    parser.add_argument(
-        "--n-steps", type=int, default=None, help="PPO rollout length per env (default: the env's)"
-    )
-    parser.add_argument(
-        "--no-normalize", action="store_true", help="train without observation/reward normalisation"
-    )
-    parser.add_argument("--eval-every", type=int, default=2_000_000)
-    parser.add_argument("--eval-tasks", type=int, default=20)
-    parser.add_argument("--final-eval-tasks", type=int, default=100)
-    parser.add_argument("--out", default="learning_mujoco", help="results/<out>.json")
-    return parser.parse_args()
-
-
-def main() -> None:
-    args = parse_args()
-    payload: dict = {"benchmark": "learning_mujoco", "settings": vars(args), "envs": {}}
-    for env_id in args.envs:
-        start = time.perf_counter()
-        ppo, methods = env_ppo(env_id, args.n_envs, args.n_steps), env_methods(env_id)
-        normalize = env_normalize(env_id, not args.no_normalize)
-        jobs = method_seed_jobs(
-            env_id,
-            methods,
-            args.methods,
-            args.seeds,
-            args.timesteps,
-            args.n_envs,
-            ppo,
-            args.eval_every,
-            args.eval_tasks,
-            args.final_eval_tasks,
-            final_evals=FINAL_EVALS,
-            normalize=normalize,
+    def predict(
+        self,
+        observation: dict[str, np.ndarray],
+        state: Any = None,
+        episode_start: Any = None,
+        deterministic: bool = True,
+    ) -> tuple[np.ndarray, Any]:
+        action, _ = self.model.predict(
+            self.normalizer.normalize_obs(observation["obs"]), deterministic=deterministic
         )
-        results = run_jobs(jobs, args.workers)
-        per_episode = aggregate(results, "test", "episode_return_mean")
-        beyond = aggregate(results, "test_3_episodes", "episode_return_mean")
-        minutes = (time.perf_counter() - start) / 60
-        print(f"\n{env_id}: {args.timesteps:,} steps × {args.seeds} seeds in {minutes:.1f} min")
-        print(f"{'method':<10}{'test ep 1':>18}{'test ep 2':>18}{'ep 3 (untrained)':>20}{'steps/s':>10}")
-        for method, stats in per_episode.items():
-            cells = "".join(
-                f"{m:>10.1f} ± {c:<5.1f}" for m, c in zip(stats["mean"], stats["ci95"], strict=True)
-            )
-            third = beyond[method]["mean"][2]
-            speed = [r["steps_per_s"] for r in results if r["method"] == method]
-            print(f"{method:<10}{cells}{third:>20.1f}{sum(speed) / len(speed):>10,.0f}")
-        payload["envs"][env_id] = {
-            "ppo": ppo,
-            "methods": methods,
-            "normalize": normalize,
-            "per_episode": per_episode,
-            "beyond_training": beyond,
-            "runs": results,
+        return action, state
+
+
+def stock_config(spec: sweep.SweepSpec, env_id: str, seed: int) -> dict[str, Any]:
+    """The resolved RL² config of ``env_id`` in the sweep (budget, envs, PPO, normalisation, tasks)."""
+    base = {key: value for key, value in spec.base.items() if key not in ("env_id", "method")}
+    return experiment.resolve_config(env_id, "rl2", file_config=base, overrides={"seed": seed})
+
+
+def stock_ppo_job(job: dict[str, Any]) -> None:
+    """Train and meta-test one stock-PPO run (kept if its evaluations are there)."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    import bayes_envs
+    from bayes_agents.ppo import resolve_schedules
+    from bayes_envs.evaluation import evaluate
+
+    config, run_dir = job["config"], Path(job["run_dir"])
+    files = [run_dir / experiment.EVALUATION_FILE, run_dir / "evaluation_test.json"]
+    if all(path.is_file() for path in files) and read_report(run_dir)["config"] == config:
+        return
+    experiment.set_torch_threads(1)
+    venv = bayes_envs.make_vec(
+        config["env_id"], config["n_envs"], seed=config["seed"], rl2_inputs=False, **config["env"]
+    )
+    ppo = resolve_schedules(config["ppo"])
+    normalizer = VecNormalize(
+        venv, norm_obs=config["norm_obs"], norm_reward=config["norm_reward"], gamma=ppo["gamma"]
+    )
+    model = PPO("MlpPolicy", normalizer, seed=config["seed"], device="cpu", verbose=0, **ppo)
+    start = time.perf_counter()
+    model.learn(config["timesteps"])
+    seconds = time.perf_counter() - start
+    normalizer.training = False
+    policy = StockPolicy(model, normalizer)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    model.save(run_dir / "model.zip")
+    normalizer.save(str(run_dir / "vec_normalize.pkl"))
+    tasks = {"n_tasks": config["final_eval_tasks"], "seed": config["eval_seed"]}
+    for path, overrides in zip(files, ({}, TEST["test"]), strict=True):
+        result = evaluate(policy, config["env_id"], **tasks, **{**config["env"], **overrides})
+        report = {
+            "config": config,
+            "num_timesteps": int(model.num_timesteps),
+            "agent": result.summary(),
+            "references": {},
+            "exact": {},
+            "train_seconds": seconds,
         }
-        path = save(args.out, payload)
-    print(f"wrote {path}")
+        experiment.atomic_write_text(path, json.dumps(experiment.jsonable(report), indent=2))
+
+
+def stock_ppo_baselines(spec: sweep.SweepSpec, workers: int) -> dict[str, dict[str, dict[int, Path]]]:
+    """Train (or reuse) stock PPO on every env of the sweep, for each of its seeds."""
+    env_ids = spec.grid.get("env_id") or [spec.base["env_id"]]
+    runs = {
+        env_id: {STOCK_PPO: {s: spec.out / env_id / "stock_ppo" / f"seed_{s}" for s in spec.seeds}}
+        for env_id in env_ids
+    }
+    jobs = [
+        {"config": stock_config(spec, env_id, seed), "run_dir": str(run_dir)}
+        for env_id in env_ids
+        for seed, run_dir in runs[env_id][STOCK_PPO].items()
+    ]
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            stock_ppo_job(job)
+    else:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            pool.map(stock_ppo_job, jobs, chunksize=1)
+    return runs
+
+
+# ------------------------------------------------------------------------------------ the summary
+def mujoco_summary(runs: dict[str, dict[int, Path]]) -> dict[str, Any]:
+    """Per method (``runs``: method → seed → run directory) on the test split: trial return, return
+    per inner episode, episode 2 − episode 1, and where the env has directions the share of trials
+    whose inner episode ran the task's way; the train-split trial return; minutes and env steps/s."""
+    methods = {}
+    for method, seeds in runs.items():
+        test = {s: read_report(d, "test") for s, d in seeds.items()}
+        train = {s: read_report(d) for s, d in seeds.items()}
+        agents = {s: report["agent"] for s, report in test.items()}
+        minutes = {s: train_minutes(d) for s, d in seeds.items()}
+        steps = {s: test[s]["num_timesteps"] for s in seeds}
+        row = {
+            "seeds": list(seeds),
+            "env_steps": list(steps.values()),
+            "train_minutes": list(minutes.values()),
+            "env_steps_per_s": [steps_per_second(steps[s], minutes[s]) for s in seeds],
+            "run_dirs": [repo_relative(d) for d in seeds.values()],
+            "trial_return": seed_stats({s: a["trial_return_mean"] for s, a in agents.items()}),
+            "train_trial_return": seed_stats({s: r["agent"]["trial_return_mean"] for s, r in train.items()}),
+            "episode_returns": vector_stats({s: a["episode_return_mean"] for s, a in agents.items()}),
+            "second_minus_first": seed_stats(
+                {s: a["episode_return_mean"][1] - a["episode_return_mean"][0] for s, a in agents.items()}
+            ),
+        }
+        if all("task_direction_rate" in a for a in agents.values()):
+            row["task_direction_rate"] = vector_stats(
+                {s: a["task_direction_rate"] for s, a in agents.items()}
+            )
+            row["second_episode_direction_rate"] = seed_stats(
+                {s: a["task_direction_rate"][1] for s, a in agents.items()}
+            )
+        methods[method] = row
+    first = next(iter(next(iter(runs.values())).values()))
+    return {"n_tasks": read_report(first, "test")["agent"]["n_tasks"], "split": "test", "methods": methods}
+
+
+BENCHMARK = Benchmark(
+    "learning_mujoco",
+    CONFIGS / "learning_mujoco.yaml",
+    mujoco_summary,
+    splits=TEST,
+    baselines=stock_ppo_baselines,
+    plots=True,
+)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark with the command line ``argv`` (default ``sys.argv``); the results written."""
+    return run_benchmark(BENCHMARK, __doc__, argv)
 
 
 if __name__ == "__main__":

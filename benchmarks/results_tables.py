@@ -6,6 +6,8 @@ Each table sits between two marker comments, ``<!-- results:NAME:begin -->`` and
 * ``main-job``, ``main-job-summary``: ``main_job*.json`` (``benchmarks/main_job.py``);
 * ``learning-grid``, ``learning-grid-episodes``: ``learning_grid*.json`` (``benchmarks/learning_grid.py``);
 * ``learning-bandit``: ``learning_bandit*.json`` (``benchmarks/learning_bandit.py``);
+* ``learning-mujoco``: ``learning_mujoco*.json`` (``benchmarks/learning_mujoco.py``);
+* ``learning-metaworld``: ``learning_metaworld*.json`` (``benchmarks/learning_metaworld.py``);
 * ``train-throughput``, ``train-throughput-ratios``: ``train_throughput.json``.
 
 Learning results files of earlier layouts (without ``"format": "learning/v1"``) are skipped; a
@@ -42,6 +44,7 @@ METHOD_NAMES = {
     "glibrl": "GLiBRL",
     "laplace post-hoc": "Laplace, post hoc on RL² (no training)",
     "laplace fine-tuned": "Laplace, post hoc on RL² + fine-tuning",
+    "stock PPO": "stock PPO (MLP, no memory)",
 }
 
 
@@ -220,6 +223,12 @@ def _iqm(row: dict[str, Any], digits: int = 2) -> str:
     return f"{iqm['iqm']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
+def _speed(row: dict[str, Any]) -> str:
+    """Mean env steps/s of the runs timed."""
+    timed = [value for value in row["env_steps_per_s"] if value is not None]
+    return f"{_mean(timed):,.0f}" if timed else "–"
+
+
 def _minutes(row: dict[str, Any]) -> str:
     return f"{_mean(row['train_minutes']):.1f}"
 
@@ -345,8 +354,13 @@ def render_bandit(result: dict[str, Any], name: str) -> str:
 
 
 def render_learning(result: dict[str, Any], name: str) -> str:
-    """The main table of a learning results file (grid or bandit)."""
-    return (render_bandit if result["benchmark"] == "learning_bandit" else render_grid)(result, name)
+    """The main table of a learning results file (grid, bandit, MuJoCo or Meta-World)."""
+    render = {
+        "learning_bandit": render_bandit,
+        "learning_mujoco": render_mujoco,
+        "learning_metaworld": render_metaworld,
+    }
+    return render.get(result["benchmark"], render_grid)(result, name)
 
 
 def _learning_block(benchmark: str, render: Callable[[dict[str, Any], str], str]) -> Callable[[Path], str]:
@@ -399,6 +413,121 @@ def render_throughput(results_dir: Path) -> str:
     return table + "\n\n" + _ratios_table(result)
 
 
+def _rate(row: dict[str, Any], episode: int) -> str:
+    """Share of test trials whose inner ``episode`` ran the task's way, mean over seeds (worst seed)."""
+    rates = row.get("task_direction_rate")
+    if rates is None:
+        return "–"
+    per_seed = [values[episode] for values in rates["per_seed"]]
+    return f"{100 * rates['mean'][episode]:.0f}% (worst {100 * min(per_seed):.0f}%)"
+
+
+def render_mujoco(result: dict[str, Any], name: str) -> str:
+    """Per env and method, on the test split: return per inner episode and per trial (mean ± 95% CI
+    over seeds, worst seed), episode 2 − episode 1, the share of trials run the task's way (direction
+    envs), the train-split trial return, training minutes and env steps/s per run."""
+    tables = []
+    envs = result["envs"] if "envs" in result else {result["env_id"]: result}  # several envs, or one
+    for env_id, summary in envs.items():
+        rows = []
+        for method, row in summary["methods"].items():
+            episodes, trial = row["episode_returns"], row["trial_return"]
+            rows.append(
+                [
+                    *_method_cells(method, row),
+                    *(_pm(m, c, 1) for m, c in zip(episodes["mean"][:2], episodes["ci95"][:2], strict=True)),
+                    f"{_pm(trial['mean'], trial['ci95'], 1)} "
+                    f"(seed {trial['worst_seed']}: {trial['worst']:.1f})",
+                    _pm(row["second_minus_first"]["mean"], row["second_minus_first"]["ci95"], 1),
+                    _rate(row, 0),
+                    _rate(row, 1),
+                    _number(row["train_trial_return"]["mean"], 1),
+                    _minutes(row),
+                    _speed(row),
+                ]
+            )
+        header = [
+            "agent",
+            "env steps",
+            "seeds",
+            "ep 1",
+            "ep 2",
+            "trial (worst seed)",
+            "ep 2 − ep 1",
+            "ep 1 ran the task's way",
+            "ep 2 ran the task's way",
+            "trial, train split",
+            "train min / run",
+            "env steps/s",
+        ]
+        title = f"**{env_id}**, {summary['n_tasks']} fixed {summary['split']} tasks:"
+        tables.append(title + "\n\n" + _table(header, "lrrrrrrrrrrr", rows))
+    return _caption(result, name) + "\n\n" + "\n\n".join(tables)
+
+
+def _percents(stats: dict[str, Any]) -> list[str]:
+    """Per inner episode: ``mean ± ci`` of a rate over seeds, in %."""
+    return [
+        _pm(100 * m, None if c is None else 100 * c, 0) + "%"
+        for m, c in zip(stats["mean"], stats["ci95"], strict=True)
+    ]
+
+
+def render_metaworld(result: dict[str, Any], name: str) -> str:
+    """Per method: success rate per inner episode on train and test tasks (mean ± 95% CI over seeds,
+    worst seed of the last episode), trial return, training minutes and env steps/s; then the success
+    per task class (mean over seeds) where there are several classes."""
+    env = result["env_id"] + "".join(f", {k} {v}" for k, v in result.get("env_kwargs", {}).items())
+    rows, class_rows = [], []
+    for method, row in result["methods"].items():
+        cells = []
+        for split in ("train", "test"):
+            last = row[split]["last_episode_success"]
+            cells += [
+                *_percents(row[split]["success_rate"]),
+                f"seed {last['worst_seed']}: {100 * last['worst']:.0f}%",
+            ]
+        rows.append(
+            [
+                *_method_cells(method, row),
+                *cells,
+                _number(row["test"]["trial_return"]["mean"], 0),
+                _minutes(row),
+                _speed(row),
+            ]
+        )
+        for split in ("train", "test"):
+            per_class = row[split]["success_rate_per_class"]
+            if len(per_class) > 1:
+                class_rows += [
+                    [METHOD_NAMES.get(method, method), split, label, *(f"{100 * v:.0f}%" for v in rates)]
+                    for label, rates in per_class.items()
+                ]
+    n_episodes = len(next(iter(result["methods"].values()))["train"]["success_rate"]["mean"])
+    episodes = [f"ep {e + 1}" for e in range(n_episodes)]
+    header = [
+        "agent",
+        "env steps",
+        "seeds",
+        *(f"train {e}" for e in episodes),
+        "worst seed",
+        *(f"test {e}" for e in episodes),
+        "worst seed",
+        "test trial return",
+        "train min / run",
+        "env steps/s",
+    ]
+    text = f"{_caption(result, name)} {env}, success rate per inner episode on {result['n_tasks']} "
+    text += "fixed tasks per split:"
+    text += "\n\n" + _table(header, "l" + "r" * (len(header) - 1), rows)
+    if class_rows:
+        class_header = ["agent", "split", "task class", *(f"success {e}" for e in episodes)]
+        text += "\n\nPer task class (mean over seeds):\n\n" + _table(
+            class_header, "lll" + "r" * n_episodes, class_rows
+        )
+    return text
+
+
 # ------------------------------------------------------------------------------------ blocks
 BLOCKS: dict[str, Callable[[Path], str]] = {
     "main-job": render_main_job,
@@ -407,6 +536,8 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "learning-grid": _learning_block("learning_grid", render_grid),
     "learning-grid-episodes": _learning_block("learning_grid", render_grid_episodes),
     "learning-bandit": _learning_block("learning_bandit", render_bandit),
+    "learning-mujoco": _learning_block("learning_mujoco", render_mujoco),
+    "learning-metaworld": _learning_block("learning_metaworld", render_metaworld),
     "train-throughput": render_throughput,
     "train-throughput-ratios": render_throughput_ratios,
 }

@@ -480,6 +480,36 @@ def test_sweep_expands_validates_and_aggregates_with_rliable(tmp_path: Path) -> 
         assert min(values) <= low <= table[label]["iqm"] <= high <= max(values)
 
 
+def test_sweep_over_envs_without_references_aggregates_each_env_on_its_own(tmp_path: Path) -> None:
+    from bayes_agents import sweep
+
+    pytest.importorskip("rliable")
+    # Two envs without a best reference (as MuJoCo's): raw scores cannot be normalised across them.
+    scores = {"HalfCheetahDir-v0": [1.0, 2.0, 3.0, 4.0], "HalfCheetahVel-v0": [-300.0, -200.0, -100.0, 0.0]}
+    outcomes = []
+    for env_id, values in scores.items():
+        for seed, value in enumerate(values):
+            run_dir = tmp_path / env_id / str(seed)
+            run_dir.mkdir(parents=True)
+            references = {"uniform random": {"trial_return_mean": -5.0}}
+            report = {
+                "config": {"env_id": env_id},
+                "agent": {"trial_return_mean": value},
+                "references": references,
+            }
+            (run_dir / "evaluation.json").write_text(json.dumps(report))
+            outcomes.append(
+                {"label": "rl2", "env_id": env_id, "seed": seed, "run_dir": str(run_dir), "error": None}
+            )
+    table = sweep.aggregate(outcomes, "trial_return", reps=200)
+    assert sorted(table) == [f"rl2 @ {env_id}" for env_id in sorted(scores)]
+    for env_id, values in scores.items():
+        row = table[f"rl2 @ {env_id}"]
+        assert row["envs"] == [env_id] and not row["normalised"] and row["n_runs"] == 4
+        assert row["mean"] == pytest.approx(np.mean(values))
+        assert row["iqm"] == pytest.approx(np.mean(np.sort(values)[1:3]))
+
+
 def test_varibad_run_records_and_plots_the_per_cell_belief(tmp_path: Path) -> None:
     run = tmp_path / "varibad"
     varibad = [a for a in TINY if not a.startswith("policy.")] + [

@@ -290,12 +290,22 @@ def test_evaluation_returns_chunks_and_more_inner_episodes() -> None:
         env = gym.make("HalfCheetahDir-v0", episode_length=6, episodes_per_trial=3)
         _, info = env.reset(seed=4 + i)
         assert info["task"] == task
-        returns = []
+        returns, forward = [], np.zeros(3)
         for _ in range(18):
             _, _, _, _, info = env.step(policy.action)
+            forward[info["inner_episode"]] += info["forward_reward"]
             if info["inner_done"]:
                 returns.append(info["inner_return"])
         np.testing.assert_allclose(result.episode_returns[i], returns, rtol=1e-5)
+        # the forward progress per inner episode: the task's direction times the x velocity, summed
+        np.testing.assert_allclose(result.episode_forward[i], forward, rtol=1e-5)
+    directions = np.array([task.direction for task in result.tasks])
+    assert len(set(directions)) == 2, "seed 4 should draw both directions"
+    summary = result.summary()
+    np.testing.assert_allclose(summary["task_direction_rate"], (result.episode_forward > 0).mean(0))
+    # a constant action moves the cheetah one way: the tasks of the other direction score negative
+    assert np.all(np.sign(result.episode_forward) == np.sign(result.episode_forward[:, :1]))
+    assert len(set(np.sign(result.episode_forward[:, 0]))) == 2
     # an unhealthy ant ends inner episodes early: the step rewards are NaN-padded
     early = evaluate(
         ConstantPolicy(np.zeros(8, np.float32)), "AntDir-v0", n_tasks=2, healthy_z_range=(0.2, 0.3)

@@ -282,3 +282,113 @@ def test_finetuning_continues_with_the_rl2_runs_normalisation(tmp_path: Path) ->
     learning.finetune(model, config, 60, 1e-4)
     # Fresh statistics would hold only the fine-tuning's 60 steps (plus SB3's 1e-4 prior count).
     assert model.get_vec_normalize_env().ret_rms.count == pytest.approx(trained_count + 60)
+
+
+def test_learning_mujoco_runs_the_sweep_and_the_stock_ppo_baseline_end_to_end(tmp_path: Path) -> None:
+    pytest.importorskip("mujoco")
+    import learning_mujoco
+
+    import bayes_envs
+    from bayes_envs.evaluation import evaluate
+
+    env_id = "HalfCheetahDir-v0"
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(
+        json.dumps(
+            {
+                "out": str(tmp_path / "runs"),
+                "seeds": [0],
+                "base": {
+                    "timesteps": 400,
+                    "n_envs": 2,
+                    "eval_every": 0,
+                    "final_eval_tasks": 4,
+                    "ppo": {"batch_size": 400},
+                },
+                "grid": {"method": ["rl2"], "env_id": [env_id]},
+            }
+        )
+    )
+    out = tmp_path / "results" / "learning_mujoco.json"
+    result = learning_mujoco.main(["--sweep", str(sweep_file), "--out", str(out), "--workers", "1"])
+    assert result["env_id"] == env_id and result["failed"] == []
+    methods = result["methods"]  # one env: its summary at the top level
+    assert list(methods) == ["rl2", learning_mujoco.STOCK_PPO]
+    for row in methods.values():
+        assert row["env_steps"] == [400] and len(row["task_direction_rate"]["mean"]) == 2
+        report = json.loads((Path(row["run_dirs"][0]) / "evaluation_test.json").read_text())
+        assert row["trial_return"]["per_seed"] == [report["agent"]["trial_return_mean"]]
+    assert (out.parent / "learning_mujoco" / env_id / "learning_curves.png").is_file()
+    assert "stock PPO" in results_tables.render_learning(result, "learning_mujoco.json")
+    # The stock baseline's meta-test is its model stepped on the plain observations by hand.
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    run_dir = tmp_path / "runs" / env_id / "stock_ppo" / "seed_0"
+    model = PPO.load(run_dir / "model.zip", device="cpu")
+    plain = bayes_envs.make_vec(env_id, 4, seed=10000, rl2_inputs=False, monitor=False, split="test")
+    normalizer = VecNormalize.load(str(run_dir / "vec_normalize.pkl"), plain)
+    normalizer.training = False
+    observation, returns = plain.reset(), np.zeros((4, 2))
+    for _ in range(2 * 200):
+        action, _ = model.predict(normalizer.normalize_obs(observation), deterministic=True)
+        observation, _, _, infos = plain.step(action)
+        for i, info in enumerate(infos):
+            if info["inner_done"]:
+                returns[i, info["inner_episode"]] = info["inner_return"]
+    stock = learning_mujoco.StockPolicy(model, normalizer)
+    evaluated = evaluate(stock, env_id, n_tasks=4, seed=10000, split="test")
+    np.testing.assert_allclose(evaluated.episode_returns, returns, rtol=1e-5)
+    report = json.loads((run_dir / "evaluation_test.json").read_text())
+    np.testing.assert_allclose(report["agent"]["episode_return_mean"], returns.mean(0), rtol=1e-5)
+
+
+def test_metaworld_summary_averages_success_over_classes_then_seeds(tmp_path: Path) -> None:
+    import learning_metaworld
+
+    def report(success: list[list[float]], classes: list[str]) -> dict:
+        episode_success = np.asarray(success, np.float64)
+        returns = np.ones_like(episode_success)
+        result = EvaluationResult(
+            "MetaWorld-ML10-v0",
+            "policy",
+            10_000,
+            returns,
+            np.zeros((len(classes), 4)),
+            episode_success=episode_success,
+            task_classes=classes,
+        )
+        return {"config": {"env": {}}, "num_timesteps": 1000, "agent": result.summary()}
+
+    # Seed 0, train split: class a succeeds in 1 of 2 tasks in episode 1 and both in episode 2; class
+    # b in none, then 1 of 1. Per class then averaged: [(0.5 + 0) / 2, (1 + 1) / 2] = [0.25, 1].
+    train = {0: ([[1, 1], [0, 1], [0, 1]], ["a", "a", "b"]), 1: ([[1, 1], [1, 1], [0, 0]], ["a", "a", "b"])}
+    test = {0: ([[0, 1]], ["c"]), 1: ([[0, 0]], ["c"])}
+    runs = {"rl2": {}}
+    for seed in (0, 1):
+        run_dir = write_run(tmp_path / f"seed_{seed}", report(*train[seed]), elapsed=[0.0, 60.0])
+        write_run(run_dir, report(*test[seed]), name="evaluation_test.json")
+        runs["rl2"][seed] = run_dir
+    row = learning_metaworld.metaworld_summary(runs)["methods"]["rl2"]
+    np.testing.assert_allclose(row["train"]["success_rate"]["per_seed"], [[0.25, 1.0], [0.5, 0.5]])
+    assert row["train"]["success_rate"]["mean"] == pytest.approx([0.375, 0.75])
+    assert row["train"]["success_rate_per_class"] == {
+        "a": pytest.approx([0.75, 1.0]),
+        "b": pytest.approx([0.0, 0.5]),
+    }
+    last = row["train"]["last_episode_success"]
+    assert (last["worst_seed"], last["worst"]) == (1, pytest.approx(0.5))
+    assert row["test"]["success_rate"]["mean"] == pytest.approx([0.0, 0.5])
+    assert row["test"]["trial_success_rate"]["per_seed"] == pytest.approx([1.0, 0.0])
+    assert row["env_steps_per_s"] == pytest.approx([1000 / 60, 1000 / 60])
+    text = results_tables.render_learning(
+        {
+            "benchmark": "learning_metaworld",
+            "command": "c",
+            "env_id": "MetaWorld-ML10-v0",
+            "n_tasks": 3,
+            "methods": {"rl2": row},
+        },
+        "x.json",
+    )
+    assert "| RL² | train | a | 75% | 100% |" in text
