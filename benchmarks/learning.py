@@ -248,23 +248,33 @@ def laplace_protocol(
         }
         for seed, run_dir in rl2_runs.items()
     ]
-    if workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            laplace_job(job)
-    else:
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            pool.map(laplace_job, jobs, chunksize=1)
+    run_in_processes(laplace_job, jobs, workers)
     return runs
 
 
 # ------------------------------------------------------------------------------------ summaries
-def _common(seeds: dict[int, Path], reports: dict[int, dict[str, Any]]) -> dict[str, Any]:
+def run_columns(seeds: dict[int, Path], reports: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """The per-run columns of every summary row: seeds, env steps, training minutes, env steps/s and
+    run directories (``seeds``: seed → run directory; ``reports``: seed → its meta-test)."""
+    steps = [reports[s]["num_timesteps"] for s in seeds]
+    minutes = [train_minutes(seeds[s]) for s in seeds]
     return {
         "seeds": list(seeds),
-        "env_steps": [reports[s]["num_timesteps"] for s in seeds],
-        "train_minutes": [train_minutes(seeds[s]) for s in seeds],
+        "env_steps": steps,
+        "train_minutes": minutes,
+        "env_steps_per_s": [steps_per_second(n, m) for n, m in zip(steps, minutes, strict=True)],
         "run_dirs": [repo_relative(seeds[s]) for s in seeds],
     }
+
+
+def run_in_processes(function: Callable[[Any], Any], jobs: list[Any], workers: int) -> None:
+    """``function(job)`` for every job, in ``workers`` spawned processes (here if one suffices)."""
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            function(job)
+    else:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            pool.map(function, jobs, chunksize=1)
 
 
 def _reference_report(runs: dict[str, dict[int, Path]], split: str | None = None) -> dict[str, Any]:
@@ -299,7 +309,7 @@ def grid_summary(runs: dict[str, dict[int, Path]]) -> dict[str, Any]:
         bayes_optimal = {seed: sum(report["exact"][BAYES_OPTIMAL]) for seed, report in reports.items()}
         episodes = {seed: agent["episode_return_mean"] for seed, agent in agents.items()}
         methods[method] = {
-            **_common(seeds, reports),
+            **run_columns(seeds, reports),
             "trial_return": seed_stats({s: a["trial_return_mean"] for s, a in agents.items()}),
             "percent_of_bayes_optimal": seed_stats(
                 {s: 100 * a["trial_return_mean"] / bayes_optimal[s] for s, a in agents.items()}
@@ -342,7 +352,7 @@ def bandit_summary(runs: dict[str, dict[int, Path]]) -> dict[str, Any]:
             for split in splits
         }
         methods[method] = {
-            **_common(seeds, reports["train"]),
+            **run_columns(seeds, reports["train"]),
             "regret": regret,
             "worst_vs_thompson": {
                 split: regret[split]["worst"] / references[split]["Thompson sampling"]["final_regret_mean"]

@@ -31,11 +31,9 @@ from learning import (
     CONFIGS,
     Benchmark,
     read_report,
-    repo_relative,
     run_benchmark,
+    run_columns,
     seed_stats,
-    steps_per_second,
-    train_minutes,
     vector_stats,
 )
 
@@ -58,15 +56,7 @@ def metaworld_summary(runs: dict[str, dict[int, Path]]) -> dict[str, Any]:
         reports = {
             split: {s: read_report(d, name) for s, d in seeds.items()} for split, name in SPLITS.items()
         }
-        minutes = {s: train_minutes(d) for s, d in seeds.items()}
-        steps = {s: reports["train"][s]["num_timesteps"] for s in seeds}
-        row: dict[str, Any] = {
-            "seeds": list(seeds),
-            "env_steps": list(steps.values()),
-            "train_minutes": list(minutes.values()),
-            "env_steps_per_s": [steps_per_second(steps[s], minutes[s]) for s in seeds],
-            "run_dirs": [repo_relative(d) for d in seeds.values()],
-        }
+        row: dict[str, Any] = run_columns(seeds, reports["train"])
         for split, split_reports in reports.items():
             agents = {s: report["agent"] for s, report in split_reports.items()}
             row[split] = {

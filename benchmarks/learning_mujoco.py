@@ -26,7 +26,6 @@ AntDir-v0 / AntGoal-v0 run the same way: add them to the sweep file's ``env_id``
 from __future__ import annotations
 
 import json
-import multiprocessing
 import time
 from pathlib import Path
 from typing import Any
@@ -36,11 +35,10 @@ from learning import (
     CONFIGS,
     Benchmark,
     read_report,
-    repo_relative,
     run_benchmark,
+    run_columns,
+    run_in_processes,
     seed_stats,
-    steps_per_second,
-    train_minutes,
     vector_stats,
 )
 
@@ -136,12 +134,7 @@ def stock_ppo_baselines(spec: sweep.SweepSpec, workers: int) -> dict[str, dict[s
         for env_id in env_ids
         for seed, run_dir in runs[env_id][STOCK_PPO].items()
     ]
-    if workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            stock_ppo_job(job)
-    else:
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            pool.map(stock_ppo_job, jobs, chunksize=1)
+    run_in_processes(stock_ppo_job, jobs, workers)
     return runs
 
 
@@ -155,14 +148,8 @@ def mujoco_summary(runs: dict[str, dict[int, Path]]) -> dict[str, Any]:
         test = {s: read_report(d, "test") for s, d in seeds.items()}
         train = {s: read_report(d) for s, d in seeds.items()}
         agents = {s: report["agent"] for s, report in test.items()}
-        minutes = {s: train_minutes(d) for s, d in seeds.items()}
-        steps = {s: test[s]["num_timesteps"] for s in seeds}
         row = {
-            "seeds": list(seeds),
-            "env_steps": list(steps.values()),
-            "train_minutes": list(minutes.values()),
-            "env_steps_per_s": [steps_per_second(steps[s], minutes[s]) for s in seeds],
-            "run_dirs": [repo_relative(d) for d in seeds.values()],
+            **run_columns(seeds, test),
             "trial_return": seed_stats({s: a["trial_return_mean"] for s, a in agents.items()}),
             "train_trial_return": seed_stats({s: r["agent"]["trial_return_mean"] for s, r in train.items()}),
             "episode_returns": vector_stats({s: a["episode_return_mean"] for s, a in agents.items()}),
