@@ -26,6 +26,7 @@ AntDir-v0 / AntGoal-v0 run the same way: add them to the sweep file's ``env_id``
 from __future__ import annotations
 
 import json
+import pickle
 import time
 from pathlib import Path
 from typing import Any
@@ -78,8 +79,13 @@ def stock_config(spec: sweep.SweepSpec, env_id: str, seed: int) -> dict[str, Any
     return experiment.resolve_config(env_id, "rl2", file_config=base, overrides={"seed": seed})
 
 
+#: What a finished stock-PPO training leaves in its run directory (before its meta-tests).
+TRAINED_FILES = ("model.zip", "vec_normalize.pkl", "train.json")
+
+
 def stock_ppo_job(job: dict[str, Any]) -> None:
-    """Train and meta-test one stock-PPO run (kept if its evaluations are there)."""
+    """Train (unless its run directory holds this config's trained model) and meta-test one
+    stock-PPO run; kept as is if its meta-tests are there."""
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import VecNormalize
 
@@ -89,25 +95,37 @@ def stock_ppo_job(job: dict[str, Any]) -> None:
 
     config, run_dir = job["config"], Path(job["run_dir"])
     files = [run_dir / experiment.EVALUATION_FILE, run_dir / "evaluation_test.json"]
-    if all(path.is_file() for path in files) and read_report(run_dir)["config"] == config:
+    trained = all((run_dir / name).is_file() for name in TRAINED_FILES)
+    trained = trained and experiment.read_json(run_dir / "train.json")["config"] == config
+    if trained and all(path.is_file() for path in files):
         return
     experiment.set_torch_threads(1)
     venv = bayes_envs.make_vec(
         config["env_id"], config["n_envs"], seed=config["seed"], rl2_inputs=False, **config["env"]
     )
-    ppo = resolve_schedules(config["ppo"])
-    normalizer = VecNormalize(
-        venv, norm_obs=config["norm_obs"], norm_reward=config["norm_reward"], gamma=ppo["gamma"]
-    )
-    model = PPO("MlpPolicy", normalizer, seed=config["seed"], device="cpu", verbose=0, **ppo)
-    start = time.perf_counter()
-    model.learn(config["timesteps"])
-    seconds = time.perf_counter() - start
+    if trained:
+        model = PPO.load(run_dir / "model.zip", device="cpu")
+        normalizer = VecNormalize.load(str(run_dir / "vec_normalize.pkl"), venv)
+        seconds = experiment.read_json(run_dir / "train.json")["train_seconds"]
+    else:
+        ppo = resolve_schedules(config["ppo"])
+        normalizer = VecNormalize(
+            venv, norm_obs=config["norm_obs"], norm_reward=config["norm_reward"], gamma=ppo["gamma"]
+        )
+        model = PPO("MlpPolicy", normalizer, seed=config["seed"], device="cpu", verbose=0, **ppo)
+        start = time.perf_counter()
+        model.learn(config["timesteps"])
+        seconds = time.perf_counter() - start
+        run_dir.mkdir(parents=True, exist_ok=True)
+        experiment.atomic_write_bytes(run_dir / "model.zip", model.save)
+        # VecNormalize.save pickles itself (without its env) to a path; the same into the atomic file
+        experiment.atomic_write_bytes(
+            run_dir / "vec_normalize.pkl", lambda stream: pickle.dump(normalizer, stream)
+        )
+        train = {"config": config, "train_seconds": seconds, "num_timesteps": int(model.num_timesteps)}
+        experiment.atomic_write_text(run_dir / "train.json", json.dumps(train, indent=2))
     normalizer.training = False
     policy = StockPolicy(model, normalizer)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    model.save(run_dir / "model.zip")
-    normalizer.save(str(run_dir / "vec_normalize.pkl"))
     tasks = {"n_tasks": config["final_eval_tasks"], "seed": config["eval_seed"]}
     for path, overrides in zip(files, ({}, TEST["test"]), strict=True):
         result = evaluate(policy, config["env_id"], **tasks, **{**config["env"], **overrides})
@@ -164,6 +182,15 @@ def mujoco_summary(runs: dict[str, dict[int, Path]]) -> dict[str, Any]:
             row["second_episode_direction_rate"] = seed_stats(
                 {s: a["task_direction_rate"][1] for s, a in agents.items()}
             )
+            if all("task_direction_rate_per_task" in a for a in agents.values()):
+                per_task = [a["task_direction_rate_per_task"] for a in agents.values()]
+                row["task_direction_rate_per_task"] = {
+                    task: {
+                        "per_seed": [rates[task] for rates in per_task],
+                        "mean": np.mean([rates[task] for rates in per_task], axis=0).tolist(),
+                    }
+                    for task in per_task[0]
+                }
         methods[method] = row
     first = next(iter(next(iter(runs.values())).values()))
     return {"n_tasks": read_report(first, "test")["agent"]["n_tasks"], "split": "test", "methods": methods}

@@ -303,6 +303,11 @@ def test_evaluation_returns_chunks_and_more_inner_episodes() -> None:
     assert len(set(directions)) == 2, "seed 4 should draw both directions"
     summary = result.summary()
     np.testing.assert_allclose(summary["task_direction_rate"], (result.episode_forward > 0).mean(0))
+    per_task = summary["task_direction_rate_per_task"]
+    assert sorted(per_task) == sorted({str(task) for task in result.tasks})
+    for label, rates in per_task.items():
+        rows = [i for i, task in enumerate(result.tasks) if str(task) == label]
+        np.testing.assert_allclose(rates, (result.episode_forward[rows] > 0).mean(0))
     # a constant action moves the cheetah one way: the tasks of the other direction score negative
     assert np.all(np.sign(result.episode_forward) == np.sign(result.episode_forward[:, :1]))
     assert len(set(np.sign(result.episode_forward[:, 0]))) == 2

@@ -342,6 +342,17 @@ def test_learning_mujoco_runs_the_sweep_and_the_stock_ppo_baseline_end_to_end(tm
     report = json.loads((run_dir / "evaluation_test.json").read_text())
     np.testing.assert_allclose(report["agent"]["episode_return_mean"], returns.mean(0), rtol=1e-5)
 
+    # Without its meta-tests a trained baseline is evaluated again, not retrained.
+    stamp = (run_dir / "model.zip").stat().st_mtime_ns
+    for name in ("evaluation.json", "evaluation_test.json"):
+        (run_dir / name).unlink()
+    again = learning_mujoco.main(["--sweep", str(sweep_file), "--out", str(out), "--workers", "1"])
+    assert (run_dir / "model.zip").stat().st_mtime_ns == stamp
+    assert (
+        again["methods"][learning_mujoco.STOCK_PPO]["trial_return"]
+        == methods[learning_mujoco.STOCK_PPO]["trial_return"]
+    )
+
 
 def test_metaworld_summary_averages_success_over_classes_then_seeds(tmp_path: Path) -> None:
     import learning_metaworld
