@@ -33,9 +33,22 @@ ENV_ID = "BayesGrid-v0"
 BAYES_OPTIMAL = "Bayes-optimal (exact)"
 
 
+def is_current(run_dir: Path, seed: int, timesteps: int | None) -> bool:
+    """Whether ``run_dir`` holds a finished run of what ``bayes-rl train`` would train for ``seed``
+    now (a run of older defaults is trained again)."""
+    from bayes_agents import experiment
+
+    if not (run_dir / "evaluation.json").is_file():
+        return False
+    overrides = {"seed": seed, **({} if timesteps is None else {"timesteps": timesteps})}
+    expected = experiment.resolve_config(ENV_ID, overrides=overrides)
+    return not experiment.config_differences(experiment.read_config(run_dir), expected)
+
+
 def run_seed(seed: int, run_dir: Path, timesteps: int | None) -> float | None:
-    """Train one seed with the CLI (skipped if its evaluation exists); the wall time in seconds."""
-    if (run_dir / "evaluation.json").is_file():
+    """Train one seed with the CLI (skipped if the run directory holds its evaluation with the CLI's
+    current default config); the wall time in seconds."""
+    if is_current(run_dir, seed, timesteps):
         return None
     command = [
         sys.executable,

@@ -403,3 +403,20 @@ def test_metaworld_summary_averages_success_over_classes_then_seeds(tmp_path: Pa
         "x.json",
     )
     assert "| RL² | train | a | 75% | 100% |" in text
+
+
+def test_main_job_trains_again_runs_of_older_defaults(tmp_path: Path) -> None:
+    from bayes_agents import experiment
+
+    run_dir = tmp_path / "seed3"
+    run_dir.mkdir()
+    config = experiment.resolve_config(GRID, overrides={"seed": 3})
+    (run_dir / "config.json").write_text(json.dumps(config))
+    assert not main_job.is_current(run_dir, 3, None)  # no evaluation yet
+    (run_dir / "evaluation.json").write_text("{}")
+    assert main_job.is_current(run_dir, 3, None)
+    assert not main_job.is_current(run_dir, 4, None)
+    assert not main_job.is_current(run_dir, 3, config["timesteps"] // 2)
+    older = {**config, "ppo": {**config["ppo"], "n_epochs": config["ppo"]["n_epochs"] + 1}}
+    (run_dir / "config.json").write_text(json.dumps(older))
+    assert not main_job.is_current(run_dir, 3, None)
