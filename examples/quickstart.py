@@ -2,7 +2,7 @@
 
 Runs in a few minutes on 2 CPU cores:
 
-    python examples/quickstart.py [--timesteps 4000000]
+    python examples/quickstart.py [--timesteps 2000000]
 
 1. Meta-trains an RL² agent with ``BayesPPO`` at the settings ``bayes-rl train BayesGrid-v0`` uses
    (``bayes_agents.defaults``: 64 batched grid envs, rewards normalised by ``RL2VecNormalize``).
