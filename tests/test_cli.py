@@ -16,6 +16,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 import bayes_envs
 from bayes_agents import experiment
 from bayes_agents.cli import build_parser, main
+from bayes_agents.defaults import ppo_settings
 from bayes_agents.methods import METHODS
 
 ENV = "BayesGrid-v0"
@@ -75,7 +76,8 @@ def test_train_evaluate_plot_end_to_end(tmp_path: Path, capsys: pytest.CaptureFi
         assert (run / name).is_file(), name
     config = json.loads((run / "config.json").read_text())
     assert config["ppo"]["n_steps"] == 15 and config["policy"]["embed_sizes"] == [8]
-    assert config["ppo"]["gamma"] == 0.99  # the grid default survives the overrides
+    # the grid defaults survive the overrides
+    assert config["ppo"]["gamma"] == ppo_settings(ENV)["gamma"] and config["n_envs"] == 4
     metrics = experiment.read_jsonl(run / "metrics.jsonl")
     assert [record["timesteps"] for record in metrics] == [60, 120, 180]
     # 15 steps per env and update = one inner episode: update k logs the return of inner episode k.
