@@ -120,12 +120,11 @@ class EvaluationResult:
             out["task_direction_rate"] = (self.episode_forward > 0).mean(axis=0).tolist()
             # Per task where there are few (HalfCheetahDir / AntDir: forward and backward), to tell an
             # agent that adapts from one that runs one way whatever the task.
-            labels = [str(task) for task in self.tasks]
-            if len(self.tasks) == len(self.episode_forward) and len(set(labels)) <= 8:
+            labels = np.asarray([str(task) for task in self.tasks])
+            if len(labels) == len(self.episode_forward) and len(set(labels)) <= 8:
                 ran = self.episode_forward > 0
                 out["task_direction_rate_per_task"] = {
-                    label: ran[np.asarray(labels) == label].mean(axis=0).tolist()
-                    for label in sorted(set(labels))
+                    label: ran[labels == label].mean(axis=0).tolist() for label in sorted(set(labels))
                 }
         for key, values in (("belief_entropy", self.belief_entropy), ("belief_kl", self.belief_kl)):
             if values is not None:

@@ -47,6 +47,8 @@ CONFIGS = REPO / "examples" / "configs"
 FORMAT = "learning/v1"
 BAYES_OPTIMAL = "Bayes-optimal (exact)"
 POST_HOC, FINE_TUNED = "laplace post-hoc", "laplace fine-tuned"
+#: The extra meta-test of the envs with a held-out task split (``evaluation_test.json``).
+TEST_SPLIT: dict[str, dict[str, Any]] = {"test": {"split": "test"}}
 
 
 # ------------------------------------------------------------------------------------ statistics

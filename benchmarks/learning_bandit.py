@@ -21,11 +21,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from learning import CONFIGS, Benchmark, bandit_summary, run_benchmark
+from learning import CONFIGS, TEST_SPLIT, Benchmark, bandit_summary, run_benchmark
 
-BENCHMARK = Benchmark(
-    "learning_bandit", CONFIGS / "learning_bandit.yaml", bandit_summary, splits={"test": {"split": "test"}}
-)
+BENCHMARK = Benchmark("learning_bandit", CONFIGS / "learning_bandit.yaml", bandit_summary, splits=TEST_SPLIT)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

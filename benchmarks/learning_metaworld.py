@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from learning import (
     CONFIGS,
+    TEST_SPLIT,
     Benchmark,
     read_report,
     run_benchmark,
@@ -67,8 +68,7 @@ def metaworld_summary(runs: dict[str, dict[int, Path]]) -> dict[str, Any]:
                 "success_rate_per_class": _per_class(split_reports),
             }
         methods[method] = row
-    first = next(iter(next(iter(runs.values())).values()))
-    report = read_report(first)
+    report = next(iter(reports["train"].values()))  # every run meets the same tasks
     return {
         "n_tasks": report["agent"]["n_tasks"],
         "env_kwargs": report["config"]["env"],
@@ -80,7 +80,7 @@ BENCHMARK = Benchmark(
     "learning_metaworld",
     CONFIGS / "learning_metaworld.yaml",
     metaworld_summary,
-    splits={"test": {"split": "test"}},
+    splits=TEST_SPLIT,
     plots=True,
 )
 

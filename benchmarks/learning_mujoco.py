@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from learning import (
     CONFIGS,
+    TEST_SPLIT,
     Benchmark,
     read_report,
     run_benchmark,
@@ -46,7 +47,6 @@ from learning import (
 from bayes_agents import experiment, sweep
 
 STOCK_PPO = "stock PPO"
-TEST = {"test": {"split": "test"}}
 
 
 # ------------------------------------------------------------------------------------ the baseline
@@ -95,8 +95,12 @@ def stock_ppo_job(job: dict[str, Any]) -> None:
 
     config, run_dir = job["config"], Path(job["run_dir"])
     files = [run_dir / experiment.EVALUATION_FILE, run_dir / "evaluation_test.json"]
-    trained = all((run_dir / name).is_file() for name in TRAINED_FILES)
-    trained = trained and experiment.read_json(run_dir / "train.json")["config"] == config
+    training = (
+        experiment.read_json(run_dir / "train.json")
+        if all((run_dir / name).is_file() for name in TRAINED_FILES)
+        else None
+    )
+    trained = training is not None and training["config"] == config
     if trained and all(path.is_file() for path in files):
         return
     experiment.set_torch_threads(1)
@@ -106,7 +110,7 @@ def stock_ppo_job(job: dict[str, Any]) -> None:
     if trained:
         model = PPO.load(run_dir / "model.zip", device="cpu")
         normalizer = VecNormalize.load(str(run_dir / "vec_normalize.pkl"), venv)
-        seconds = experiment.read_json(run_dir / "train.json")["train_seconds"]
+        seconds = training["train_seconds"]
     else:
         ppo = resolve_schedules(config["ppo"])
         normalizer = VecNormalize(
@@ -127,7 +131,7 @@ def stock_ppo_job(job: dict[str, Any]) -> None:
     normalizer.training = False
     policy = StockPolicy(model, normalizer)
     tasks = {"n_tasks": config["final_eval_tasks"], "seed": config["eval_seed"]}
-    for path, overrides in zip(files, ({}, TEST["test"]), strict=True):
+    for path, overrides in zip(files, ({}, TEST_SPLIT["test"]), strict=True):
         result = evaluate(policy, config["env_id"], **tasks, **{**config["env"], **overrides})
         report = {
             "config": config,
@@ -166,6 +170,7 @@ def mujoco_summary(runs: dict[str, dict[int, Path]]) -> dict[str, Any]:
         test = {s: read_report(d, "test") for s, d in seeds.items()}
         train = {s: read_report(d) for s, d in seeds.items()}
         agents = {s: report["agent"] for s, report in test.items()}
+        n_tasks = next(iter(agents.values()))["n_tasks"]  # every run meets the same tasks
         row = {
             **run_columns(seeds, test),
             "trial_return": seed_stats({s: a["trial_return_mean"] for s, a in agents.items()}),
@@ -183,24 +188,20 @@ def mujoco_summary(runs: dict[str, dict[int, Path]]) -> dict[str, Any]:
                 {s: a["task_direction_rate"][1] for s, a in agents.items()}
             )
             if all("task_direction_rate_per_task" in a for a in agents.values()):
-                per_task = [a["task_direction_rate_per_task"] for a in agents.values()]
+                per_task = {s: a["task_direction_rate_per_task"] for s, a in agents.items()}
                 row["task_direction_rate_per_task"] = {
-                    task: {
-                        "per_seed": [rates[task] for rates in per_task],
-                        "mean": np.mean([rates[task] for rates in per_task], axis=0).tolist(),
-                    }
-                    for task in per_task[0]
+                    task: vector_stats({s: rates[task] for s, rates in per_task.items()})
+                    for task in next(iter(per_task.values()))
                 }
         methods[method] = row
-    first = next(iter(next(iter(runs.values())).values()))
-    return {"n_tasks": read_report(first, "test")["agent"]["n_tasks"], "split": "test", "methods": methods}
+    return {"n_tasks": n_tasks, "split": "test", "methods": methods}
 
 
 BENCHMARK = Benchmark(
     "learning_mujoco",
     CONFIGS / "learning_mujoco.yaml",
     mujoco_summary,
-    splits=TEST,
+    splits=TEST_SPLIT,
     baselines=stock_ppo_baselines,
     plots=True,
 )
