@@ -647,11 +647,27 @@ class BeliefPolicy(RecurrentActorCriticPolicy):
         lstm_states: tuple[Tensor, Tensor],
         episode_starts: Tensor,
         cache: MinibatchCache | None = None,
+        belief_output: BeliefOutput | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, BeliefOutput]:
         """:meth:`evaluate_actions` for :class:`~bayes_agents.BayesPPO`: also returns the minibatch's
         belief output (flattened ``[n_seq * T, ..]``, with gradient) for the auxiliary loss, and takes
-        the stop-gradient Laplace terms from ``cache`` if given."""
-        return self._evaluate(self.extract_features(obs), actions, lstm_states, episode_starts, cache)
+        the stop-gradient Laplace terms from ``cache`` if given.
+
+        :param belief_output: the belief's output at the minibatch's padded positions ``[n_seq * T,
+            ..]``, computed beforehand, for a belief that the update leaves fixed
+            (:attr:`~bayes_agents.beliefs.Belief.fixed_during_policy_update`) and a policy that does
+            not sample: the belief is then not run (only the heads are)."""
+        features = self.extract_features(obs)
+        if belief_output is not None:
+            if not self.belief.fixed_during_policy_update or self.n_samples > 0:
+                raise ValueError(
+                    "belief_output needs a belief that the update leaves fixed and n_samples = 0"
+                )
+            self._last_output = belief_output
+            distribution = self._action_distribution(belief_output, None, features)
+            values = self._values(belief_output, features)
+            return values, distribution.log_prob(actions), distribution.entropy(), belief_output
+        return self._evaluate(features, actions, lstm_states, episode_starts, cache)
 
     def _evaluate(
         self,

@@ -33,6 +33,13 @@ rollout's. In this mode the minibatch's belief output has no ``precision``/``pre
 ``RecurrentPPO`` the policy's own ``reuse_rollout_precision`` does the same through a verified rollout
 record, :class:`~bayes_agents.policies.RolloutTermsCache`.)
 
+A belief that the update does not train (``fixed_during_policy_update``: VariBAD, whose encoder
+gets no RL gradient and trains in its own VAE step after the update) gives the same output in every
+epoch: ``train()`` runs it once over the whole rollout, from each env's state before the rollout
+and through its trial starts, and every minibatch takes its rows of that output (only the policy and
+value heads run per minibatch): on the grid (16 envs) the per-minibatch passes were about a fifth
+of VariBAD's training time.
+
 Buffer economies (:class:`BeliefRolloutBuffer`): a belief policy's critic states are its actor states
 (one belief), so the buffer keeps one copy of them; and a minibatch gathers the states of its
 sequence starts only (SB3's sampler copies every row's state, then keeps the starts; a Laplace state
@@ -70,6 +77,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch import Tensor
 
 from bayes_agents.beliefs import BeliefOutput, LaplaceBelief
+from bayes_agents.beliefs.base import rollout_inputs
 from bayes_agents.policies import (
     POLICY_ALIASES,
     BeliefPolicy,
@@ -138,8 +146,10 @@ class BayesPPO(RecurrentPPO):
     :param reuse_rollout_precision: for a Laplace belief, take the stop-gradient posterior terms of
         every step (precision, Cholesky factor, entropy, mean-independent KL terms) from the
         precisions the rollout computed, once per update, instead of recomputing them from the
-        current weights for every minibatch (see the module docstring). True by default; False gives
-        the exact recompute. No effect for other beliefs.
+        current weights for every minibatch (see the module docstring); for a belief that the update
+        does not train (:attr:`~bayes_agents.beliefs.Belief.fixed_during_policy_update`: VariBAD), run
+        it once over the rollout instead of once per minibatch of every epoch. True by default; False
+        gives the recompute per minibatch. No effect for other beliefs.
 
     ``learning_rate``, ``clip_range`` and ``clip_range_vf`` also accept ``"lin_<v>"``: a linear decay
     from ``v`` to 0 over the budget of ``learn`` (see :func:`resolve_schedule`).
@@ -298,6 +308,10 @@ class BayesPPO(RecurrentPPO):
         rows = None
         if self.reuse_rollout_precision and isinstance(policy.belief, LaplaceBelief):
             rows = self._rollout_rows()
+        fixed_output = None  # a belief the update does not train: its output at every buffered step
+        fixed_belief = policy.belief.fixed_during_policy_update and policy.n_samples == 0
+        if self.reuse_rollout_precision and fixed_belief:
+            fixed_output = self._rollout_belief_output()
         self._rollout_record = None  # released (a later call uses the buffer's states)
         parameters = list(policy.parameters())  # once: clip_grad_norm_ walks the modules per call
 
@@ -313,8 +327,12 @@ class BayesPPO(RecurrentPPO):
                     actions = data.actions.long().flatten()
                 mask = data.mask > 1e-8  # the unpadded steps
                 cache = None if rows is None else rows.minibatch(data.rows)
+                belief_output = None
+                if fixed_output is not None:  # padding takes row 0: the loss reads the real steps only
+                    take = torch.as_tensor(np.maximum(data.rows, 0), device=self.device)
+                    belief_output = fixed_output.apply(lambda value, take=take: value.index_select(0, take))
                 values, log_prob, entropy, output = policy.evaluate_minibatch(
-                    data.observations, actions, data.lstm_states.pi, data.episode_starts, cache
+                    data.observations, actions, data.lstm_states.pi, data.episode_starts, cache, belief_output
                 )
                 # The loss terms are elementwise, then averaged over the unpadded steps: taking those
                 # steps first (one index, built once) gives the same numbers as masking every term.
@@ -397,6 +415,25 @@ class BayesPPO(RecurrentPPO):
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "_rollout_record"]
+
+    def _rollout_belief_output(self) -> BeliefOutput:
+        """The belief's output at every buffered step, rows in the buffer's env-major order, from one
+        pass over the whole rollout (from each env's state before the rollout, through its resets):
+        for a belief the update leaves fixed, the output every epoch's minibatches would recompute."""
+        buffer, policy = self.rollout_buffer, self.policy
+        n_steps, n_envs = buffer.buffer_size, buffer.n_envs
+        hidden, cell = buffer.hidden_states_pi, buffer.cell_states_pi
+        if buffer.generator_ready:  # get() has flattened them env-major: [n_envs * n_steps, 1, slot]
+            first = np.arange(n_envs) * n_steps
+            hidden, cell = (array[first].swapaxes(0, 1) for array in (hidden, cell))
+        else:  # as stored: [n_steps, 1, n_envs, slot]
+            hidden, cell = hidden[0], cell[0]
+        slots = (torch.as_tensor(np.ascontiguousarray(array), device=self.device) for array in (hidden, cell))
+        state, _ = policy.unpack_state(tuple(slots))
+        inputs, starts = rollout_inputs(self)
+        with torch.no_grad():
+            output, _ = policy.belief.sequence(inputs, state, starts > 0.5)
+        return output.apply(lambda value: value.swapaxes(0, 1).flatten(0, 1))
 
     def _rollout_rows(self) -> _RolloutRows:
         """The stop-gradient Laplace terms of every buffered step, as rows in the buffer's own

@@ -6,6 +6,8 @@ Rows (env steps/s of the whole ``learn()``, after a warm-up rollout and update):
 * grid defaults (16 native envs, the package's BayesGrid-v0 PPO settings): stock
   ``MultiInputLstmPolicy`` (LSTM 128) under ``RecurrentPPO`` vs RL², VariBAD and GLiBRL under
   ``BayesPPO`` at their grid defaults (:func:`bayes_agents.methods.method_defaults`);
+* the same at the ``bayes-rl`` CLI's grid run defaults (``grid64``: 64 envs, minibatches of 960
+  steps), what ``bayes-rl train BayesGrid-v0`` runs;
 * the design card's call, one env and RecurrentPPO's default settings (n_steps 128, batch 128,
   10 epochs): ``RecurrentPPO(LaplacePolicy, gym.make("BayesGrid-v0")).learn(10_000)`` and the same
   with ``RL2Policy``, wall time of ``learn``;
@@ -15,7 +17,7 @@ Rows (env steps/s of the whole ``learn()``, after a warm-up rollout and update):
   (and with the lighter update of the issue's first measurement, 2 epochs over 200-step rollouts) vs
   the same envs stepping random actions.
 
-    python benchmarks/train_throughput.py [--quick] [--threads 1] [--only "grid|card|acting|mujoco"]
+    python benchmarks/train_throughput.py [--quick] [--threads 1] [--only "grid|grid64|card|acting|mujoco"]
 
 ``--quick`` is a smoke run (tiny budgets, MuJoCo with short rollouts): its numbers mean nothing.
 Writes ``benchmarks/results/train_throughput.json`` (``--out``): the measurements and the ratios with
@@ -39,7 +41,7 @@ from stable_baselines3.common.utils import obs_as_tensor
 
 import bayes_envs
 from bayes_agents import BayesPPO, GLiBRLPolicy, LaplacePolicy, RL2Policy, VariBADPolicy
-from bayes_agents.defaults import ppo_settings
+from bayes_agents.defaults import ppo_settings, run_settings
 from bayes_agents.methods import method_defaults
 from bayes_agents.ppo import resolve_schedules
 
@@ -58,16 +60,16 @@ def learn_rate(model: Any, timesteps: int, warmup: int) -> dict[str, float]:
     return {"env_steps_per_s": timesteps / seconds, "seconds": seconds, "timesteps": timesteps}
 
 
-def grid_defaults(args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    """Stock LSTM, RL², VariBAD and GLiBRL at the package's grid PPO settings, 16 envs."""
+def grid_defaults(args: argparse.Namespace, n_envs: int = N_ENVS) -> dict[str, dict[str, float]]:
+    """Stock LSTM, RL², VariBAD and GLiBRL at the package's grid PPO settings, ``n_envs`` envs."""
     ppo = ppo_settings(GRID)
-    rollout = ppo["n_steps"] * N_ENVS
+    rollout = ppo["n_steps"] * n_envs
     ppo["batch_size"] = rollout // 4  # four minibatches per epoch, as the defaults' 64 envs have
     # About 5 s per measurement on an idle core (the stock policy is ~8x slower per step).
-    timesteps = rollout * (1 if args.quick else 8)
-    belief_timesteps = rollout * (1 if args.quick else 48)
+    timesteps = rollout * (1 if args.quick else max(2, 8 * N_ENVS // n_envs))
+    belief_timesteps = rollout * (1 if args.quick else 48 * N_ENVS // n_envs)
     rows = {}
-    venv = bayes_envs.make_vec(GRID, N_ENVS, seed=0)
+    venv = bayes_envs.make_vec(GRID, n_envs, seed=0)
     stock = RecurrentPPO(
         "MultiInputLstmPolicy",
         venv,
@@ -79,7 +81,7 @@ def grid_defaults(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     rows["stock MultiInputLstmPolicy"] = learn_rate(stock, timesteps, rollout)
     for name, policy in (("rl2", RL2Policy), ("varibad", VariBADPolicy), ("glibrl", GLiBRLPolicy)):
         defaults = method_defaults(GRID, name)
-        venv = bayes_envs.make_vec(GRID, N_ENVS, seed=0)
+        venv = bayes_envs.make_vec(GRID, n_envs, seed=0)
         model = BayesPPO(
             policy, venv, policy_kwargs=defaults["policy"], seed=0, device="cpu", **defaults["ppo"]
         )
@@ -153,8 +155,14 @@ def mujoco(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     return rows
 
 
+def grid_run_defaults(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """:func:`grid_defaults` with the CLI's number of grid envs (64)."""
+    return grid_defaults(args, run_settings(GRID)["n_envs"])
+
+
 MEASUREMENTS: dict[str, Callable[[argparse.Namespace], dict[str, dict[str, float]]]] = {
     "grid": grid_defaults,
+    "grid64": grid_run_defaults,
     "card": design_card,
     "acting": acting_cost,
     "mujoco": mujoco,
@@ -174,14 +182,15 @@ def ratios(results: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict[st
             met = value >= target if at_least else value <= target
             out[name] = {"value": value, "target": f"{'>=' if at_least else '<='} {target:.3g}", "met": met}
 
-    grid_rl2 = rate("grid", "RL2Policy (BayesPPO, grid defaults)")
-    grid_stock = rate("grid", "stock MultiInputLstmPolicy")
-    if grid_rl2 and grid_stock:
-        add("RL2 BayesPPO vs stock LSTM (grid defaults)", grid_rl2 / grid_stock, 8.0)
-    for method in ("VariBADPolicy", "GLiBRLPolicy"):
-        value = rate("grid", f"{method} (BayesPPO, grid defaults)")
-        if value and grid_rl2:
-            add(f"{method} vs RL2 learn (grid defaults)", value / grid_rl2, 0.5)
+    for group, label in (("grid", "grid defaults"), ("grid64", "CLI grid defaults, 64 envs")):
+        grid_rl2 = rate(group, "RL2Policy (BayesPPO, grid defaults)")
+        grid_stock = rate(group, "stock MultiInputLstmPolicy")
+        if grid_rl2 and grid_stock:
+            add(f"RL2 BayesPPO vs stock LSTM ({label})", grid_rl2 / grid_stock, 8.0)
+        for method in ("VariBADPolicy", "GLiBRLPolicy"):
+            value = rate(group, f"{method} (BayesPPO, grid defaults)")
+            if value and grid_rl2:
+                add(f"{method} vs RL2 learn ({label})", value / grid_rl2, 0.5)
     card = results.get("card", {})
     laplace = next((row for name, row in card.items() if "LaplacePolicy" in name), None)
     rl2 = next((row for name, row in card.items() if "RL2Policy" in name), None)

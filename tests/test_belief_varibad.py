@@ -606,3 +606,79 @@ def test_vae_update_statistics_are_the_means_of_the_steps() -> None:
         assert stats[name] == pytest.approx(np.mean([row[index] for row in expected]), abs=1e-9)
     for mine, theirs in zip(belief.parameters(), twin.parameters(), strict=True):
         torch.testing.assert_close(mine, theirs)
+
+
+def test_update_runs_the_fixed_encoder_once_and_equals_the_minibatch_recompute(monkeypatch) -> None:
+    """VariBAD's encoder gets no gradient in the PPO update: BayesPPO runs it once over the rollout
+    (through the trials' resets) instead of per minibatch of every epoch, with the same update to
+    rounding."""
+    models = []
+    for reuse in (True, False):
+        venv = bayes_envs.make_vec("BayesGrid-v0", 3, seed=0)
+        model = BayesPPO(
+            VariBADPolicy,
+            venv,
+            policy_kwargs=GRID_KWARGS,
+            n_steps=90,  # trials of 60 steps: every env's rollout crosses a trial start
+            batch_size=90,
+            n_epochs=2,
+            seed=0,
+            device="cpu",
+            reuse_rollout_precision=reuse,
+        )
+        belief = model.policy.belief
+        assert belief.fixed_during_policy_update
+        initial = {name: value.detach().clone() for name, value in model.policy.named_parameters()}
+        calls = _count_calls_in_train(monkeypatch, model, belief, "sequence")
+        model.learn(90 * 3)  # one rollout, one update
+        n_minibatches = model.n_epochs * len(list(model.rollout_buffer.get(model.batch_size)))
+        assert len(calls) == (1 if reuse else n_minibatches)
+        models.append((model, initial))
+    (fixed, initial), (recomputed, _) = models
+    recomputed_parameters = dict(recomputed.policy.named_parameters())
+    moved = 0
+    for name, parameter in fixed.policy.named_parameters():
+        torch.testing.assert_close(parameter, recomputed_parameters[name], rtol=1e-4, atol=1e-6, msg=name)
+        moved += not torch.equal(parameter, initial[name])
+    assert moved > 0
+
+
+def test_rollout_belief_output_is_the_same_before_and_after_the_buffer_is_flattened() -> None:
+    model = collect("BayesGrid-v0", GRID_KWARGS, timesteps=240)
+    model.collect_rollouts(model.env, _NoCallback(), model.rollout_buffer, model.n_steps)
+    as_stored = model._rollout_belief_output()
+    list(model.rollout_buffer.get(model.batch_size))  # SB3 flattens the arrays env-major
+    flattened = model._rollout_belief_output()
+    for name in ("mean", "precision"):
+        torch.testing.assert_close(getattr(flattened, name), getattr(as_stored, name), rtol=0, atol=0)
+    assert as_stored.mean.shape[0] == model.n_steps * model.n_envs
+
+
+def _count_calls_in_train(monkeypatch, model: BayesPPO, owner, name: str) -> list[int]:
+    """A list that grows by one per call of ``owner.<name>`` made inside ``model.train()``."""
+    calls: list[int] = []
+    training = [False]
+    method, train = getattr(owner, name), model.train
+
+    def counted(*args):
+        if training[0]:
+            calls.append(1)
+        return method(*args)
+
+    def counted_train():
+        training[0] = True
+        try:
+            train()
+        finally:
+            training[0] = False
+
+    monkeypatch.setattr(owner, name, counted)
+    monkeypatch.setattr(model, "train", counted_train)
+    return calls
+
+
+class _NoCallback:
+    """The callback protocol collect_rollouts calls, doing nothing."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: True

@@ -135,7 +135,8 @@ def test_bayes_ppo_minibatches_with_rollout_terms_equal_recompute(kwargs, precis
     stock_evaluate = policy.evaluate_minibatch
     compared = []
 
-    def evaluate_both(obs, actions, lstm_states, episode_starts, cache=None):
+    def evaluate_both(obs, actions, lstm_states, episode_starts, cache=None, belief_output=None):
+        assert belief_output is None  # the Laplace belief trains in the update
         assert cache is not None
         mask = torch.zeros(len(episode_starts), dtype=torch.bool).index_fill_(0, cache.valid, True)
         calls = len(precision_calls)

@@ -275,6 +275,15 @@ class Belief(nn.Module, ABC):
     #: running statistics (see the ``norm_prev_reward`` run key of :mod:`bayes_agents.experiment`).
     models_rewards: ClassVar[bool] = False
 
+    @property
+    def fixed_during_policy_update(self) -> bool:
+        """Whether a PPO update leaves this belief's output unchanged: neither the RL loss nor an
+        auxiliary loss reaches the parameters it depends on (VariBAD without ``backprop_rl_loss``,
+        whose encoder trains only in the VAE step after the update). :class:`~bayes_agents.BayesPPO`
+        then runs the belief over the rollout once per update, not over every minibatch of every
+        epoch. False by default."""
+        return False
+
     def after_policy_update(self, model: Any) -> None:
         """Called by :class:`~bayes_agents.BayesPPO` after every PPO update with the model (its
         ``rollout_buffer`` still holds the rollout, see :func:`rollout_inputs`; log to

@@ -370,6 +370,11 @@ class VariBADBelief(Belief):
             )
         return output, self.state_layout.pack({"hidden": final_hidden})
 
+    @property
+    def fixed_during_policy_update(self) -> bool:
+        """True unless ``backprop_rl_loss``: the encoder then trains only in the VAE step."""
+        return not self.backprop_rl_loss
+
     @staticmethod
     def log_variance(output: BeliefOutput) -> Tensor:
         """``log σ²`` ``[.., L]`` of an output of :meth:`sequence`."""
