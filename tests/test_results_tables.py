@@ -21,6 +21,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 if str(BENCHMARKS) not in sys.path:
     sys.path.append(str(BENCHMARKS))
 
+import grid_episode2  # noqa: E402
 import learning  # noqa: E402
 import main_job  # noqa: E402
 import results_tables  # noqa: E402
@@ -420,3 +421,28 @@ def test_main_job_trains_again_runs_of_older_defaults(tmp_path: Path) -> None:
     older = {**config, "ppo": {**config["ppo"], "n_epochs": config["ppo"]["n_epochs"] + 1}}
     (run_dir / "config.json").write_text(json.dumps(older))
     assert not main_job.is_current(run_dir, 3, None)
+
+
+def test_grid_episode2_splits_tasks_by_what_episode_1_found() -> None:
+    """Three hand-built trials (goal entered at step 3, at the last step, never) land in their groups
+    with their episode-2/3 returns; the goal reward is told from the step cost by its value."""
+    length, cost = 15, -0.1
+    rewards = np.full((3, 4 * length), cost)
+    rewards[0, 3:length] = 1.0  # entered at step 3 of episode 1, then stays
+    rewards[1, length - 1] = 1.0  # entered on the last step
+    rewards[0, length + 2 : 2 * length] = 1.0
+    rewards[2, 2 * length + 5 : 3 * length] = 1.0
+    episode_returns = rewards.reshape(3, 4, length).sum(-1)
+    result = EvaluationResult(GRID, "hand", 0, episode_returns, rewards)
+    groups = grid_episode2.episode1_groups(result, goal_reward=1.0)
+    assert [mask.tolist() for mask in groups.values()] == [
+        [True, False, False],
+        [False, True, False],
+        [False, False, True],
+    ]
+    rows = grid_episode2.split_returns(result, goal_reward=1.0)
+    found, last, missed = (rows[name] for name in grid_episode2.GROUPS)
+    assert found["share"] == last["share"] == missed["share"] == pytest.approx(1 / 3)
+    assert found["episode_2"] == pytest.approx(episode_returns[0, 1])
+    assert last["episode_2"] == pytest.approx(length * cost)
+    assert missed["episode_3"] == pytest.approx(episode_returns[2, 2])
