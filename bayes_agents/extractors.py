@@ -22,8 +22,15 @@ prior state and outputs ``[observation, belief.policy_input(q_t)]``: the very in
 (Laplace KL, VariBAD ELBO, GLiBRL marginal likelihood) are trained by
 :class:`~bayes_agents.callbacks.BeliefAuxLossCallback`.
 
-Cost: a step's belief costs ``O(window)`` recurrent steps instead of one; the extractor trims
-each batch to its longest valid history.
+Cost. With gradients (an update's minibatch), a step's belief costs ``O(window)`` recurrent steps
+instead of one: the extractor trims each batch to its longest valid history and runs only what the
+policy input needs (:meth:`~bayes_agents.beliefs.Belief.policy_sequence`: Laplace-VRNN's means,
+without the precisions). Without gradients (acting, ``predict``, evaluation) a row whose history
+extends the one it had at the previous call by one entry, at unchanged belief weights, costs one
+recurrent step: the extractor keeps the belief state after each row's history and checks the
+continuation exactly (the history's earlier entries equal, bit for bit, the previous call's, and
+every parameter and buffer of the belief unchanged); other rows are run over their history from the
+prior. The outputs are the full pass's to rounding (a single recurrent step uses the cell kernel).
 """
 
 from __future__ import annotations
@@ -141,6 +148,7 @@ class BeliefExtractor(BaseFeaturesExtractor):
             self.belief.requires_grad_(False)
         #: The (detached) belief of the last forward pass, leading dim ``[N]``.
         self.last_belief_output: BeliefOutput | None = None
+        self._acting_cache: _ActingCache | None = None
 
     def history_inputs(self, observations: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """The RL² inputs ``[T, N, input_dim]`` of the histories (time-major, trimmed to the longest
@@ -180,14 +188,107 @@ class BeliefExtractor(BaseFeaturesExtractor):
         rows = torch.arange(last.shape[0], device=last.device)
         return output.apply(lambda value: value[last, rows])
 
+    def acting_belief(self, observations: dict[str, Tensor]) -> BeliefOutput:
+        """:meth:`current_belief` without gradients, continuing each row from the belief state the
+        previous call left where its history is that call's plus one entry (see the module
+        docstring); the belief state after every row's history is kept for the next call."""
+        inputs, lengths = self.history_inputs(observations)
+        batch, device = lengths.shape[0], inputs.device
+        cache = self._acting_cache
+        continues = torch.zeros(batch, dtype=torch.bool, device=device)
+        if cache is not None and cache.matches(self.belief, batch):
+            continues = cache.continued_rows(inputs, lengths)
+        # Rows that continue their history, or start one (a single entry), take one recurrent step.
+        stepped = continues | (lengths == 1)
+        groups: list[tuple[Tensor, BeliefOutput, Tensor]] = []
+        if bool(stepped.any()):
+            rows = stepped.nonzero()[:, 0]
+            last = lengths[rows] - 1
+            state = self.belief.initial_state(len(rows), device=device)
+            if cache is not None:
+                continued = continues[rows]
+                state[continued] = cache.states[rows[continued]]
+            output, state = self.belief.sequence(
+                inputs[last, rows].unsqueeze(0), state, (lengths[rows] == 1).unsqueeze(0)
+            )
+            groups.append((rows, output.apply(lambda value: value[0]), state))
+        for length in torch.unique(lengths[~stepped]).tolist():  # the others: from the prior
+            rows = ((lengths == length) & ~stepped).nonzero()[:, 0]
+            starts = torch.zeros(length, len(rows), dtype=torch.bool, device=device)
+            starts[0] = True
+            state = self.belief.initial_state(len(rows), device=device)
+            output, state = self.belief.sequence(inputs[:length, rows], state, starts)
+            groups.append((rows, output.apply(lambda value: value[-1]), state))
+        rows = torch.cat([group[0] for group in groups])
+        order = torch.empty_like(rows)
+        order[rows] = torch.arange(len(rows), device=device)
+        output = type(groups[0][1]).cat([group[1] for group in groups]).apply(lambda value: value[order])
+        states = torch.cat([group[2] for group in groups])[order]
+        self._acting_cache = _ActingCache.of(self.belief, inputs, lengths, states)
+        return output
+
     def forward(self, observations: dict[str, Tensor]) -> Tensor:
-        """``[N, obs_dim + policy_input_dim]``: the flattened current observation and the belief features."""
-        output = self.current_belief(observations)
+        """``[N, obs_dim + policy_input_dim]``: the flattened current observation and the belief features.
+
+        Without gradients the belief comes from :meth:`acting_belief` (incremental, full posterior);
+        with gradients from :meth:`~bayes_agents.beliefs.Belief.policy_sequence` over each row's
+        history (only what the policy input reads)."""
+        if torch.is_grad_enabled():
+            inputs, lengths = self.history_inputs(observations)
+            steps, batch = inputs.shape[:2]
+            starts = torch.zeros(steps, batch, dtype=torch.bool, device=inputs.device)
+            starts[0] = True
+            state = self.belief.initial_state(batch, device=inputs.device)
+            rows = torch.arange(batch, device=inputs.device)
+            sequence = self.belief.policy_sequence(inputs, state, starts)
+            output = sequence.apply(lambda value: value[lengths - 1, rows])
+        else:
+            output = self.acting_belief(observations)
         self.last_belief_output = output.apply(Tensor.detach)
         belief = self.belief.policy_input(output)
         if self.detach_belief:
             belief = belief.detach()
         return torch.cat([observations[OBS_KEY].flatten(1), belief.to(observations[OBS_KEY].dtype)], dim=1)
+
+
+class _ActingCache:
+    """What :meth:`BeliefExtractor.acting_belief` keeps between calls: the histories' inputs
+    ``[T, N, D]`` and lengths ``[N]``, the belief state after each row's history ``[N, S]``, and a copy
+    of the belief's parameters and buffers (the states hold only for those values)."""
+
+    def __init__(self, inputs: Tensor, lengths: Tensor, states: Tensor, weights: list[Tensor]) -> None:
+        self.inputs, self.lengths, self.states, self.weights = inputs, lengths, states, weights
+
+    @staticmethod
+    def _weights(belief: Belief) -> list[Tensor]:
+        return [*belief.parameters(), *belief.buffers()]
+
+    @classmethod
+    def of(cls, belief: Belief, inputs: Tensor, lengths: Tensor, states: Tensor) -> _ActingCache:
+        weights = [tensor.detach().clone() for tensor in cls._weights(belief)]
+        return cls(inputs.clone(), lengths.clone(), states, weights)
+
+    def matches(self, belief: Belief, batch: int) -> bool:
+        """Same number of rows and the same belief values (compared, not version-counted: SB3's
+        Polyak updates write ``.data`` in place, which no version counter sees)."""
+        current = self._weights(belief)
+        return (
+            self.lengths.shape[0] == batch
+            and len(current) == len(self.weights)
+            and all(
+                kept.shape == now.shape and torch.equal(kept, now.detach())
+                for kept, now in zip(self.weights, current, strict=True)
+            )
+        )
+
+    def continued_rows(self, inputs: Tensor, lengths: Tensor) -> Tensor:
+        """``[N]`` bool: rows whose history is the kept one plus one entry, the kept entries equal."""
+        candidates = lengths == self.lengths + 1
+        # A candidate's kept entries lie within both batches' (trimmed) lengths.
+        common = min(self.inputs.shape[0], inputs.shape[0])
+        same = (inputs[:common] == self.inputs[:common]).all(dim=-1)  # [common, N]
+        within = torch.arange(common, device=inputs.device)[:, None] < self.lengths[None, :]
+        return candidates & (same | ~within).all(dim=0)
 
 
 class HistoryPredictor:

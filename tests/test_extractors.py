@@ -141,6 +141,66 @@ def test_belief_equals_the_recurrent_policy_belief(method) -> None:
         start = np.array([False])
 
 
+def _reference_features(extractor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The features from the full pass over each row's history (:meth:`current_belief`)."""
+    with torch.no_grad():
+        belief = extractor.belief.policy_input(extractor.current_belief(batch))
+    return torch.cat([batch["obs"].flatten(1), belief], dim=1)
+
+
+@pytest.mark.parametrize("method", sorted(EXTRACTORS))
+@pytest.mark.parametrize("window", [60, 7])
+def test_acting_continues_each_row_by_one_step_and_equals_the_full_pass(method, window, monkeypatch) -> None:
+    """Without gradients, rows whose history grew by one entry take one recurrent step from the kept
+    state: over 70 steps of 3 envs (a trial boundary at 60) every call is one step for the whole-trial
+    window, and the windowed rows recompute once the window slides; features equal the full pass.
+    A change of a belief weight (written through ``.data``, as SB3's Polyak update does) forces a
+    full pass."""
+    torch.manual_seed(0)
+    venv = make_vec_env(
+        lambda: TrialHistoryWrapper(gym.make("BayesGrid-v0"), window=window), n_envs=3, seed=1
+    )
+    extractor = EXTRACTORS[method](venv.observation_space, **GRID_KWARGS[method])
+    lengths_run: list[int] = []
+    sequence = extractor.belief.sequence
+    monkeypatch.setattr(
+        extractor.belief,
+        "sequence",
+        lambda inputs, *rest: lengths_run.append(inputs.shape[0]) or sequence(inputs, *rest),
+    )
+    rng = np.random.default_rng(0)
+    observations = venv.reset()
+    for step in range(70):
+        batch = {key: torch.as_tensor(value) for key, value in observations.items()}
+        if step == 65:
+            with torch.no_grad():
+                next(extractor.belief.parameters()).data.add_(0.05)
+        lengths_run.clear()
+        with torch.no_grad():
+            features = extractor(batch)
+        if window == 60 and step != 65:
+            assert lengths_run == [1], (step, lengths_run)
+        elif step == 65 or (window == 7 and step % 60 >= 7):
+            assert max(lengths_run) > 1, (step, lengths_run)
+        lengths_run.clear()
+        torch.testing.assert_close(features, _reference_features(extractor, batch), rtol=1e-5, atol=1e-5)
+        observations, *_ = venv.step(rng.integers(5, size=3))
+
+
+@pytest.mark.parametrize("method", ["laplace", "rl2"])
+def test_features_with_gradients_equal_the_full_pass_and_train_the_belief(method) -> None:
+    """With gradients the extractor runs only what the policy input reads (Laplace: the means), with
+    the same values as the full posterior and gradients that reach the recurrence."""
+    env = TrialHistoryWrapper(gym.make("BayesGrid-v0"))
+    extractor = EXTRACTORS[method](env.observation_space, **GRID_KWARGS[method])
+    _, observations = grid_trial(30, window=None)
+    batch = torch_obs(observations)
+    features = extractor(batch)
+    torch.testing.assert_close(features.detach(), _reference_features(extractor, batch), rtol=1e-5, atol=1e-6)
+    features[:, 2:].sum().backward()
+    assert extractor.belief.cell.weight_hh.grad.abs().sum() > 0
+
+
 def test_given_belief_is_copied_and_checked() -> None:
     env = TrialHistoryWrapper(gym.make("BayesGrid-v0"), window=5)
     source = RL2Extractor(env.observation_space, **SMALL)

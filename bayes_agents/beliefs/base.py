@@ -72,7 +72,17 @@ class BeliefOutput:
         for field in fields(self):
             value = getattr(self, field.name)
             values[field.name] = None if value is None else function(value)
-        return BeliefOutput(**values)
+        return type(self)(**values)  # subclasses (Laplace, GLiBRL) keep their type and extra fields
+
+    @classmethod
+    def cat(cls, outputs: Sequence[BeliefOutput], dim: int = 0) -> BeliefOutput:
+        """Outputs of one type (and the same fields set) concatenated along ``dim`` of every field."""
+        first = outputs[0]
+        values = {}
+        for field in fields(first):
+            parts = [getattr(output, field.name) for output in outputs]
+            values[field.name] = None if parts[0] is None else torch.cat(parts, dim=dim)
+        return type(first)(**values)
 
 
 @dataclass(frozen=True)
@@ -237,6 +247,13 @@ class Belief(nn.Module, ABC):
         return gaussian_sample(
             output.mean, n_samples, output.precision, output.precision_cholesky, generator, noise
         )
+
+    def policy_sequence(self, inputs: Tensor, state: Tensor, episode_starts: Tensor) -> BeliefOutput:
+        """The outputs of :meth:`sequence` that :meth:`policy_input` reads, ``[T, B, ..]``, with the
+        same gradients; the other fields may be left out (None). A belief whose policy input costs
+        less than its whole posterior overrides this (Laplace-VRNN: the means alone, without the
+        precisions). No state is returned. Default: :meth:`sequence`'s output."""
+        return self.sequence(inputs, state, episode_starts)[0]
 
     @property
     def policy_input_dim(self) -> int:

@@ -99,8 +99,8 @@ of such a sequence is the exact log predictive of its transitions given that sto
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
@@ -167,13 +167,6 @@ class GLiBRLOutput(BeliefOutput):
         size = blocks.shape[-3] * blocks.shape[-1]
         return dense.reshape(*blocks.shape[:-3], size, size)
 
-    def apply(self, function: Callable[[Tensor], Tensor]) -> GLiBRLOutput:
-        """As :meth:`BeliefOutput.apply`, keeping the subclass and its extra fields."""
-        values = {}
-        for field in fields(self):
-            value = getattr(self, field.name)
-            values[field.name] = None if value is None else function(value)
-        return GLiBRLOutput(**values)
 
 
 class NIGPosterior(NamedTuple):

@@ -178,10 +178,6 @@ class LaplaceOutput(BeliefOutput):
     previous_precision: Tensor | None = None
     kl_offset: Tensor | None = None
 
-    def apply(self, function: Callable[[Tensor], Tensor]) -> LaplaceOutput:
-        """As :meth:`BeliefOutput.apply`, keeping the subclass and its extra fields."""
-        return LaplaceOutput(**_mapped_fields(self, function))
-
 
 class _SymmetricQuadraticForm(torch.autograd.Function):
     """``x^T A x`` ``[..]`` for ``x`` ``[.., L]`` and a constant symmetric ``A`` ``[.., L, L]``, with the
@@ -663,6 +659,12 @@ class LaplaceBelief(RL2Belief):
                 mean_values = features.detach()
             previous_mean = _shift_in(mean_values, parts["mean"], starts, 0.0)
         return (features + previous_mean if self.variant == "markov" else features), previous_mean
+
+    def policy_sequence(self, inputs: Tensor, state: Tensor, episode_starts: Tensor) -> BeliefOutput:
+        """The policy input's field alone, the means ``μ_t`` (:meth:`mean_sequence`): no Jacobians,
+        precisions or factors."""
+        mean, _ = self.mean_sequence(inputs, state, episode_starts)
+        return LaplaceOutput(mean=mean)
 
     def mean_sequence(self, inputs: Tensor, state: Tensor, episode_starts: Tensor) -> tuple[Tensor, Tensor]:
         """The means of :meth:`sequence` alone (no precision, no state): ``μ_t`` ``[T, B, L]``, with
