@@ -196,7 +196,8 @@ class BeliefExtractor(BaseFeaturesExtractor):
         batch, device = lengths.shape[0], inputs.device
         cache = self._acting_cache
         continues = torch.zeros(batch, dtype=torch.bool, device=device)
-        if cache is not None and cache.matches(self.belief, batch):
+        same_weights = cache is not None and cache.same_weights(self.belief)
+        if same_weights and cache.lengths.shape[0] == batch:
             continues = cache.continued_rows(inputs, lengths)
         # Rows that continue their history, or start one (a single entry), take one recurrent step.
         stepped = continues | (lengths == 1)
@@ -212,19 +213,46 @@ class BeliefExtractor(BaseFeaturesExtractor):
                 inputs[last, rows].unsqueeze(0), state, (lengths[rows] == 1).unsqueeze(0)
             )
             groups.append((rows, output.apply(lambda value: value[0]), state))
-        for length in torch.unique(lengths[~stepped]).tolist():  # the others: from the prior
-            rows = ((lengths == length) & ~stepped).nonzero()[:, 0]
-            starts = torch.zeros(length, len(rows), dtype=torch.bool, device=device)
+        # The others run from the prior: per length when there are few lengths (an env batch after
+        # an update: trials run in step), keeping each row's final state; else (a replay batch) in one
+        # pass over the histories that hold them (prefix_sources), without the states after each
+        # row's history: those rows are not continued at the next call.
+        resumable = lengths.clone()
+        others = torch.unique(lengths[~stepped])
+        if len(others) <= _LENGTH_GROUPS:
+            for length in others.tolist():
+                rows = ((lengths == length) & ~stepped).nonzero()[:, 0]
+                starts = torch.zeros(length, len(rows), dtype=torch.bool, device=device)
+                starts[0] = True
+                state = self.belief.initial_state(len(rows), device=device)
+                output, state = self.belief.sequence(inputs[:length, rows], state, starts)
+                groups.append((rows, output.apply(lambda value: value[-1]), state))
+        else:
+            rows = (~stepped).nonzero()[:, 0]
+            keep, source = prefix_sources(inputs[:, rows], lengths[rows])
+            kept = rows[keep]
+            kept_inputs = inputs[: int(lengths[kept].max()), kept]
+            starts = torch.zeros(kept_inputs.shape[:2], dtype=torch.bool, device=device)
             starts[0] = True
-            state = self.belief.initial_state(len(rows), device=device)
-            output, state = self.belief.sequence(inputs[:length, rows], state, starts)
-            groups.append((rows, output.apply(lambda value: value[-1]), state))
+            output, _ = self.belief.sequence(
+                kept_inputs, self.belief.initial_state(len(kept), device=device), starts
+            )
+            row_lengths = lengths[rows]
+            groups.append(
+                (
+                    rows,
+                    output.apply(lambda value: value[row_lengths - 1, source]),
+                    self.belief.initial_state(len(rows), device=device),  # not kept: see above
+                )
+            )
+            resumable[rows] = -1
         rows = torch.cat([group[0] for group in groups])
         order = torch.empty_like(rows)
         order[rows] = torch.arange(len(rows), device=device)
         output = type(groups[0][1]).cat([group[1] for group in groups]).apply(lambda value: value[order])
         states = torch.cat([group[2] for group in groups])[order]
-        self._acting_cache = _ActingCache.of(self.belief, inputs, lengths, states)
+        weights = cache.weights if same_weights else _ActingCache.snapshot(self.belief)
+        self._acting_cache = _ActingCache(inputs.clone(), resumable, states, weights)
         return output
 
     def forward(self, observations: dict[str, Tensor]) -> Tensor:
@@ -235,13 +263,15 @@ class BeliefExtractor(BaseFeaturesExtractor):
         history (only what the policy input reads)."""
         if torch.is_grad_enabled():
             inputs, lengths = self.history_inputs(observations)
-            steps, batch = inputs.shape[:2]
-            starts = torch.zeros(steps, batch, dtype=torch.bool, device=inputs.device)
+            # Histories that are prefixes of a longer one in the batch (steps of one trial, as in an
+            # on-policy minibatch) are read off that one's pass: one pass per trial, not per step.
+            keep, source = prefix_sources(inputs, lengths)
+            kept_inputs = inputs[: int(lengths[keep].max()), keep]
+            starts = torch.zeros(kept_inputs.shape[:2], dtype=torch.bool, device=inputs.device)
             starts[0] = True
-            state = self.belief.initial_state(batch, device=inputs.device)
-            rows = torch.arange(batch, device=inputs.device)
-            sequence = self.belief.policy_sequence(inputs, state, starts)
-            output = sequence.apply(lambda value: value[lengths - 1, rows])
+            state = self.belief.initial_state(len(keep), device=inputs.device)
+            sequence = self.belief.policy_sequence(kept_inputs, state, starts)
+            output = sequence.apply(lambda value: value[lengths - 1, source])
         else:
             output = self.acting_belief(observations)
         self.last_belief_output = output.apply(Tensor.detach)
@@ -249,6 +279,52 @@ class BeliefExtractor(BaseFeaturesExtractor):
         if self.detach_belief:
             belief = belief.detach()
         return torch.cat([observations[OBS_KEY].flatten(1), belief.to(observations[OBS_KEY].dtype)], dim=1)
+
+
+#: Up to this many history lengths, :meth:`BeliefExtractor.acting_belief` runs the rows it cannot
+#: continue per length (keeping their states); with more, in one pass without their states.
+_LENGTH_GROUPS = 4
+#: Rows compared with the whole batch at a time by :func:`prefix_sources`.
+_PREFIX_BLOCK = 1024
+
+
+def prefix_sources(inputs: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    """Which histories to run so that every history of the batch is a prefix of one of them.
+
+    A belief run from the prior over a history gives, at entry ``t``, the belief of that history's
+    first ``t + 1`` entries; so a history that is a prefix of a longer one in the batch (an earlier
+    step of the same trial) needs no pass of its own. Candidates are found by a position-weighted
+    fingerprint of the prefixes and every match is then verified entry by entry (exact equality),
+    so a fingerprint collision can only cost a pass, never give a wrong belief.
+
+    :param inputs: ``[T, N, D]`` histories (time-major), row ``n`` valid in ``[:lengths[n]]``.
+    :param lengths: ``[N]`` int64, each in ``[1, T]``.
+    :return: ``keep`` ``[R]``, the rows to run (ascending), and ``source`` ``[N]``, the position in
+        ``keep`` of the row whose pass holds each row's history.
+    """
+    batch, device = inputs.shape[1], inputs.device
+    valid = torch.arange(inputs.shape[0], device=device)[:, None] < lengths[None, :]  # [T, N]
+    weights = torch.rand(inputs.shape[0], inputs.shape[2], generator=torch.Generator().manual_seed(0))
+    entry_keys = (inputs.double() * weights.to(device, torch.float64)[:, None, :]).sum(-1)  # [T, N]
+    prefix_keys = (entry_keys * valid).cumsum(dim=0)
+    rows = torch.arange(batch, device=device)
+    own = prefix_keys[lengths - 1, rows]  # [N]: the key of each row's whole history
+    # The longest candidate (the first among equals) holds every shorter prefix of its trial.
+    priority = lengths * batch + (batch - 1 - rows)
+    holder = torch.empty_like(rows)
+    for block in rows.split(_PREFIX_BLOCK):  # [block, N] comparisons at a time: bounded memory
+        # Row m can hold row n if it is at least as long and its prefix of n's length has n's key.
+        at_n = prefix_keys[(lengths[block] - 1)[:, None], rows[None, :]]
+        scale = own[block].abs()[:, None].clamp(min=1.0)
+        candidate = (at_n - own[block, None]).abs() <= 1e-9 * scale
+        candidate &= lengths[None, :] >= lengths[block, None]
+        holder[block] = torch.where(candidate, priority[None, :], -1).argmax(dim=1)
+    # Verify: row n's entries equal the holder's first lengths[n] entries.
+    same = (inputs == inputs[:, holder]).all(dim=-1) | ~valid  # [T, N]
+    holder = torch.where(same.all(dim=0), holder, rows)
+    keep = torch.unique(holder)
+    source = torch.searchsorted(keep, holder)
+    return keep, source
 
 
 class _ActingCache:
@@ -264,21 +340,17 @@ class _ActingCache:
         return [*belief.parameters(), *belief.buffers()]
 
     @classmethod
-    def of(cls, belief: Belief, inputs: Tensor, lengths: Tensor, states: Tensor) -> _ActingCache:
-        weights = [tensor.detach().clone() for tensor in cls._weights(belief)]
-        return cls(inputs.clone(), lengths.clone(), states, weights)
+    def snapshot(cls, belief: Belief) -> list[Tensor]:
+        """Copies of the belief's parameters and buffers."""
+        return [tensor.detach().clone() for tensor in cls._weights(belief)]
 
-    def matches(self, belief: Belief, batch: int) -> bool:
-        """Same number of rows and the same belief values (compared, not version-counted: SB3's
-        Polyak updates write ``.data`` in place, which no version counter sees)."""
+    def same_weights(self, belief: Belief) -> bool:
+        """Whether the belief still has the kept values (compared, not version-counted: SB3's Polyak
+        updates write ``.data`` in place, which no version counter sees)."""
         current = self._weights(belief)
-        return (
-            self.lengths.shape[0] == batch
-            and len(current) == len(self.weights)
-            and all(
-                kept.shape == now.shape and torch.equal(kept, now.detach())
-                for kept, now in zip(self.weights, current, strict=True)
-            )
+        return len(current) == len(self.weights) and all(
+            kept.shape == now.shape and torch.equal(kept, now.detach())
+            for kept, now in zip(self.weights, current, strict=True)
         )
 
     def continued_rows(self, inputs: Tensor, lengths: Tensor) -> Tensor:

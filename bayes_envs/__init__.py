@@ -17,7 +17,12 @@ from bayes_envs.grid import BayesGridEnv, GridTask
 from bayes_envs.normalize import RL2VecNormalize
 from bayes_envs.regression import FourierRegressionEnv, FourierTask
 from bayes_envs.vec import BatchedVecEnv, make_vec
-from bayes_envs.wrappers import BeliefObservationWrapper, TrialHistory, TrialHistoryWrapper
+from bayes_envs.wrappers import (
+    BeliefObservationWrapper,
+    TrialHistory,
+    TrialHistoryVecWrapper,
+    TrialHistoryWrapper,
+)
 
 __all__ = [
     "BanditTask",
@@ -32,6 +37,7 @@ __all__ = [
     "RL2VecNormalize",
     "TrialBatch",
     "TrialHistory",
+    "TrialHistoryVecWrapper",
     "TrialHistoryWrapper",
     "make_vec",
 ]

@@ -8,6 +8,8 @@ algorithms (PPO, A2C, SAC, TD3) are memoryless, so the belief must come with the
   last ``K`` RL² inputs of the trial (oldest first, padding masked). A features extractor
   (:mod:`bayes_agents.extractors`) runs the belief over that window from the prior, which gives
   exactly the recurrent policy's belief while the trial is at most ``K`` steps old.
+  :class:`TrialHistoryVecWrapper` does the same for a whole ``VecEnv`` (the batched envs of
+  :func:`bayes_envs.make_vec`).
 * :class:`BeliefObservationWrapper` runs a frozen belief alongside the env and appends its policy
   features to a flat (Box) observation, for algorithms that know nothing of extractors.
 
@@ -25,6 +27,8 @@ from typing import TYPE_CHECKING, Any, SupportsFloat
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
+from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
 from bayes_envs.core import RL2_KEYS, action_feature_space, check_int
 
@@ -151,6 +155,25 @@ def _trial_length(env: gym.Env) -> int:
         ) from error
 
 
+def history_observation_space(part_spaces: dict[str, spaces.Box], window: int) -> spaces.Dict:
+    """The Dict space of :class:`TrialHistoryWrapper`'s observations for RL² parts ``part_spaces``
+    (``obs``, ``prev_action``, ``prev_reward``, ``new_episode``) and ``window`` entries."""
+    history_spaces = {}
+    for key, space in part_spaces.items():
+        low, high = _bounds_with_zero(space)
+        shape = (window, *space.shape)
+        history_spaces[f"history_{key}"] = spaces.Box(
+            np.broadcast_to(low, shape).copy(), np.broadcast_to(high, shape).copy(), shape, np.float32
+        )
+    return spaces.Dict(
+        {
+            "obs": part_spaces["obs"],
+            **history_spaces,
+            HISTORY_MASK_KEY: spaces.Box(0.0, 1.0, (window,), np.float32),
+        }
+    )
+
+
 class TrialHistory:
     """A rolling window of the last ``window`` RL² inputs of ``batch_size`` trials (numpy, batched).
 
@@ -199,6 +222,17 @@ class TrialHistory:
             )
         self.lengths = np.minimum(self.lengths + 1, self.window)
 
+    def subset(self, rows: np.ndarray) -> TrialHistory:
+        """A copy of the histories of ``rows`` (an index array) as a batch of their own."""
+        rows = np.asarray(rows, np.int64)
+        shapes = {key: values.shape[2:] for key, values in self.values.items()}
+        copied = TrialHistory(
+            len(rows), self.window, {key[len("history_") :]: shape for key, shape in shapes.items()}
+        )
+        copied.values = {key: values[rows].copy() for key, values in self.values.items()}
+        copied.lengths = self.lengths[rows].copy()
+        return copied
+
     def observation(self, current_obs: np.ndarray) -> dict[str, np.ndarray]:
         """The Dict observation ``{"obs", "history_*", "history_mask"}`` (fresh arrays, leading dim ``B``)."""
         mask = (np.arange(self.window)[None, :] < self.lengths[:, None]).astype(np.float32)
@@ -243,23 +277,9 @@ class TrialHistoryWrapper(gym.Wrapper):
         super().__init__(env)
         self.window = _trial_length(env) if window is None else check_int("window", window, 1)
         self.tracker = RL2InputTracker(env)
-        k = self.window
-        history_spaces = {}
-        for key, space in self.tracker.part_spaces.items():
-            low, high = _bounds_with_zero(space)
-            shape = (k, *space.shape)
-            history_spaces[f"history_{key}"] = spaces.Box(
-                np.broadcast_to(low, shape).copy(), np.broadcast_to(high, shape).copy(), shape, np.float32
-            )
-        self.observation_space = spaces.Dict(
-            {
-                "obs": self.tracker.state_space,
-                **history_spaces,
-                HISTORY_MASK_KEY: spaces.Box(0.0, 1.0, (k,), np.float32),
-            }
-        )
+        self.observation_space = history_observation_space(self.tracker.part_spaces, self.window)
         self.history = TrialHistory(
-            1, k, {key: space.shape for key, space in self.tracker.part_spaces.items()}
+            1, self.window, {key: space.shape for key, space in self.tracker.part_spaces.items()}
         )
         self._current_obs = np.zeros(self.tracker.state_space.shape, np.float32)
 
@@ -287,6 +307,72 @@ class TrialHistoryWrapper(gym.Wrapper):
             self.tracker.step(action, observation, reward, terminated or truncated, info), restart=False
         )
         return self.observation(), reward, terminated, truncated, info
+
+
+class TrialHistoryVecWrapper(VecEnvWrapper):
+    """:class:`TrialHistoryWrapper` for a whole ``VecEnv`` at once: the same Dict observations, kept
+    in one batched :class:`TrialHistory`, so that stock SB3 algorithms with belief extractors run on
+    the batched envs of :func:`bayes_envs.make_vec` (e.g. 16 grid trials stepped as one numpy batch
+    instead of 16 wrapped Python envs)::
+
+        env = TrialHistoryVecWrapper(bayes_envs.make_vec("BayesGrid-v0", 16))
+        PPO("MultiInputPolicy", env, policy_kwargs=dict(features_extractor_class=LaplaceExtractor))
+
+    The history of an env restarts with the observation that starts its next trial (the ``VecEnv``
+    resets finished envs itself), and ``info["terminal_observation"]`` of a finished env is turned
+    into the history observation of its trial's last step, as a ``DummyVecEnv`` of
+    :class:`TrialHistoryWrapper` envs gives it.
+
+    :param venv: a ``VecEnv`` with the RL² Dict observation of :mod:`bayes_envs` (``rl2_inputs=True``,
+        the default of :func:`bayes_envs.make_vec`).
+    :param window: ``K >= 1``; ``None`` takes the trial length of the envs (``episode_length ×
+        episodes_per_trial``).
+    """
+
+    def __init__(self, venv: VecEnv, window: int | None = None) -> None:
+        space = venv.observation_space
+        if not isinstance(space, spaces.Dict) or any(key not in space.spaces for key in RL2_KEYS):
+            raise TypeError(
+                f"venv must have the RL² Dict observation of bayes_envs (keys {RL2_KEYS}), got {space}; "
+                "make it with bayes_envs.make_vec(env_id, n, rl2_inputs=True)"
+            )
+        if window is None:
+            try:
+                length = venv.get_attr("episode_length", [0])[0] * venv.get_attr("episodes_per_trial", [0])[0]
+            except AttributeError as error:
+                raise ValueError(
+                    "window=None (the whole trial) needs envs with episode_length and episodes_per_trial; "
+                    "pass window=K"
+                ) from error
+            window = int(length)
+        self.window = check_int("window", window, 1)
+        self.part_spaces = {key: space[key] for key in RL2_KEYS}
+        super().__init__(venv, observation_space=history_observation_space(self.part_spaces, self.window))
+        self.history = self._empty_history()
+
+    def _empty_history(self) -> TrialHistory:
+        return TrialHistory(
+            self.num_envs, self.window, {key: box.shape for key, box in self.part_spaces.items()}
+        )
+
+    def reset(self) -> dict[str, np.ndarray]:
+        observation = self.venv.reset()
+        self.history = self._empty_history()
+        self.history.append(observation, np.ones(self.num_envs, bool))
+        return self.history.observation(observation["obs"])
+
+    def step_wait(self) -> VecEnvStepReturn:
+        observation, rewards, dones, infos = self.venv.step_wait()
+        finished = np.flatnonzero(dones)
+        if finished.size:
+            last = [infos[i]["terminal_observation"] for i in finished]
+            ended = self.history.subset(finished)
+            ended.append({key: np.stack([obs[key] for obs in last]) for key in RL2_KEYS})
+            terminal = ended.observation(np.stack([obs["obs"] for obs in last]))
+            for row, i in enumerate(finished):
+                infos[i]["terminal_observation"] = {key: value[row] for key, value in terminal.items()}
+        self.history.append(observation, dones)
+        return self.history.observation(observation["obs"]), rewards, dones, infos
 
 
 class BeliefObservationWrapper(gym.Wrapper):

@@ -13,6 +13,7 @@ from sb3_contrib import RecurrentPPO
 from stable_baselines3 import A2C, PPO, SAC, TD3
 from stable_baselines3.common.env_util import make_vec_env
 
+import bayes_agents.extractors as extractors_module
 import bayes_agents.policies as policies
 import bayes_envs  # noqa: F401  (registers the envs)
 from bayes_agents.callbacks import BeliefAuxLossCallback, belief_extractors
@@ -188,6 +189,20 @@ def test_acting_continues_each_row_by_one_step_and_equals_the_full_pass(method, 
 
 
 @pytest.mark.parametrize("method", ["laplace", "rl2"])
+def test_rows_of_a_many_length_batch_are_recomputed_at_the_next_call(method) -> None:
+    """A no-gradient batch of many history lengths (a replay batch) runs in one pass without keeping
+    row states; a next batch whose rows extend those histories by one entry is still exact."""
+    env = TrialHistoryWrapper(gym.make("BayesGrid-v0"))
+    extractor = EXTRACTORS[method](env.observation_space, **GRID_KWARGS[method])
+    _, observations = grid_trial(40, window=None)
+    first, second = torch_obs(observations[:-1]), torch_obs(observations[1:])
+    for batch in (first, second):
+        with torch.no_grad():
+            features = extractor(batch)
+        torch.testing.assert_close(features, _reference_features(extractor, batch), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["laplace", "rl2"])
 def test_features_with_gradients_equal_the_full_pass_and_train_the_belief(method) -> None:
     """With gradients the extractor runs only what the policy input reads (Laplace: the means), with
     the same values as the full posterior and gradients that reach the recurrence."""
@@ -199,6 +214,76 @@ def test_features_with_gradients_equal_the_full_pass_and_train_the_belief(method
     torch.testing.assert_close(features.detach(), _reference_features(extractor, batch), rtol=1e-5, atol=1e-6)
     features[:, 2:].sum().backward()
     assert extractor.belief.cell.weight_hh.grad.abs().sum() > 0
+
+
+def _trial_prefixes(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Histories [T, N, D] of 3 trials (all their prefixes, shuffled, one duplicated) and 2 unrelated
+    rows whose first entries equal a trial's (as every grid trial's first input is the same)."""
+    generator = torch.Generator().manual_seed(seed)
+    steps, dim = 9, 4
+    trials = torch.randint(0, 3, (steps, 3, dim), generator=generator).float()
+    trials[0] = trials[0, 0]  # one first input for all
+    rows, lengths = [], []
+    for trial in range(3):
+        for length in range(1, steps + 1):
+            rows.append(trials[:, trial]), lengths.append(length)
+    rows.append(trials[:, 1]), lengths.append(5)  # a duplicate history
+    for length in (4, 7):  # share only the first entry with trial 0
+        other = trials[:, 0].clone()
+        other[1:] += 10.0
+        rows.append(other), lengths.append(length)
+    lengths_t = torch.tensor(lengths)
+    inputs = torch.stack(rows, dim=1)
+    inputs = inputs * (torch.arange(steps)[:, None] < lengths_t[None, :])[..., None]  # zero padding
+    order = torch.randperm(len(lengths), generator=generator)
+    return inputs[:, order], lengths_t[order], 3 + 1
+
+
+@pytest.mark.parametrize("collide", [False, True])
+def test_prefix_sources_cover_every_history_with_verified_prefixes(collide, monkeypatch) -> None:
+    """Every row's history is the prefix of its source's; the sources are the 3 whole trials and the
+    longest unrelated row. With every fingerprint equal (forced collisions) the exact check still
+    keeps every row correct."""
+    inputs, lengths, expected_kept = _trial_prefixes()
+    if collide:
+        monkeypatch.setattr(extractors_module.torch, "rand", lambda *args, **kwargs: torch.zeros(*args[:2]))
+    keep, source = extractors_module.prefix_sources(inputs, lengths)
+    for row in range(inputs.shape[1]):
+        holder = int(keep[source[row]])
+        length = int(lengths[row])
+        assert int(lengths[holder]) >= length
+        torch.testing.assert_close(inputs[:length, holder], inputs[:length, row], rtol=0, atol=0)
+    if not collide:
+        assert len(keep) == expected_kept
+
+
+@pytest.mark.parametrize("method", sorted(EXTRACTORS))
+def test_shared_prefix_pass_gives_the_per_row_values_and_gradients(method, monkeypatch) -> None:
+    """A minibatch of steps of two trials: the pass per trial gives each step's features and (for
+    beliefs the RL loss trains) the parameter gradients of the pass per history (prefix sharing
+    disabled)."""
+    torch.manual_seed(0)
+    env = TrialHistoryWrapper(gym.make("BayesGrid-v0"))
+    extractor = EXTRACTORS[method](env.observation_space, **GRID_KWARGS[method])
+    observations = grid_trial(25, window=None, seed=1)[1] + grid_trial(25, window=None, seed=2)[1]
+    batch = torch_obs([observations[i] for i in np.random.default_rng(0).permutation(50)])
+
+    def features_and_gradients():
+        extractor.zero_grad()
+        features = extractor(batch)
+        if features.requires_grad:
+            (features[:, 2:] * torch.linspace(-1, 1, features.shape[1] - 2)).sum().backward()
+        return features.detach(), [p.grad.clone() for p in extractor.parameters() if p.grad is not None]
+
+    shared, shared_grads = features_and_gradients()
+    rows = lambda inputs, lengths: (torch.arange(inputs.shape[1]), torch.arange(inputs.shape[1]))  # noqa: E731
+    monkeypatch.setattr(extractors_module, "prefix_sources", rows)
+    separate, separate_grads = features_and_gradients()
+    torch.testing.assert_close(shared, separate, rtol=1e-5, atol=1e-6)
+    assert len(shared_grads) == len(separate_grads)
+    assert shared_grads or method in ("varibad", "glibrl")  # their policy inputs are detached
+    for got, expected in zip(shared_grads, separate_grads, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
 
 
 def test_given_belief_is_copied_and_checked() -> None:

@@ -7,11 +7,17 @@ import numpy as np
 import pytest
 import torch
 from stable_baselines3.common.env_checker import check_env
+from stable_baselines3.common.env_util import make_vec_env
 
-import bayes_envs  # noqa: F401  (registers the envs)
+import bayes_envs
 from bayes_agents.beliefs import LaplaceBelief, RL2Belief
 from bayes_envs.core import RL2_KEYS
-from bayes_envs.wrappers import BeliefObservationWrapper, TrialHistory, TrialHistoryWrapper
+from bayes_envs.wrappers import (
+    BeliefObservationWrapper,
+    TrialHistory,
+    TrialHistoryVecWrapper,
+    TrialHistoryWrapper,
+)
 
 ENV_IDS = ["BayesGrid-v0", "BayesBandit-v0", "FourierRegression-v0"]
 SMALL = {"hidden_size": 8, "latent_dim": 4, "embed_sizes": (8,)}
@@ -181,3 +187,49 @@ def test_plain_gymnasium_env_gets_rl2_inputs() -> None:
     np.testing.assert_array_equal(observation["history_prev_action"][:2], [[0, 0], [0, 1]])
     np.testing.assert_array_equal(observation["history_prev_reward"][:2, 0], [0, reward])
     np.testing.assert_array_equal(observation["history_new_episode"][:2, 0], [1, 0])
+
+
+@pytest.mark.parametrize(
+    ("env_id", "window"), [("BayesGrid-v0", None), ("BayesGrid-v0", 7), ("BayesBandit-v0", 12)]
+)
+def test_vec_wrapper_equals_a_dummy_vec_env_of_wrapped_envs(env_id, window) -> None:
+    """The batched envs under TrialHistoryVecWrapper give, step for step, the observations, rewards,
+    dones and terminal observations of SB3's DummyVecEnv of TrialHistoryWrapper envs with the same
+    seeds and actions, across two trial ends (also with a window shorter than the trial)."""
+    n_envs, seed = 3, 5
+    batched = TrialHistoryVecWrapper(bayes_envs.make_vec(env_id, n_envs, seed=seed, monitor=False), window)
+    single = make_vec_env(
+        lambda: TrialHistoryWrapper(gym.make(env_id), window=window), n_envs=n_envs, seed=seed
+    )
+    assert batched.observation_space == single.observation_space
+    trial = batched.get_attr("episode_length")[0] * batched.get_attr("episodes_per_trial")[0]
+    assert batched.window == (trial if window is None else window)
+    expected, got = single.reset(), batched.reset()
+    rng = np.random.default_rng(0)
+    ends = 0
+    for _ in range(2 * trial + 3):
+        for key in expected:
+            np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+        actions = rng.integers(batched.action_space.n, size=n_envs)
+        expected_step, got_step = single.step(actions), batched.step(actions)
+        expected, got = expected_step[0], got_step[0]
+        np.testing.assert_array_equal(got_step[1], expected_step[1])
+        np.testing.assert_array_equal(got_step[2], expected_step[2])
+        for i in np.flatnonzero(expected_step[2]):
+            ends += 1
+            terminal, expected_terminal = (
+                got_step[3][i]["terminal_observation"],
+                expected_step[3][i]["terminal_observation"],
+            )
+            assert set(terminal) == set(expected_terminal)
+            for key in expected_terminal:
+                np.testing.assert_array_equal(terminal[key], expected_terminal[key], err_msg=key)
+            assert batched.observation_space.contains(terminal)
+    assert ends == 2 * n_envs
+
+
+def test_vec_wrapper_needs_rl2_dict_observations() -> None:
+    with pytest.raises(TypeError, match="RL² Dict"):
+        TrialHistoryVecWrapper(bayes_envs.make_vec("BayesGrid-v0", 2, rl2_inputs=False))
+    with pytest.raises(ValueError, match="window"):
+        TrialHistoryVecWrapper(bayes_envs.make_vec("BayesGrid-v0", 2), window=0)
