@@ -1,20 +1,25 @@
-"""Belief extractors under stock SB3 algorithms vs the recurrent belief policies, at equal env steps.
+"""Belief extractors under stock SB3 algorithms: env steps/s against the recurrent belief policies.
 
-Two rows, each trained once from the same seed for the same number of env steps:
+One run, one torch thread; every rate is env steps per second of a whole ``learn()`` after a
+warm-up ``learn()`` (compare rates measured in one run: the machines are shared and noisy).
 
-* ``BayesGrid-v0``, Laplace-VRNN: ``BayesPPO`` + ``LaplacePolicy`` (recurrent, posterior mean) vs
-  stock ``PPO`` + ``LaplaceExtractor`` on ``TrialHistoryWrapper`` (whole-trial window) +
-  ``BeliefAuxLossCallback``; same belief, heads and PPO settings (those of
-  ``examples/ppo_laplace_extractor.py``).
-* ``HalfCheetahVel-v0``, GLiBRL: ``BayesPPO`` + ``GLiBRLPolicy`` (on-policy, recurrent) vs stock
-  ``SAC`` + ``GLiBRLExtractor`` (16-transition window) + ``BeliefAuxLossCallback`` (those of
-  ``examples/sac_glibrl_extractor.py``).
+* ``grid`` (BayesGrid-v0, 16 envs, the package's grid belief and PPO settings for the method, 16
+  envs instead of the CLI's 64, so minibatches of 240 steps): ``BayesPPO`` with the recurrent policy
+  against stock ``PPO("MultiInputPolicy")`` with the method's extractor over whole-trial histories,
+  on the batched envs (``TrialHistoryVecWrapper(bayes_envs.make_vec(...))``) and on SB3's
+  ``make_vec_env`` of ``TrialHistoryWrapper`` envs, for RL² and Laplace-VRNN (the latter with
+  ``BeliefAuxLossCallback``).
+* ``sac`` (HalfCheetahDir-v0, one env): stock ``SAC("MultiInputPolicy")`` at SB3's defaults
+  (``train_freq`` 1, ``gradient_steps`` 1, batch 256) with an extractor over the last 16 steps
+  (``TrialHistoryWrapper(window=16)``) and the package's MuJoCo belief settings, and plain SAC on
+  the env's plain observation (no belief) for reference.
 
-Reports the wall time and env steps/s of ``learn()`` and the return per inner episode on fixed test
-tasks. The budgets are small (a minute-scale smoke comparison on a shared 2-core machine, not a
-learning result): compare the speeds, and read the returns only as "both train and run".
+Ratios with the throughput issue's targets: PPO + extractor (batched envs) ≥ 0.5× ``BayesPPO`` with
+the same belief; SAC + extractor ≥ 100 env steps/s.
 
-    python benchmarks/extractors.py [--grid-timesteps 9600] [--cheetah-timesteps 800]
+    python benchmarks/extractors.py [--quick] [--only "grid|sac"] [--out FILE]
+
+Writes ``benchmarks/results/extractors.json``; ``--quick`` is a smoke run (meaningless numbers).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,149 +37,178 @@ from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.env_util import make_vec_env
 
 import bayes_envs
-from bayes_agents import BayesPPO, LaplacePolicy
+from bayes_agents import BayesPPO
 from bayes_agents.callbacks import BeliefAuxLossCallback
-from bayes_agents.defaults import ppo_settings
-from bayes_agents.extractors import GLiBRLExtractor, HistoryPredictor, LaplaceExtractor
-from bayes_agents.policies import GLiBRLPolicy
+from bayes_agents.extractors import EXTRACTORS
+from bayes_agents.methods import get_method, method_defaults
 from bayes_agents.ppo import resolve_schedules
-from bayes_envs.evaluation import evaluate
-from bayes_envs.wrappers import TrialHistoryWrapper
+from bayes_envs.wrappers import TrialHistoryVecWrapper, TrialHistoryWrapper
 
 RESULTS = Path(__file__).parent / "results"
-GRID_LAPLACE = {
-    "hidden_size": 32,
-    "latent_dim": 8,
-    "embed_sizes": (32,),
-    "window": 1,
-    "covariance": "diag",
-    "variant": "sum_precision",
-}
-GRID_PPO = resolve_schedules({**ppo_settings("BayesGrid-v0"), "batch_size": 480, "n_epochs": 2})
-CHEETAH_GLIBRL = {"basis_dim": 4, "basis_hidden_sizes": (32,)}
+GRID = "BayesGrid-v0"
+CHEETAH = "HalfCheetahDir-v0"
+N_ENVS = 16
+SAC_WINDOW = 16
+#: Keywords of the recurrent policies that are not the belief's (the extractor takes the belief's).
+POLICY_ONLY = ("net_arch", "activation_fn", "n_samples", "reuse_rollout_precision", "detach_critic")
 
 
-def timed_learn(model: Any, timesteps: int, **learn_kwargs: Any) -> float:
+def rate(
+    model: Any, timesteps: int, warmup: int, callback: Callable[[], Any] | None = None
+) -> dict[str, float]:
+    """Env steps/s of ``model.learn(timesteps)`` after ``learn(warmup)`` (a fresh callback each)."""
+    model.learn(warmup, callback=None if callback is None else callback())
     began = time.perf_counter()
-    model.learn(timesteps, **learn_kwargs)
-    return time.perf_counter() - began
+    model.learn(timesteps, reset_num_timesteps=False, callback=None if callback is None else callback())
+    seconds = time.perf_counter() - began
+    return {"env_steps_per_s": timesteps / seconds, "seconds": seconds, "timesteps": timesteps}
 
 
-def summary(result: Any, seconds: float, timesteps: int) -> dict[str, Any]:
-    return {
-        "train_seconds": round(seconds, 2),
-        "steps_per_second": round(timesteps / seconds, 1),
-        "episode_return_mean": [round(float(v), 3) for v in result.episode_returns.mean(axis=0)],
-        "trial_return_mean": round(float(result.trial_returns.mean()), 3),
+def split_kwargs(policy_kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The method's policy keywords as (belief keywords for the extractor, head keywords)."""
+    belief = {key: value for key, value in policy_kwargs.items() if key not in POLICY_ONLY}
+    heads = {key: value for key, value in policy_kwargs.items() if key in ("net_arch", "activation_fn")}
+    return belief, heads
+
+
+def grid(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    rows = {}
+    for method in ("rl2", "laplace"):
+        defaults = method_defaults(GRID, method)
+        ppo = dict(defaults["ppo"])
+        ppo["batch_size"] = ppo["n_steps"] * N_ENVS // 4  # four minibatches, as at the CLI's 64 envs
+        if args.quick:
+            ppo.update(n_steps=16, batch_size=64, n_epochs=1)
+        rollout = ppo["n_steps"] * N_ENVS
+        timesteps = rollout * (1 if args.quick else 8)
+        policy_kwargs = dict(defaults["policy"])
+        if method == "laplace":
+            policy_kwargs["n_samples"] = 0  # the extractor gives the posterior mean to the heads
+        belief, heads = split_kwargs(policy_kwargs)
+        callback = (lambda: BeliefAuxLossCallback(batch_size=128)) if method == "laplace" else None
+        label = get_method(method).policy_class.__name__
+        recurrent = BayesPPO(
+            get_method(method).policy_class,
+            bayes_envs.make_vec(GRID, N_ENVS, seed=0),
+            policy_kwargs=policy_kwargs,
+            seed=0,
+            device="cpu",
+            **ppo,
+        )
+        rows[f"BayesPPO + {label}"] = rate(recurrent, timesteps, rollout)
+        extractor_kwargs = {
+            "features_extractor_class": EXTRACTORS[method],
+            "features_extractor_kwargs": belief,
+            **heads,
+        }
+        envs = {
+            "batched envs": lambda: TrialHistoryVecWrapper(bayes_envs.make_vec(GRID, N_ENVS, seed=0)),
+            "make_vec_env": lambda: make_vec_env(
+                lambda: TrialHistoryWrapper(gym.make(GRID)), n_envs=N_ENVS, seed=0
+            ),
+        }
+        for env_name, make_env in envs.items():
+            model = PPO(
+                "MultiInputPolicy",
+                make_env(),
+                policy_kwargs=extractor_kwargs,
+                seed=0,
+                device="cpu",
+                **resolve_schedules(ppo),
+            )
+            name = f"PPO + {EXTRACTORS[method].__name__} ({env_name})"
+            rows[name] = rate(model, timesteps, rollout, callback)
+    return rows
+
+
+def sac(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    timesteps, warmup = (20, 120) if args.quick else (300, 300)  # SAC learns from step 100
+    rows = {
+        "SAC, no belief (plain observation)": rate(
+            SAC("MlpPolicy", gym.make(CHEETAH, rl2_inputs=False), seed=0, device="cpu"), timesteps, warmup
+        )
     }
+    for method in ("rl2", "laplace", "glibrl"):
+        belief, _ = split_kwargs(method_defaults(CHEETAH, method)["policy"])
+        env = TrialHistoryWrapper(gym.make(CHEETAH), window=SAC_WINDOW)
+        model = SAC(
+            "MultiInputPolicy",
+            env,
+            policy_kwargs={
+                "features_extractor_class": EXTRACTORS[method],
+                "features_extractor_kwargs": belief,
+            },
+            buffer_size=50_000,
+            seed=0,
+            device="cpu",
+        )
+        callback = None if method == "rl2" else (lambda: BeliefAuxLossCallback(batch_size=64))
+        rows[f"SAC + {EXTRACTORS[method].__name__} (window {SAC_WINDOW})"] = rate(
+            model, timesteps, warmup, callback
+        )
+    return rows
 
 
-def grid_row(timesteps: int, seed: int) -> dict[str, Any]:
-    env_id, n_tasks = "BayesGrid-v0", 105
-    recurrent = BayesPPO(
-        LaplacePolicy,
-        bayes_envs.make_vec(env_id, 16, seed=seed),
-        policy_kwargs={**GRID_LAPLACE, "n_samples": 0, "net_arch": [32]},
-        seed=seed,
-        device="cpu",
-        **GRID_PPO,
-    )
-    seconds = timed_learn(recurrent, timesteps)
-    recurrent_result = evaluate(recurrent, env_id, n_tasks=n_tasks, seed=10_000, split="test")
-    extractor = PPO(
-        "MultiInputPolicy",
-        make_vec_env(lambda: TrialHistoryWrapper(gym.make(env_id)), n_envs=16, seed=seed),
-        policy_kwargs={
-            "features_extractor_class": LaplaceExtractor,
-            "features_extractor_kwargs": GRID_LAPLACE,
-            "net_arch": [32],
-        },
-        seed=seed,
-        device="cpu",
-        **GRID_PPO,
-    )
-    extractor_seconds = timed_learn(extractor, timesteps, callback=BeliefAuxLossCallback(batch_size=128))
-    extractor_result = evaluate(
-        HistoryPredictor(extractor), env_id, n_tasks=n_tasks, seed=10_000, split="test"
-    )
-    return {
-        "env": env_id,
-        "method": "laplace",
-        "timesteps": timesteps,
-        "test_tasks": n_tasks,
-        "recurrent (BayesPPO + LaplacePolicy)": summary(recurrent_result, seconds, timesteps),
-        "extractor (PPO + LaplaceExtractor)": summary(extractor_result, extractor_seconds, timesteps),
-    }
+MEASUREMENTS: dict[str, Callable[[argparse.Namespace], dict[str, dict[str, float]]]] = {
+    "grid": grid,
+    "sac": sac,
+}
 
 
-def cheetah_row(timesteps: int, seed: int) -> dict[str, Any]:
-    env_id, n_tasks = "HalfCheetahVel-v0", 4
-    recurrent = BayesPPO(
-        GLiBRLPolicy,
-        bayes_envs.make_vec(env_id, 2, seed=seed),
-        policy_kwargs={**CHEETAH_GLIBRL, "net_arch": [64, 64]},
-        n_steps=200,
-        batch_size=100,
-        n_epochs=4,
-        seed=seed,
-        device="cpu",
-    )
-    seconds = timed_learn(recurrent, timesteps)
-    recurrent_result = evaluate(recurrent, env_id, n_tasks=n_tasks, seed=10_000)
-    extractor = SAC(
-        "MultiInputPolicy",
-        TrialHistoryWrapper(gym.make(env_id), window=16),
-        policy_kwargs={
-            "features_extractor_class": GLiBRLExtractor,
-            "features_extractor_kwargs": CHEETAH_GLIBRL,
-            "net_arch": [64, 64],
-        },
-        buffer_size=10_000,
-        learning_starts=200,
-        batch_size=64,
-        train_freq=8,
-        seed=seed,
-        device="cpu",
-    )
-    extractor_seconds = timed_learn(extractor, timesteps, callback=BeliefAuxLossCallback(batch_size=32))
-    extractor_result = evaluate(HistoryPredictor(extractor), env_id, n_tasks=n_tasks, seed=10_000)
-    return {
-        "env": env_id,
-        "method": "glibrl",
-        "timesteps": timesteps,
-        "test_tasks": n_tasks,
-        "recurrent (BayesPPO + GLiBRLPolicy)": summary(recurrent_result, seconds, timesteps),
-        "extractor (SAC + GLiBRLExtractor, window 16)": summary(
-            extractor_result, extractor_seconds, timesteps
-        ),
-    }
+def ratios(results: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict[str, Any]]:
+    """The issue's targets from what was measured: ``{name: {value, target, met}}``."""
+    out = {}
+    rows = results.get("grid", {})
+    for method in ("rl2", "laplace"):
+        label = get_method(method).policy_class.__name__
+        recurrent = rows.get(f"BayesPPO + {label}")
+        extractor = rows.get(f"PPO + {EXTRACTORS[method].__name__} (batched envs)")
+        if recurrent and extractor:
+            value = extractor["env_steps_per_s"] / recurrent["env_steps_per_s"]
+            out[f"PPO + {EXTRACTORS[method].__name__} vs BayesPPO + {label}"] = {
+                "value": value,
+                "target": ">= 0.5",
+                "met": value >= 0.5,
+            }
+    for name, row in results.get("sac", {}).items():
+        if "Extractor" in name:
+            value = row["env_steps_per_s"]
+            out[f"{name} env steps/s"] = {"value": value, "target": ">= 100", "met": value >= 100}
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--grid-timesteps", type=int, default=9_600)
-    parser.add_argument("--cheetah-timesteps", type=int, default=800)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny budgets, meaningless numbers")
+    parser.add_argument("--only", default=None, help=f"|-separated subset of {'|'.join(MEASUREMENTS)}")
+    parser.add_argument("--out", type=Path, default=RESULTS / "extractors.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
-
-    rows = [grid_row(args.grid_timesteps, args.seed), cheetah_row(args.cheetah_timesteps, args.seed)]
-    print(f"{'env / method':<28}{'version':<46}{'steps/s':>9}{'train s':>9}  return per inner episode")
-    for row in rows:
-        for version, values in row.items():
-            if isinstance(values, dict):
-                returns = " ".join(f"{value:7.2f}" for value in values["episode_return_mean"])
-                print(
-                    f"{row['env'] + ' ' + row['method']:<28}{version:<46}"
-                    f"{values['steps_per_second']:>9.1f}{values['train_seconds']:>9.1f}  {returns}"
-                )
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    payload = {"benchmark": "extractors", "settings": vars(args), "rows": rows}
-    path = RESULTS / "extractors.json"
-    path.write_text(json.dumps(payload, indent=2))
-    print(f"wrote {path}")
+    chosen = args.only.split("|") if args.only else list(MEASUREMENTS)
+    unknown = sorted(set(chosen) - set(MEASUREMENTS))
+    if unknown:
+        parser.error(f"--only: unknown measurements {unknown}; choose from {list(MEASUREMENTS)}")
+    results = {}
+    for name in chosen:
+        began = time.perf_counter()
+        results[name] = MEASUREMENTS[name](args)
+        print(f"  measured {name} in {time.perf_counter() - began:.0f} s", flush=True)
+    targets = ratios(results)
+    width = max(len(f"{group}: {name}") for group, rows in results.items() for name in rows) + 2
+    print(f"\n{'measurement':<{width}}{'env steps/s':>13}{'seconds':>10}")
+    for group, rows in results.items():
+        for name, row in rows.items():
+            print(f"{group + ': ' + name:<{width}}{row['env_steps_per_s']:>13,.1f}{row['seconds']:>10.1f}")
+    print(f"\n{'ratio':<{width}}{'value':>9}{'target':>10}{'met':>6}")
+    for name, row in targets.items():
+        print(f"{name:<{width}}{row['value']:>9.2f}{row['target']:>10}{'yes' if row['met'] else 'NO':>6}")
+    settings = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
+    payload = {"benchmark": "extractors", "settings": settings, "results": results, "ratios": targets}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
