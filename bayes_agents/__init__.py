@@ -25,6 +25,7 @@ from bayes_agents.extractors import (
     VariBADExtractor,
     VRNNExtractor,
 )
+from bayes_agents.methods import extractor_defaults, method_defaults
 from bayes_agents.policies import (
     POLICY_ALIASES,
     BeliefPolicy,
@@ -57,7 +58,9 @@ __all__ = [
     "VRNNPolicy",
     "VariBADExtractor",
     "VariBADPolicy",
+    "extractor_defaults",
     "laplace_from_rl2",
+    "method_defaults",
     "register_belief",
     "resolve_schedules",
 ]

@@ -8,11 +8,13 @@ registration (:func:`bayes_agents.beliefs.registry.register_belief`): a register
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
 from bayes_agents.beliefs.registry import BeliefSpec, on_register
 from bayes_agents.defaults import belief_settings, has_defaults, method_env_settings, ppo_settings
+from bayes_agents.extractors import EXTRACTORS
 from bayes_agents.policies import POLICIES, BeliefPolicy
 
 
@@ -78,3 +80,25 @@ def method_defaults(env_id: str, name: str) -> dict[str, dict[str, Any]]:
         "ppo": {**ppo, **corrections["ppo"]},
         "policy": {**shared, **method.policy_kwargs, **corrections["policy"]},
     }
+
+
+#: Keywords of :class:`~bayes_agents.policies.BeliefPolicy` itself (the rest are the belief's).
+_POLICY_KEYWORDS = frozenset(inspect.signature(BeliefPolicy.__init__).parameters) - {"self", "belief_kwargs"}
+#: Of those, what a stock SB3 policy with an extractor takes as well.
+_HEAD_KEYWORDS = ("net_arch", "activation_fn")
+
+
+def extractor_defaults(env_id: str, name: str) -> dict[str, Any]:
+    """``policy_kwargs`` for a stock SB3 algorithm (``PPO``, ``SAC``, ...) with method ``name``'s
+    belief extractor on ``env_id``, at the method's defaults (:func:`method_defaults`): the
+    ``features_extractor_class``, the belief's keywords as ``features_extractor_kwargs``, and the
+    heads' ``net_arch``/``activation_fn``. The recurrent policy's other keywords (``n_samples``,
+    ...) have no extractor counterpart: an extractor hands the heads the posterior's policy input.
+
+    ``PPO("MultiInputPolicy", TrialHistoryVecWrapper(make_vec(env_id, n)), policy_kwargs=
+    extractor_defaults(env_id, "laplace"))``.
+    """
+    policy = method_defaults(env_id, name)["policy"]
+    belief = {key: value for key, value in policy.items() if key not in _POLICY_KEYWORDS}
+    heads = {key: policy[key] for key in _HEAD_KEYWORDS if key in policy}
+    return {"features_extractor_class": EXTRACTORS[name], "features_extractor_kwargs": belief, **heads}

@@ -5,14 +5,16 @@ warm-up ``learn()`` (compare rates measured in one run: the machines are shared 
 
 * ``grid`` (BayesGrid-v0, 16 envs, the package's grid belief and PPO settings for the method, 16
   envs instead of the CLI's 64, so minibatches of 240 steps): ``BayesPPO`` with the recurrent policy
-  against stock ``PPO("MultiInputPolicy")`` with the method's extractor over whole-trial histories,
+  against stock ``PPO("MultiInputPolicy")`` with the method's extractor over whole-trial histories
+  (:func:`~bayes_agents.methods.extractor_defaults`: the same belief and heads),
   on the batched envs (``TrialHistoryVecWrapper(bayes_envs.make_vec(...))``) and on SB3's
   ``make_vec_env`` of ``TrialHistoryWrapper`` envs, for RL² and Laplace-VRNN (the latter with
   ``BeliefAuxLossCallback``).
 * ``sac`` (HalfCheetahDir-v0, one env): stock ``SAC("MultiInputPolicy")`` at SB3's defaults
   (``train_freq`` 1, ``gradient_steps`` 1, batch 256) with an extractor over the last 16 steps
-  (``TrialHistoryWrapper(window=16)``) and the package's MuJoCo belief settings, and plain SAC on
-  the env's plain observation (no belief) for reference.
+  (``TrialHistoryWrapper(window=16)``) and the package's MuJoCo belief settings
+  (:func:`~bayes_agents.methods.extractor_defaults`, SAC's own 256×256 heads), and plain SAC on the
+  env's plain observation (no belief) for reference.
 
 Ratios with the throughput issue's targets: PPO + extractor (batched envs) ≥ 0.5× ``BayesPPO`` with
 the same belief; SAC + extractor ≥ 100 env steps/s.
@@ -40,7 +42,7 @@ import bayes_envs
 from bayes_agents import BayesPPO
 from bayes_agents.callbacks import BeliefAuxLossCallback
 from bayes_agents.extractors import EXTRACTORS
-from bayes_agents.methods import get_method, method_defaults
+from bayes_agents.methods import extractor_defaults, get_method, method_defaults
 from bayes_agents.ppo import resolve_schedules
 from bayes_envs.wrappers import TrialHistoryVecWrapper, TrialHistoryWrapper
 
@@ -49,8 +51,6 @@ GRID = "BayesGrid-v0"
 CHEETAH = "HalfCheetahDir-v0"
 N_ENVS = 16
 SAC_WINDOW = 16
-#: Keywords of the recurrent policies that are not the belief's (the extractor takes the belief's).
-POLICY_ONLY = ("net_arch", "activation_fn", "n_samples", "reuse_rollout_precision", "detach_critic")
 
 
 def rate(
@@ -62,13 +62,6 @@ def rate(
     model.learn(timesteps, reset_num_timesteps=False, callback=None if callback is None else callback())
     seconds = time.perf_counter() - began
     return {"env_steps_per_s": timesteps / seconds, "seconds": seconds, "timesteps": timesteps}
-
-
-def split_kwargs(policy_kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The method's policy keywords as (belief keywords for the extractor, head keywords)."""
-    belief = {key: value for key, value in policy_kwargs.items() if key not in POLICY_ONLY}
-    heads = {key: value for key, value in policy_kwargs.items() if key in ("net_arch", "activation_fn")}
-    return belief, heads
 
 
 def grid(args: argparse.Namespace) -> dict[str, dict[str, float]]:
@@ -84,7 +77,6 @@ def grid(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         policy_kwargs = dict(defaults["policy"])
         if method == "laplace":
             policy_kwargs["n_samples"] = 0  # the extractor gives the posterior mean to the heads
-        belief, heads = split_kwargs(policy_kwargs)
         callback = (lambda: BeliefAuxLossCallback(batch_size=128)) if method == "laplace" else None
         label = get_method(method).policy_class.__name__
         recurrent = BayesPPO(
@@ -96,11 +88,7 @@ def grid(args: argparse.Namespace) -> dict[str, dict[str, float]]:
             **ppo,
         )
         rows[f"BayesPPO + {label}"] = rate(recurrent, timesteps, rollout)
-        extractor_kwargs = {
-            "features_extractor_class": EXTRACTORS[method],
-            "features_extractor_kwargs": belief,
-            **heads,
-        }
+        extractor_kwargs = extractor_defaults(GRID, method)
         envs = {
             "batched envs": lambda: TrialHistoryVecWrapper(bayes_envs.make_vec(GRID, N_ENVS, seed=0)),
             "make_vec_env": lambda: make_vec_env(
@@ -129,14 +117,12 @@ def sac(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         )
     }
     for method in ("rl2", "laplace", "glibrl"):
-        belief, _ = split_kwargs(method_defaults(CHEETAH, method)["policy"])
         env = TrialHistoryWrapper(gym.make(CHEETAH), window=SAC_WINDOW)
         model = SAC(
             "MultiInputPolicy",
             env,
-            policy_kwargs={
-                "features_extractor_class": EXTRACTORS[method],
-                "features_extractor_kwargs": belief,
+            policy_kwargs={  # SAC's own heads (256, 256), as in the plain SAC row
+                key: value for key, value in extractor_defaults(CHEETAH, method).items() if key != "net_arch"
             },
             buffer_size=50_000,
             seed=0,
