@@ -1,4 +1,5 @@
-"""The results tables of README.md and docs/results.md, rendered from the results files.
+"""The results tables of README.md, docs/results.md and docs/sb3_integration.md, rendered from the
+results files.
 
 Each table sits between two marker comments, ``<!-- results:NAME:begin -->`` and
 ``<!-- results:NAME:end -->``; everything between them is generated from ``benchmarks/results/``:
@@ -8,7 +9,8 @@ Each table sits between two marker comments, ``<!-- results:NAME:begin -->`` and
 * ``learning-bandit``: ``learning_bandit*.json`` (``benchmarks/learning_bandit.py``);
 * ``learning-mujoco``: ``learning_mujoco*.json`` (``benchmarks/learning_mujoco.py``);
 * ``learning-metaworld``: ``learning_metaworld*.json`` (``benchmarks/learning_metaworld.py``);
-* ``train-throughput``, ``train-throughput-ratios``: ``train_throughput.json``.
+* ``train-throughput``, ``train-throughput-ratios``: ``train_throughput.json``;
+* ``extractor-speed``: ``extractors.json`` (``benchmarks/extractors.py``).
 
 Learning results files of earlier layouts (without ``"format": "learning/v1"``) are skipped; a
 block without any results file says which command would measure it.
@@ -29,7 +31,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-DOCUMENTS = (REPO / "README.md", REPO / "docs" / "results.md")
+DOCUMENTS = (REPO / "README.md", REPO / "docs" / "results.md", REPO / "docs" / "sb3_integration.md")
 LEARNING_FORMAT = "learning/v1"
 MARKER = re.compile(
     r"(?P<begin><!-- results:(?P<name>[a-z0-9-]+):begin -->\n)(?P<body>.*?)"
@@ -374,11 +376,6 @@ def _learning_block(benchmark: str, render: Callable[[dict[str, Any], str], str]
 
 
 # ------------------------------------------------------------------------------------ training speed
-def _throughput(results_dir: Path) -> dict[str, Any] | None:
-    files = _load(results_dir, "train_throughput.json")
-    return files[0][1] if files else None
-
-
 def _ratios_table(result: dict[str, Any]) -> str:
     rows = [
         [label, f"{ratio['value']:.2f}", ratio["target"], "yes" if ratio["met"] else "no"]
@@ -387,30 +384,34 @@ def _ratios_table(result: dict[str, Any]) -> str:
     return _table(["ratio", "value", "target", "met"], "lrrl", rows)
 
 
-def render_throughput_ratios(results_dir: Path) -> str:
-    """The ratios of ``train_throughput.json`` with their targets."""
-    result = _throughput(results_dir)
-    if result is None:
-        return _missing("python benchmarks/train_throughput.py", "train_throughput.json")
-    return _ratios_table(result)
-
-
-def render_throughput(results_dir: Path) -> str:
-    """Every measurement of ``train_throughput.json`` (rate and time), then the ratios."""
-    result = _throughput(results_dir)
-    if result is None:
-        return _missing("python benchmarks/train_throughput.py", "train_throughput.json")
+def _speed_rows(result: dict[str, Any]) -> str:
     rows = []
     for group, measurements in result["results"].items():
         for label, row in measurements.items():
             if "env_steps_per_s" in row:
-                rate = f"{row['env_steps_per_s']:,.0f} env steps/s"
+                value = row["env_steps_per_s"]
+                rate = f"{value:,.0f} env steps/s" if value >= 100 else f"{value:.1f} env steps/s"
             else:
                 rate = f"{row['ms_per_step']:.2f} ms per step"
             seconds = f"{row['seconds']:.1f} s" if "seconds" in row else ""
             rows.append([group, label, rate, seconds])
-    table = _table(["group", "measurement", "rate", "time"], "llrr", rows)
-    return table + "\n\n" + _ratios_table(result)
+    return _table(["group", "measurement", "rate", "time"], "llrr", rows)
+
+
+def _speed_block(benchmark: str, ratios_only: bool = False) -> Callable[[Path], str]:
+    """The renderer of a speed benchmark's ``<benchmark>.json`` (``results`` by group and ``ratios``
+    with their targets): every measurement (rate and time), then the ratios; or the ratios alone."""
+
+    def block(results_dir: Path) -> str:
+        files = _load(results_dir, f"{benchmark}.json")
+        if not files:
+            return _missing(f"python benchmarks/{benchmark}.py", f"{benchmark}.json")
+        result = files[0][1]
+        if ratios_only:
+            return _ratios_table(result)
+        return _speed_rows(result) + "\n\n" + _ratios_table(result)
+
+    return block
 
 
 def _rate(row: dict[str, Any], episode: int) -> str:
@@ -538,8 +539,9 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "learning-bandit": _learning_block("learning_bandit", render_bandit),
     "learning-mujoco": _learning_block("learning_mujoco", render_mujoco),
     "learning-metaworld": _learning_block("learning_metaworld", render_metaworld),
-    "train-throughput": render_throughput,
-    "train-throughput-ratios": render_throughput_ratios,
+    "train-throughput": _speed_block("train_throughput"),
+    "train-throughput-ratios": _speed_block("train_throughput", ratios_only=True),
+    "extractor-speed": _speed_block("extractors"),
 }
 
 

@@ -4,6 +4,7 @@ under stock SB3 algorithms, with the auxiliary-loss callback."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -453,3 +454,17 @@ def test_history_predictor_runs_on_batched_envs_and_evaluate() -> None:
             obs, reward, done, _, _ = env.step(action)
             returns += reward
         assert returns == pytest.approx(result.trial_returns[task], abs=1e-5)
+
+
+def test_readme_recipe_runs_as_written() -> None:
+    """The README's three-line recipe, with a short budget in place of its 100_000 steps."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("<!-- recipe:begin -->", 1)[1].split("<!-- recipe:end -->", 1)[0]
+    code = block.split("```python", 1)[1].split("```", 1)[0]
+    assert "model.learn(100_000," in code
+    namespace: dict = {}
+    exec(compile(code.replace("model.learn(100_000,", "model.learn(512,"), "README.md", "exec"), namespace)
+    model = namespace["model"]
+    assert model.num_timesteps >= 512
+    assert isinstance(model.policy.features_extractor, LaplaceExtractor)
+    assert model.policy.features_extractor.belief.hidden_size == 128  # the grid defaults
