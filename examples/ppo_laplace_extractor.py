@@ -1,9 +1,10 @@
 """Stock Stable-Baselines3 PPO with a Laplace-VRNN task belief, through a features extractor.
 
-No recurrent policy and no custom algorithm: the env is wrapped in ``TrialHistoryWrapper`` (the
-observation carries the trial's inputs so far), ``LaplaceExtractor`` recomputes the Laplace-VRNN
-posterior from them at every step, and ``BeliefAuxLossCallback`` trains the belief's KL penalty,
-which stock PPO knows nothing of. Runs in under a minute on 2 CPU cores:
+No recurrent policy and no custom algorithm: the batched envs are wrapped in
+``TrialHistoryVecWrapper`` (the observation carries the trial's inputs so far),
+``LaplaceExtractor`` computes the Laplace-VRNN posterior from them (continuing each env's belief by
+one step while acting, one pass per trial in a minibatch), and ``BeliefAuxLossCallback`` trains
+the belief's own loss, which stock PPO knows nothing of. Runs in under a minute on 2 CPU cores:
 
     python examples/ppo_laplace_extractor.py [--timesteps 7680]
 
@@ -17,19 +18,17 @@ from __future__ import annotations
 import argparse
 import time
 
-import gymnasium as gym
 import numpy as np
 from stable_baselines3 import PPO
-from stable_baselines3.common.env_util import make_vec_env
 
-import bayes_envs  # noqa: F401  (registers the envs)
+import bayes_envs
+from bayes_agents import extractor_defaults, method_defaults
 from bayes_agents.callbacks import BeliefAuxLossCallback, ProgressCallback
-from bayes_agents.defaults import LAPLACE_SETTINGS, belief_settings, ppo_settings
 from bayes_agents.experiment import set_torch_threads
-from bayes_agents.extractors import HistoryPredictor, LaplaceExtractor
+from bayes_agents.extractors import HistoryPredictor
 from bayes_agents.ppo import resolve_schedules
 from bayes_envs.evaluation import evaluate
-from bayes_envs.wrappers import TrialHistoryWrapper
+from bayes_envs.wrappers import TrialHistoryVecWrapper
 
 ENV_ID = "BayesGrid-v0"
 
@@ -43,28 +42,18 @@ def main() -> None:
     args = parser.parse_args()
     set_torch_threads()  # as bayes-rl train: $OMP_NUM_THREADS, else 1
 
-    # window=None: the whole 60-step trial, so the extractor's belief is exactly the recurrent one.
-    env = make_vec_env(lambda: TrialHistoryWrapper(gym.make(ENV_ID)), n_envs=16, seed=args.seed)
-    net_arch = belief_settings(ENV_ID)["net_arch"]
-    # The extractor recomputes the belief over the whole history at every step (60x the work of the
-    # recurrent policy per step), so the belief is smaller than the recurrent default (128 / 32, full
-    # covariance) and PPO takes 2 epochs of 2 minibatches instead of 4 of 4, to stay within a minute.
-    laplace = {
-        **{key: value for key, value in LAPLACE_SETTINGS.items() if key != "n_samples"},  # mean features
-        "hidden_size": 32,
-        "latent_dim": 8,
-        "embed_sizes": (32,),
-        "covariance": "diag",
-    }
+    # The whole 60-step trial as history (the extractor's belief is then exactly the recurrent one),
+    # on the batched grid envs; belief, heads and PPO settings are the package's grid defaults for
+    # Laplace-VRNN, with minibatches of 240 steps (four per epoch, as at the CLI's 64 envs).
+    env = TrialHistoryVecWrapper(bayes_envs.make_vec(ENV_ID, 16, seed=args.seed))
+    ppo = {**method_defaults(ENV_ID, "laplace")["ppo"], "batch_size": 240}
     model = PPO(
         "MultiInputPolicy",
         env,
-        policy_kwargs=dict(
-            features_extractor_class=LaplaceExtractor, features_extractor_kwargs=laplace, net_arch=net_arch
-        ),
+        policy_kwargs=extractor_defaults(ENV_ID, "laplace"),
         seed=args.seed,
         device="cpu",
-        **resolve_schedules({**ppo_settings(ENV_ID), "batch_size": 480, "n_epochs": 2}),
+        **resolve_schedules(ppo),
     )
     predictor = HistoryPredictor(model, name="PPO + LaplaceExtractor")
     before = evaluate(predictor, ENV_ID, n_tasks=105, seed=10_000, split="test")
