@@ -88,6 +88,7 @@ class BeliefAuxLossCallback(BaseCallback):
         self.extractors: list[BeliefExtractor] = []
         self.optimizer: torch.optim.Optimizer | None = None
         self._trains_own_model = False
+        self._aux_extractors: list[BeliefExtractor] = []
         self._timesteps_seen = 0
         self._rollouts = 0
 
@@ -98,10 +99,15 @@ class BeliefAuxLossCallback(BaseCallback):
                 "the model's policy has no BeliefExtractor: pass policy_kwargs=dict(features_extractor_class="
                 "RL2Extractor/LaplaceExtractor/..., ...) on a TrialHistoryWrapper env"
             )
+        # Beliefs without an auxiliary loss (RL², VariBAD, Laplace-VRNN with β = 0) are not run here.
+        self._aux_extractors = [
+            extractor
+            for extractor in self.extractors
+            if not extractor.freeze_belief and extractor.belief.has_aux_loss
+        ]
         parameters = [
             parameter
-            for extractor in self.extractors
-            if not extractor.freeze_belief
+            for extractor in self._aux_extractors
             for parameter in extractor.belief.parameters()
             if parameter.requires_grad
         ]
@@ -155,7 +161,7 @@ class BeliefAuxLossCallback(BaseCallback):
         for _ in range(self.n_updates):
             total = sum(
                 extractor.belief.aux_loss(output.apply(lambda value, valid=valid: value[valid]))
-                for extractor in self.extractors
+                for extractor in self._aux_extractors
                 for output, valid in [extractor.belief_sequence(observations)]
             )
             if not isinstance(total, Tensor) or not total.requires_grad:

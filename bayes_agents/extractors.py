@@ -163,15 +163,19 @@ class BeliefExtractor(BaseFeaturesExtractor):
         """Run the belief over each row's history from the prior state.
 
         :return: the output at every history entry, leading dims ``[T, N]`` (entries past a row's
-            length are padding: ignore them), and the valid-entry mask ``[T, N]`` bool.
+            length are padding: ignore them), and the valid-entry mask ``[T, N]`` bool. Rows that
+            are prefixes of another row's history are read off that row's pass (the same values).
         """
         inputs, lengths = self.history_inputs(observations)
-        steps, batch = inputs.shape[:2]
-        starts = torch.zeros(steps, batch, dtype=torch.bool, device=inputs.device)
+        # One pass per distinct trial (prefix_sources); each row reads its entries off its source.
+        keep, source = prefix_sources(inputs, lengths)
+        starts = torch.zeros(inputs.shape[0], len(keep), dtype=torch.bool, device=inputs.device)
         starts[0] = True  # valid entries come first, so one reset at entry 0 covers every row
-        state = self.belief.initial_state(batch, device=inputs.device)
-        output, _ = self.belief.sequence(inputs, state, starts)
-        valid = torch.arange(steps, device=inputs.device)[:, None] < lengths[None, :]
+        state = self.belief.initial_state(len(keep), device=inputs.device)
+        output, _ = self.belief.sequence(inputs[:, keep], state, starts)
+        if len(keep) < len(lengths):
+            output = output.apply(lambda value: value[:, source])
+        valid = torch.arange(inputs.shape[0], device=inputs.device)[:, None] < lengths[None, :]
         return output, valid
 
     def current_inputs(self, observations: dict[str, Tensor]) -> tuple[Tensor, Tensor]:

@@ -110,7 +110,7 @@ def grid(args: argparse.Namespace) -> dict[str, dict[str, float]]:
 
 
 def sac(args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    timesteps, warmup = (20, 120) if args.quick else (300, 300)  # SAC learns from step 100
+    timesteps, warmup = (20, 120) if args.quick else (150, 150)  # SAC learns from step 100
     rows = {
         "SAC, no belief (plain observation)": rate(
             SAC("MlpPolicy", gym.make(CHEETAH, rl2_inputs=False), seed=0, device="cpu"), timesteps, warmup

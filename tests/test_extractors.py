@@ -277,10 +277,22 @@ def test_shared_prefix_pass_gives_the_per_row_values_and_gradients(method, monke
         return features.detach(), [p.grad.clone() for p in extractor.parameters() if p.grad is not None]
 
     shared, shared_grads = features_and_gradients()
+    with torch.no_grad():
+        shared_sequence, valid = extractor.belief_sequence(batch)
     rows = lambda inputs, lengths: (torch.arange(inputs.shape[1]), torch.arange(inputs.shape[1]))  # noqa: E731
     monkeypatch.setattr(extractors_module, "prefix_sources", rows)
     separate, separate_grads = features_and_gradients()
     torch.testing.assert_close(shared, separate, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        separate_sequence, _ = extractor.belief_sequence(batch)
+    for name in ("mean", "precision", "entropy", "kl_to_previous"):
+        if getattr(separate_sequence, name) is not None:  # every valid entry of every row
+            torch.testing.assert_close(
+                getattr(shared_sequence, name)[valid],
+                getattr(separate_sequence, name)[valid],
+                rtol=1e-5,
+                atol=1e-5,
+            )
     assert len(shared_grads) == len(separate_grads)
     assert shared_grads or method in ("varibad", "glibrl")  # their policy inputs are detached
     for got, expected in zip(shared_grads, separate_grads, strict=True):
@@ -432,6 +444,35 @@ def test_callback_minimises_the_auxiliary_loss() -> None:
     trained = kl_penalty()
     extractor.load_state_dict(untrained_weights)
     assert trained < 0.5 * kl_penalty()
+
+
+def test_callback_skips_beliefs_without_an_auxiliary_loss() -> None:
+    """Laplace with β = 0 (the grid default) and RL² have no auxiliary loss: the callback builds no
+    optimizer, runs no belief pass and leaves the weights to the RL update."""
+    env = make_vec_env(lambda: TrialHistoryWrapper(gym.make("BayesGrid-v0")), n_envs=2, seed=0)
+    for kwargs, has_loss in (
+        ({**GRID_KWARGS["laplace"], "beta": 0.0}, False),
+        (GRID_KWARGS["laplace"], True),
+    ):
+        model = PPO(
+            "MultiInputPolicy",
+            env,
+            n_steps=60,
+            batch_size=60,
+            policy_kwargs={"features_extractor_class": LaplaceExtractor, "features_extractor_kwargs": kwargs},
+            seed=0,
+        )
+        model.train = lambda: None
+        weights = copy.deepcopy(model.policy.features_extractor.state_dict())
+        callback = BeliefAuxLossCallback(batch_size=16)
+        model.learn(60, callback=callback)
+        assert model.policy.features_extractor.belief.has_aux_loss is has_loss
+        assert (callback.optimizer is not None) is has_loss
+        unchanged = all(
+            torch.equal(value, model.policy.features_extractor.state_dict()[name])
+            for name, value in weights.items()
+        )
+        assert unchanged is not has_loss
 
 
 def test_history_predictor_runs_on_batched_envs_and_evaluate() -> None:

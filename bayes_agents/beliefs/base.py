@@ -274,6 +274,13 @@ class Belief(nn.Module, ABC):
         """The auxiliary loss the trainer adds to the RL loss (scalar); zero by default."""
         return output.mean.new_zeros(())
 
+    @property
+    def has_aux_loss(self) -> bool:
+        """Whether :meth:`aux_loss` can be nonzero (Laplace-VRNN and VRNN with ``beta > 0``, GLiBRL):
+        trainers of the auxiliary loss alone (the extractors' callback) skip beliefs without one.
+        False by default."""
+        return False
+
     def aux_loss_rows(self, output: BeliefOutput, mask: Tensor) -> Tensor:
         """:meth:`aux_loss` over the rows ``mask`` (``[N]`` bool) of an output with leading dim ``[N]``
         (a training minibatch's unpadded steps). Beliefs whose loss reads few fields override this to

@@ -168,7 +168,6 @@ class GLiBRLOutput(BeliefOutput):
         return dense.reshape(*blocks.shape[:-3], size, size)
 
 
-
 class NIGPosterior(NamedTuple):
     """Per-output Normal–Inverse-Gamma posterior. Leading dims ``[..]``.
 
@@ -634,6 +633,11 @@ class GLiBRLBelief(Belief):
             parts += [output.action_reward_mean, log_predictive]
         features = torch.cat(parts, dim=-1)
         return features.detach() if self.detach_policy_input else features
+
+    @property
+    def has_aux_loss(self) -> bool:
+        """True when the marginal likelihood has weight (``model_loss_weight > 0``)."""
+        return self.model_loss_weight > 0
 
     def aux_loss(self, output: BeliefOutput) -> Tensor:
         """``model_loss_weight ·`` the negative log marginal likelihood per transition (scalar).

@@ -815,6 +815,11 @@ class LaplaceBelief(RL2Belief):
             raise ValueError("output has no kl_to_previous; pass an output of this belief's step/sequence")
         return self.beta * output.kl_to_previous.mean()
 
+    @property
+    def has_aux_loss(self) -> bool:
+        """True when the KL penalty has weight (``beta > 0``)."""
+        return self.beta > 0
+
     def aux_loss_rows(self, output: BeliefOutput, mask: Tensor) -> Tensor:
         """:meth:`aux_loss` over the rows ``mask``: the KL penalty reads ``kl_to_previous`` only, so the
         ``[N, L, L]`` precisions and factors are not copied."""

@@ -211,6 +211,7 @@ class VRNNBelief(RL2Belief):
     # The same penalty as the Laplace belief: β · mean KL(q_t ‖ sg q_{t−1}).
     aux_loss = LaplaceBelief.aux_loss
     aux_loss_rows = LaplaceBelief.aux_loss_rows
+    has_aux_loss = LaplaceBelief.has_aux_loss
 
 
 def _shift_in_prior(sequence: Tensor, carry: Tensor, use_prior: Tensor, prior: float | Tensor) -> Tensor:
