@@ -88,17 +88,27 @@ _POLICY_KEYWORDS = frozenset(inspect.signature(BeliefPolicy.__init__).parameters
 _HEAD_KEYWORDS = ("net_arch", "activation_fn")
 
 
+def extractor_kwargs(name: str, policy_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``policy_kwargs`` of a recurrent :class:`~bayes_agents.policies.BeliefPolicy` of method
+    ``name`` turned into those of a stock SB3 policy with the method's extractor: the
+    ``features_extractor_class``, the belief's keywords as ``features_extractor_kwargs`` and the
+    heads' ``net_arch``/``activation_fn``. The recurrent policy's other keywords (``n_samples``, ...)
+    have no extractor counterpart: an extractor hands the heads the posterior's policy input."""
+    belief = {key: value for key, value in policy_kwargs.items() if key not in _POLICY_KEYWORDS}
+    heads = {key: policy_kwargs[key] for key in _HEAD_KEYWORDS if key in policy_kwargs}
+    return {
+        "features_extractor_class": EXTRACTORS[get_method(name).name],
+        "features_extractor_kwargs": belief,
+        **heads,
+    }
+
+
 def extractor_defaults(env_id: str, name: str) -> dict[str, Any]:
     """``policy_kwargs`` for a stock SB3 algorithm (``PPO``, ``SAC``, ...) with method ``name``'s
-    belief extractor on ``env_id``, at the method's defaults (:func:`method_defaults`): the
-    ``features_extractor_class``, the belief's keywords as ``features_extractor_kwargs``, and the
-    heads' ``net_arch``/``activation_fn``. The recurrent policy's other keywords (``n_samples``,
-    ...) have no extractor counterpart: an extractor hands the heads the posterior's policy input.
+    belief extractor on ``env_id``, at the method's defaults (:func:`method_defaults`; see
+    :func:`extractor_kwargs`).
 
     ``PPO("MultiInputPolicy", TrialHistoryVecWrapper(make_vec(env_id, n)), policy_kwargs=
     extractor_defaults(env_id, "laplace"))``.
     """
-    policy = method_defaults(env_id, name)["policy"]
-    belief = {key: value for key, value in policy.items() if key not in _POLICY_KEYWORDS}
-    heads = {key: policy[key] for key in _HEAD_KEYWORDS if key in policy}
-    return {"features_extractor_class": EXTRACTORS[name], "features_extractor_kwargs": belief, **heads}
+    return extractor_kwargs(name, method_defaults(env_id, name)["policy"])

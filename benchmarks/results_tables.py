@@ -10,7 +10,9 @@ Each table sits between two marker comments, ``<!-- results:NAME:begin -->`` and
 * ``learning-mujoco``: ``learning_mujoco*.json`` (``benchmarks/learning_mujoco.py``);
 * ``learning-metaworld``: ``learning_metaworld*.json`` (``benchmarks/learning_metaworld.py``);
 * ``train-throughput``, ``train-throughput-ratios``: ``train_throughput.json``;
-* ``extractor-speed``: ``extractors.json`` (``benchmarks/extractors.py``).
+* ``extractor-speed``: ``extractors.json`` (``benchmarks/extractors.py``);
+* ``learning-extractors-grid``, ``learning-extractors-bandit``: ``learning_extractors_<env>*.json``
+  (``benchmarks/learning_extractors.py``).
 
 Learning results files of earlier layouts (without ``"format": "learning/v1"``) are skipped; a
 block without any results file says which command would measure it.
@@ -359,17 +361,20 @@ def render_learning(result: dict[str, Any], name: str) -> str:
     """The main table of a learning results file (grid, bandit, MuJoCo or Meta-World)."""
     render = {
         "learning_bandit": render_bandit,
+        "learning_extractors_bandit": render_bandit,
         "learning_mujoco": render_mujoco,
         "learning_metaworld": render_metaworld,
     }
     return render.get(result["benchmark"], render_grid)(result, name)
 
 
-def _learning_block(benchmark: str, render: Callable[[dict[str, Any], str], str]) -> Callable[[Path], str]:
+def _learning_block(
+    benchmark: str, render: Callable[[dict[str, Any], str], str], command: str | None = None
+) -> Callable[[Path], str]:
     def block(results_dir: Path) -> str:
         files = _load(results_dir, f"{benchmark}*.json", learning=True)
         if not files:
-            return _missing(f"python benchmarks/{benchmark}.py", f"{benchmark}.json")
+            return _missing(command or f"python benchmarks/{benchmark}.py", f"{benchmark}.json")
         return "\n\n".join(render(result, f"benchmarks/results/{name}") for name, result in files)
 
     return block
@@ -539,6 +544,12 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "learning-bandit": _learning_block("learning_bandit", render_bandit),
     "learning-mujoco": _learning_block("learning_mujoco", render_mujoco),
     "learning-metaworld": _learning_block("learning_metaworld", render_metaworld),
+    "learning-extractors-grid": _learning_block(
+        "learning_extractors_grid", render_grid, "python benchmarks/learning_extractors.py --env grid"
+    ),
+    "learning-extractors-bandit": _learning_block(
+        "learning_extractors_bandit", render_bandit, "python benchmarks/learning_extractors.py --env bandit"
+    ),
     "train-throughput": _speed_block("train_throughput"),
     "train-throughput-ratios": _speed_block("train_throughput", ratios_only=True),
     "extractor-speed": _speed_block("extractors"),

@@ -355,6 +355,60 @@ def test_learning_mujoco_runs_the_sweep_and_the_stock_ppo_baseline_end_to_end(tm
     )
 
 
+@pytest.mark.parametrize("env", ["grid", "bandit"])
+def test_learning_extractors_runs_recurrent_and_extractor_runs_end_to_end(env, tmp_path: Path) -> None:
+    """A tiny sweep: the recurrent RL² run and PPO + RL2Extractor at the same settings land in one
+    summary; the extractor's meta-test is its predictor on the same tasks with its saved statistics,
+    and a trained extractor run is evaluated again, not retrained."""
+    import learning_extractors
+
+    from bayes_agents.extractors import HistoryPredictor
+    from bayes_envs import RL2VecNormalize
+    from bayes_envs.evaluation import evaluate
+
+    env_id = {"grid": GRID, "bandit": BANDIT}[env]
+    sweep_file = tmp_path / "sweep.yaml"
+    base = {"env_id": env_id, "timesteps": 240, "eval_every": 0, "final_eval_tasks": 21}
+    base.update(n_envs=4, ppo={"n_steps": 60 if env == "grid" else 50, "batch_size": 120, "n_epochs": 1})
+    base["policy"] = {"hidden_size": 16, "latent_dim": 4, "embed_sizes": [8], "net_arch": [8]}
+    sweep_file.write_text(
+        json.dumps({"out": str(tmp_path / "runs"), "seeds": [0], "base": base, "grid": {"method": ["rl2"]}})
+    )
+    out = tmp_path / "results.json"
+    argv = ["--env", env, "--sweep", str(sweep_file), "--out", str(out), "--workers", "1"]
+    result = learning_extractors.main(argv)
+    label = learning_extractors.extractor_label("rl2")
+    assert list(result["methods"]) == ["rl2", label] and result["failed"] == []
+    run_dir = Path(result["methods"][label]["run_dirs"][0])
+    assert result["methods"][label]["env_steps"] == result["methods"]["rl2"]["env_steps"]
+    train = json.loads((run_dir / "train.json").read_text())
+    assert train["config"]["policy"]["hidden_size"] == 16 and train["config"]["ppo"]["n_epochs"] == 1
+    from stable_baselines3 import PPO
+
+    model = PPO.load(run_dir / "model.zip", device="cpu")
+    assert model.policy.features_extractor.belief.hidden_size == 16
+    statistics = RL2VecNormalize.read_json(run_dir / "normalization.json")
+    evaluated = evaluate(
+        HistoryPredictor(model),
+        env_id,
+        n_tasks=21,
+        seed=train["config"]["eval_seed"],
+        normalization=statistics,
+    )
+    report = json.loads((run_dir / "evaluation.json").read_text())
+    np.testing.assert_allclose(
+        report["agent"]["episode_return_mean"], evaluated.episode_returns.mean(0), rtol=1e-6
+    )
+    if env == "bandit":
+        assert (run_dir / "evaluation_test.json").is_file()
+
+    stamp = (run_dir / "model.zip").stat().st_mtime_ns
+    (run_dir / "evaluation.json").unlink()
+    learning_extractors.main(argv)
+    assert (run_dir / "model.zip").stat().st_mtime_ns == stamp
+    assert json.loads((run_dir / "evaluation.json").read_text())["agent"] == report["agent"]
+
+
 def test_metaworld_summary_averages_success_over_classes_then_seeds(tmp_path: Path) -> None:
     import learning_metaworld
 
