@@ -382,6 +382,9 @@ class Benchmark:
     #: Also draw the figures of ``bayes-rl plot`` (learning curves with CI bands over seeds, return per
     #: inner episode) of the sweep's runs, per env, next to the results file (``<out stem>/<env_id>/``).
     plots: bool = False
+    #: The script and its fixed arguments, as the results file's command quotes them (default
+    #: ``benchmarks/<name>.py``), e.g. ``("benchmarks/learning_extractors.py", "--env", "grid")``.
+    script: tuple[str, ...] | None = None
 
 
 def parse_args(benchmark: Benchmark, doc: str, argv: list[str] | None) -> argparse.Namespace:
@@ -518,7 +521,7 @@ def run_benchmark(benchmark: Benchmark, doc: str, argv: list[str] | None = None)
         "env_id": env_ids[0] if len(env_ids) == 1 else env_ids,
         "metric": spec.metric,
         "higher_is_better": sweep.METRICS[spec.metric][1],
-        "command": shlex.join(["python", f"benchmarks/{benchmark.name}.py", *argv]),
+        "command": shlex.join(["python", *(benchmark.script or (f"benchmarks/{benchmark.name}.py",)), *argv]),
         "git": git_commit(),
         "sweep_file": repo_relative(args.sweep),
         "runs_dir": repo_relative(spec.out),

@@ -147,6 +147,7 @@ BENCHMARKS = {
         CONFIGS / "learning_extractors_grid.yaml",
         grid_summary,
         baselines=lambda spec, workers: extractor_baselines(spec, workers, {}),
+        script=("benchmarks/learning_extractors.py", "--env", "grid"),
     ),
     "bandit": Benchmark(
         "learning_extractors_bandit",
@@ -154,6 +155,7 @@ BENCHMARKS = {
         bandit_summary,
         splits=TEST_SPLIT,
         baselines=lambda spec, workers: extractor_baselines(spec, workers, TEST_SPLIT),
+        script=("benchmarks/learning_extractors.py", "--env", "bandit"),
     ),
 }
 

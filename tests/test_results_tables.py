@@ -378,6 +378,7 @@ def test_learning_extractors_runs_recurrent_and_extractor_runs_end_to_end(env, t
     argv = ["--env", env, "--sweep", str(sweep_file), "--out", str(out), "--workers", "1"]
     result = learning_extractors.main(argv)
     label = learning_extractors.extractor_label("rl2")
+    assert result["command"].startswith(f"python benchmarks/learning_extractors.py --env {env} --sweep")
     assert list(result["methods"]) == ["rl2", label] and result["failed"] == []
     run_dir = Path(result["methods"][label]["run_dirs"][0])
     assert result["methods"][label]["env_steps"] == result["methods"]["rl2"]["env_steps"]
