@@ -107,6 +107,15 @@ def train_minutes(run_dir: str | Path) -> float:
     return (sum(ends) + (elapsed[-1] if elapsed else 0.0)) / 60
 
 
+def finished_training(run_dir: Path, files: tuple[str, ...], config: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``train.json`` of a baseline run (stock SB3) whose run directory holds every file of a
+    finished training (``files``) for exactly ``config``, else None (train again)."""
+    if not all((run_dir / name).is_file() for name in files):
+        return None
+    training = experiment.read_json(run_dir / "train.json")
+    return training if training["config"] == config else None
+
+
 def steps_per_second(env_steps: int, minutes: float) -> float | None:
     """Env steps per second of training wall time (None for a run too short to time)."""
     return env_steps / (60 * minutes) if minutes > 0 else None

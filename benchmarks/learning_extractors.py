@@ -33,6 +33,7 @@ from learning import (
     TEST_SPLIT,
     Benchmark,
     bandit_summary,
+    finished_training,
     grid_summary,
     run_benchmark,
     run_in_processes,
@@ -69,12 +70,8 @@ def extractor_job(job: dict[str, Any]) -> None:
     files = {run_dir / experiment.EVALUATION_FILE: {}} | {
         run_dir / f"evaluation_{label}.json": overrides for label, overrides in splits.items()
     }
-    training = (
-        experiment.read_json(run_dir / "train.json")
-        if all((run_dir / name).is_file() for name in TRAINED_FILES)
-        else None
-    )
-    trained = training is not None and training["config"] == config
+    training = finished_training(run_dir, TRAINED_FILES, config)
+    trained = training is not None
     if trained and all(path.is_file() for path in files):
         return
     experiment.set_torch_threads(1)

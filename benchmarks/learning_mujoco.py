@@ -36,6 +36,7 @@ from learning import (
     CONFIGS,
     TEST_SPLIT,
     Benchmark,
+    finished_training,
     read_report,
     run_benchmark,
     run_columns,
@@ -95,12 +96,8 @@ def stock_ppo_job(job: dict[str, Any]) -> None:
 
     config, run_dir = job["config"], Path(job["run_dir"])
     files = [run_dir / experiment.EVALUATION_FILE, run_dir / "evaluation_test.json"]
-    training = (
-        experiment.read_json(run_dir / "train.json")
-        if all((run_dir / name).is_file() for name in TRAINED_FILES)
-        else None
-    )
-    trained = training is not None and training["config"] == config
+    training = finished_training(run_dir, TRAINED_FILES, config)
+    trained = training is not None
     if trained and all(path.is_file() for path in files):
         return
     experiment.set_torch_threads(1)

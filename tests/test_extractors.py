@@ -415,10 +415,8 @@ def test_save_and_load_keep_the_extractor_belief(tmp_path) -> None:
         )
 
 
-def test_callback_minimises_the_auxiliary_loss() -> None:
-    """With the RL update switched off, the callback's steps alone lower Laplace's KL penalty."""
-    env = make_vec_env(lambda: TrialHistoryWrapper(gym.make("BayesGrid-v0")), n_envs=2, seed=0)
-    kwargs = {**GRID_KWARGS["laplace"], "beta": 1.0}
+def _laplace_ppo_without_rl_updates(env, kwargs: dict) -> PPO:
+    """PPO + LaplaceExtractor on 2 grid envs whose RL update is switched off (only callbacks train)."""
     model = PPO(
         "MultiInputPolicy",
         env,
@@ -428,6 +426,13 @@ def test_callback_minimises_the_auxiliary_loss() -> None:
         seed=0,
     )
     model.train = lambda: None
+    return model
+
+
+def test_callback_minimises_the_auxiliary_loss() -> None:
+    """With the RL update switched off, the callback's steps alone lower Laplace's KL penalty."""
+    env = make_vec_env(lambda: TrialHistoryWrapper(gym.make("BayesGrid-v0")), n_envs=2, seed=0)
+    model = _laplace_ppo_without_rl_updates(env, {**GRID_KWARGS["laplace"], "beta": 1.0})
     extractor = model.policy.features_extractor
     untrained_weights = copy.deepcopy(extractor.state_dict())
     model.learn(60, callback=BeliefAuxLossCallback(learning_rate=1e-2, batch_size=64, n_updates=30))
@@ -454,15 +459,7 @@ def test_callback_skips_beliefs_without_an_auxiliary_loss() -> None:
         ({**GRID_KWARGS["laplace"], "beta": 0.0}, False),
         (GRID_KWARGS["laplace"], True),
     ):
-        model = PPO(
-            "MultiInputPolicy",
-            env,
-            n_steps=60,
-            batch_size=60,
-            policy_kwargs={"features_extractor_class": LaplaceExtractor, "features_extractor_kwargs": kwargs},
-            seed=0,
-        )
-        model.train = lambda: None
+        model = _laplace_ppo_without_rl_updates(env, kwargs)
         weights = copy.deepcopy(model.policy.features_extractor.state_dict())
         callback = BeliefAuxLossCallback(batch_size=16)
         model.learn(60, callback=callback)
