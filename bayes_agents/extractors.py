@@ -36,6 +36,7 @@ prior. The outputs are the full pass's to rounding (a single recurrent step uses
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -167,16 +168,27 @@ class BeliefExtractor(BaseFeaturesExtractor):
             are prefixes of another row's history are read off that row's pass (the same values).
         """
         inputs, lengths = self.history_inputs(observations)
-        # One pass per distinct trial (prefix_sources); each row reads its entries off its source.
-        keep, source = prefix_sources(inputs, lengths)
-        starts = torch.zeros(inputs.shape[0], len(keep), dtype=torch.bool, device=inputs.device)
-        starts[0] = True  # valid entries come first, so one reset at entry 0 covers every row
-        state = self.belief.initial_state(len(keep), device=inputs.device)
-        output, _ = self.belief.sequence(inputs[:, keep], state, starts)
-        if len(keep) < len(lengths):
+        output, source = self._pass_from_prior(inputs, lengths, lambda *args: self.belief.sequence(*args)[0])
+        if len(source) > output.mean.shape[1]:  # each row reads its entries off its source's pass
             output = output.apply(lambda value: value[:, source])
         valid = torch.arange(inputs.shape[0], device=inputs.device)[:, None] < lengths[None, :]
         return output, valid
+
+    def _pass_from_prior(
+        self, inputs: Tensor, lengths: Tensor, run: Callable[[Tensor, Tensor, Tensor], BeliefOutput]
+    ) -> tuple[BeliefOutput, Tensor]:
+        """``run(inputs, state, episode_starts)`` (a belief pass) from the prior over the histories
+        that hold every row's (:func:`prefix_sources`: one pass per trial, not per step).
+
+        :param inputs: ``[T, N, D]``; :param lengths: ``[N]``.
+        :return: the output ``[T', R, ..]`` of the ``R`` histories run (``T'``: the longest of
+            them) and each row's position among them ``[N]``.
+        """
+        keep, source = prefix_sources(inputs, lengths)
+        kept_inputs = inputs[: int(lengths[keep].max()), keep]
+        starts = torch.zeros(kept_inputs.shape[:2], dtype=torch.bool, device=inputs.device)
+        starts[0] = True  # valid entries come first, so one reset at entry 0 covers every row
+        return run(kept_inputs, self.belief.initial_state(len(keep), device=inputs.device), starts), source
 
     def current_inputs(self, observations: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """The RL² input of the current step (each row's last valid entry) ``[N, input_dim]`` and
@@ -233,15 +245,10 @@ class BeliefExtractor(BaseFeaturesExtractor):
                 groups.append((rows, output.apply(lambda value: value[-1]), state))
         else:
             rows = (~stepped).nonzero()[:, 0]
-            keep, source = prefix_sources(inputs[:, rows], lengths[rows])
-            kept = rows[keep]
-            kept_inputs = inputs[: int(lengths[kept].max()), kept]
-            starts = torch.zeros(kept_inputs.shape[:2], dtype=torch.bool, device=device)
-            starts[0] = True
-            output, _ = self.belief.sequence(
-                kept_inputs, self.belief.initial_state(len(kept), device=device), starts
-            )
             row_lengths = lengths[rows]
+            output, source = self._pass_from_prior(
+                inputs[:, rows], row_lengths, lambda *args: self.belief.sequence(*args)[0]
+            )
             groups.append(
                 (
                     rows,
@@ -267,14 +274,8 @@ class BeliefExtractor(BaseFeaturesExtractor):
         history (only what the policy input reads)."""
         if torch.is_grad_enabled():
             inputs, lengths = self.history_inputs(observations)
-            # Histories that are prefixes of a longer one in the batch (steps of one trial, as in an
-            # on-policy minibatch) are read off that one's pass: one pass per trial, not per step.
-            keep, source = prefix_sources(inputs, lengths)
-            kept_inputs = inputs[: int(lengths[keep].max()), keep]
-            starts = torch.zeros(kept_inputs.shape[:2], dtype=torch.bool, device=inputs.device)
-            starts[0] = True
-            state = self.belief.initial_state(len(keep), device=inputs.device)
-            sequence = self.belief.policy_sequence(kept_inputs, state, starts)
+            # Steps of one trial (an on-policy minibatch) are read off one pass of the trial.
+            sequence, source = self._pass_from_prior(inputs, lengths, self.belief.policy_sequence)
             output = sequence.apply(lambda value: value[lengths - 1, source])
         else:
             output = self.acting_belief(observations)

@@ -416,20 +416,26 @@ class BayesPPO(RecurrentPPO):
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "_rollout_record"]
 
+    def _buffer_state_slots(self) -> tuple[np.ndarray, np.ndarray]:
+        """The packed belief-state slots the buffer stored before each step, env-major
+        ``[n_envs, n_steps, slot]`` ×2, whether or not ``get()`` has flattened the buffer."""
+        buffer = self.rollout_buffer
+        n_steps, n_envs = buffer.buffer_size, buffer.n_envs
+        slots = (buffer.hidden_states_pi, buffer.cell_states_pi)
+        if buffer.generator_ready:  # flattened env-major: [n_envs * n_steps, 1, slot]
+            return tuple(array.reshape(n_envs, n_steps, -1) for array in slots)
+        return tuple(array[:, 0].swapaxes(0, 1) for array in slots)  # as stored: [n_steps, 1, n_envs, slot]
+
     def _rollout_belief_output(self) -> BeliefOutput:
         """The belief's output at every buffered step, rows in the buffer's env-major order, from one
         pass over the whole rollout (from each env's state before the rollout, through its resets):
         for a belief the update leaves fixed, the output every epoch's minibatches would recompute."""
-        buffer, policy = self.rollout_buffer, self.policy
-        n_steps, n_envs = buffer.buffer_size, buffer.n_envs
-        hidden, cell = buffer.hidden_states_pi, buffer.cell_states_pi
-        if buffer.generator_ready:  # get() has flattened them env-major: [n_envs * n_steps, 1, slot]
-            first = np.arange(n_envs) * n_steps
-            hidden, cell = (array[first].swapaxes(0, 1) for array in (hidden, cell))
-        else:  # as stored: [n_steps, 1, n_envs, slot]
-            hidden, cell = hidden[0], cell[0]
-        slots = (torch.as_tensor(np.ascontiguousarray(array), device=self.device) for array in (hidden, cell))
-        state, _ = policy.unpack_state(tuple(slots))
+        policy = self.policy
+        first = (  # each env's slots before the rollout's first step: [1, n_envs, slot]
+            torch.as_tensor(np.ascontiguousarray(array[None, :, 0]), device=self.device)
+            for array in self._buffer_state_slots()
+        )
+        state, _ = policy.unpack_state(tuple(first))
         inputs, starts = rollout_inputs(self)
         with torch.no_grad():
             output, _ = policy.belief.sequence(inputs, state, starts > 0.5)
@@ -446,12 +452,10 @@ class BayesPPO(RecurrentPPO):
         record = getattr(self, "_rollout_record", None)
         if record is not None and record.complete(n_steps, n_envs):
             return record.rows()
-        hidden, cell = buffer.hidden_states_pi, buffer.cell_states_pi
-        if buffer.generator_ready:  # get() has flattened them env-major: [n_envs * n_steps, 1, slot]
-            hidden, cell = (array.reshape(n_envs, n_steps, -1) for array in (hidden, cell))
+        hidden, cell = self._buffer_state_slots()
+        if buffer.generator_ready:  # get() has flattened the arrays env-major
             starts = buffer.episode_starts.reshape(n_envs, n_steps)
-        else:  # as stored: [n_steps, 1, n_envs, slot]
-            hidden, cell = (array[:, 0].swapaxes(0, 1) for array in (hidden, cell))
+        else:  # as stored: [n_steps, n_envs]
             starts = buffer.episode_starts.T
         device = policy.device
         starts = torch.as_tensor(np.ascontiguousarray(starts), device=device).reshape(-1) > 0.5
