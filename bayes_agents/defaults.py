@@ -252,7 +252,8 @@ _METHOD_ENV: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     },
     # VariBAD's gridworld model: latent 5, GRU 64, one Bernoulli reward head per cell, KL weight 0.01.
     # Entropy 0.01, not the grid's 0.05: at 0.05 VariBAD fell from 75.9% of Bayes-optimal (worst seed
-    # 63.8%) to 58.6% (worst 36.8%), seeds 0-4 (benchmarks/results/sweeps/grid-varibad-entropy.json).
+    # 63.8%) to 58.6% (worst 36.8%), seeds 0-4 (benchmarks/results/sweeps/grid-varibad-entropy.json);
+    # at 0.003 to 27.4% (examples/configs/grid_varibad_entropy_sweep.yaml).
     ("BayesGrid-v0", "varibad"): {
         "policy": dict(latent_dim=5, hidden_size=64, reward_decoder="per_state", grid_size=5, kl_weight=0.01),
         "ppo": dict(ent_coef=0.01),
