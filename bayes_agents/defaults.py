@@ -186,6 +186,14 @@ for _env_id in MUJOCO_IDS + METAWORLD_IDS:
     # it did not (−283 after 1.23M steps).
     _RUN[_env_id] = {**_RUN_FALLBACK, "norm_obs": True, "norm_reward": True}
 #: Per-(env, method) corrections: ``{"ppo": {...}, "policy": {...}}`` applied last.
+# GLiBRL's settings for the grid and the bandit (see their _METHOD_ENV entries).
+_GLIBRL_DISCRETE: dict[str, Any] = dict(
+    prior_precision=0.01,
+    prior_noise_rate=0.01,
+    fit_dynamics=False,
+    action_predictions=True,
+    basis_updates_per_ppo_update=4,
+)
 _METHOD_ENV: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     # Full-covariance Laplace costs 5.6× RL² per update on a CPU (docs/results.md#training-speed); the
     # diagonal precision keeps the grid run within a few minutes.
@@ -272,19 +280,8 @@ _METHOD_ENV: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     # run for GLiBRL: 15 minutes per run). On the bandit 4 PPO epochs, not the env's 8: regret 4.68
     # at t = 50 (worst seed 5.12, IQM 4.62 [4.45, 5.01]) against 4.93 (worst 5.40), seeds 0-4
     # (examples/configs/bandit_glibrl_epochs_sweep.yaml; sweeps/bandit-glibrl-8-epochs.json).
-    **{
-        (env_id, "glibrl"): {
-            "policy": dict(
-                prior_precision=0.01,
-                prior_noise_rate=0.01,
-                fit_dynamics=False,
-                action_predictions=True,
-                basis_updates_per_ppo_update=4,
-            ),
-            "ppo": dict(ent_coef=0.01) if env_id == "BayesGrid-v0" else dict(n_epochs=4),
-        }
-        for env_id in ("BayesGrid-v0", "BayesBandit-v0")
-    },
+    ("BayesGrid-v0", "glibrl"): {"policy": dict(_GLIBRL_DISCRETE), "ppo": dict(ent_coef=0.01)},
+    ("BayesBandit-v0", "glibrl"): {"policy": dict(_GLIBRL_DISCRETE), "ppo": dict(n_epochs=4)},
 }
 
 

@@ -168,11 +168,15 @@ class BeliefExtractor(BaseFeaturesExtractor):
             are prefixes of another row's history are read off that row's pass (the same values).
         """
         inputs, lengths = self.history_inputs(observations)
-        output, source = self._pass_from_prior(inputs, lengths, lambda *args: self.belief.sequence(*args)[0])
+        output, source = self._pass_from_prior(inputs, lengths, self._sequence_output)
         if len(source) > output.mean.shape[1]:  # each row reads its entries off its source's pass
             output = output.apply(lambda value: value[:, source])
         valid = torch.arange(inputs.shape[0], device=inputs.device)[:, None] < lengths[None, :]
         return output, valid
+
+    def _sequence_output(self, inputs: Tensor, state: Tensor, episode_starts: Tensor) -> BeliefOutput:
+        """The belief's output of ``sequence`` (its next state dropped)."""
+        return self.belief.sequence(inputs, state, episode_starts)[0]
 
     def _pass_from_prior(
         self, inputs: Tensor, lengths: Tensor, run: Callable[[Tensor, Tensor, Tensor], BeliefOutput]
@@ -246,9 +250,7 @@ class BeliefExtractor(BaseFeaturesExtractor):
         else:
             rows = (~stepped).nonzero()[:, 0]
             row_lengths = lengths[rows]
-            output, source = self._pass_from_prior(
-                inputs[:, rows], row_lengths, lambda *args: self.belief.sequence(*args)[0]
-            )
+            output, source = self._pass_from_prior(inputs[:, rows], row_lengths, self._sequence_output)
             groups.append(
                 (
                     rows,
