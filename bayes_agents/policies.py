@@ -488,9 +488,10 @@ class BeliefPolicy(RecurrentActorCriticPolicy):
         :return: actions ``[B, *action_shape]``, values ``[B, 1]``, log-probabilities ``[B]`` and the
             next state slots (inference tensors: no autograd graph may be built on them).
 
-        A Laplace belief without ``record`` runs :meth:`~bayes_agents.beliefs.LaplaceBelief.acting_sequence`:
-        only the mean, the precision and (when sampling) its Cholesky factor; the entropy and KL of
-        :attr:`last_belief_output` are formed when it is read.
+        Without ``record`` the belief runs :meth:`~bayes_agents.beliefs.Belief.acting_sequence`: only
+        what the action needs (Laplace: the mean, the precision and, when sampling, its Cholesky
+        factor; GLiBRL: the policy features); the rest of :attr:`last_belief_output` (entropy, KL, ...)
+        is formed when it is read.
         """
         actions, values, log_prob, slots, _ = self._act(
             self.extract_features(obs), lstm_states, episode_starts, deterministic, record
@@ -511,7 +512,7 @@ class BeliefPolicy(RecurrentActorCriticPolicy):
         state, keys = self.unpack_state(lstm_states)
         laplace = isinstance(self.belief, LaplaceBelief)
         sampling = self.n_samples > 0
-        if laplace and record is None:  # the lean step: the statistics are formed only if read
+        if record is None:  # the lean step: the statistics no action needs are formed only if read
             output, state, complete = self.belief.acting_sequence(
                 features.unsqueeze(0), state, starts, cholesky=sampling
             )

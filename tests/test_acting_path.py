@@ -5,6 +5,8 @@ every belief, discrete and continuous actions, with and without posterior sample
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -152,10 +154,19 @@ def test_bayes_ppo_rollout_stores_the_generic_path(policy_class, kwargs) -> None
     assert buffer.episode_starts[1:].any()
 
 
-@pytest.mark.parametrize(("policy_class", "kwargs"), POLICIES[2:6])
-def test_laplace_acting_statistics_are_formed_when_read(policy_class, kwargs) -> None:
-    """A Laplace acting step forms only what the action needs; ``last_belief_output`` (read e.g. by
-    the evaluation) is then the generic path's whole output: entropy, KL and previous precision."""
+@pytest.mark.parametrize(
+    ("policy_class", "kwargs"),
+    [
+        *POLICIES[2:6],
+        pytest.param(
+            GLiBRLPolicy, {**GLIBRL, "fit_dynamics": False, "action_predictions": True}, id="glibrl"
+        ),
+    ],
+)
+def test_lean_acting_statistics_are_formed_when_read(policy_class, kwargs) -> None:
+    """A Laplace or GLiBRL acting step forms only what the action needs; ``last_belief_output`` (read
+    e.g. by the evaluation) is then the generic path's whole output: entropy, KL, the Laplace previous
+    precision, the GLiBRL log predictive and precision blocks."""
     venv = bayes_envs.make_vec("BayesGrid-v0", 3, seed=5, monitor=False)
     policy = make_policy(policy_class, venv, kwargs)
     zeros = torch.zeros(1, 3, policy.lstm_actor.hidden_size)
@@ -169,7 +180,11 @@ def test_laplace_acting_statistics_are_formed_when_read(policy_class, kwargs) ->
         with torch.no_grad():
             policy.get_distribution(obs_t, slots, starts_t)
         expected = policy.last_belief_output
-        for name in ("mean", "precision", "entropy", "kl_to_previous", "previous_precision", "kl_offset"):
-            torch.testing.assert_close(getattr(acted, name), getattr(expected, name), **EXACT, msg=name)
+        assert type(acted) is type(expected)
+        for field in dataclasses.fields(expected):
+            theirs = getattr(expected, field.name)
+            if theirs is not None:
+                torch.testing.assert_close(getattr(acted, field.name), theirs, **EXACT, msg=field.name)
+        assert acted.entropy is not None and acted.kl_to_previous is not None
         obs, _, starts, _ = venv.step(actions.numpy())
         slots = next_slots

@@ -440,6 +440,32 @@ def test_model_update_raises_the_marginal_likelihood():
     assert loss() < before - 0.05
 
 
+@pytest.mark.parametrize("fit_dynamics", [True, False])
+def test_model_loss_is_the_sum_of_the_per_step_log_predictives(fit_dynamics):
+    """The model loss of ``model_update`` telescopes the per-step Student-t log predictives of every
+    trial into its closed-form log marginal likelihood: the same value and the same basis gradients
+    as :meth:`aux_loss` of the step-by-step pass, with trial starts inside the columns, inner-episode
+    boundaries (reward-only targets) and a column made of one step."""
+    belief = make_belief(fit_dynamics=fit_dynamics, model_loss_weight=0.7)
+    inputs, starts = random_inputs(17, 4, seed=23)
+    starts[6, 1] = starts[11, 1] = starts[16, 2] = True  # trials inside a column, one of a single step
+    output, _ = belief.sequence(inputs, belief.initial_state(4), starts)
+    step_loss = belief.aux_loss(output)
+    loss = belief.model_loss(inputs, starts)
+    torch.testing.assert_close(loss, step_loss, rtol=1e-12, atol=0)
+    parameters = list(belief.basis.parameters())
+    for mine, theirs in zip(
+        torch.autograd.grad(loss, parameters), torch.autograd.grad(step_loss, parameters), strict=True
+    ):
+        torch.testing.assert_close(mine, theirs, rtol=1e-9, atol=1e-12)
+    # per trial, the log predictives sum to the closed form of the statistics at its last step
+    trial, _ = belief.sequence(inputs[6:11, 1:2], belief.initial_state(1), starts[6:11, 1:2])
+    _, state = belief.sequence(inputs[6:11, 1:2], belief.initial_state(1), starts[6:11, 1:2])
+    assert trial.log_marginal_increment.sum().item() == pytest.approx(
+        belief.log_marginal_likelihood(state).item(), rel=1e-12
+    )
+
+
 def test_long_rollout_stays_finite_and_positive_definite():
     steps = 2000
     belief32 = make_belief(dtype=torch.float32, seed=11, basis_dim=8)
@@ -540,6 +566,68 @@ def test_after_policy_update_trains_on_the_rollout_in_time_order():
     assert inside.sum() == 3 * (60 - 4)  # the other steps start an inner episode
 
 
+def test_basis_trained_after_the_update_only_is_fixed_during_it():
+    """With ``model_loss_in_policy_update=False`` the PPO update does not reach the basis: BayesPPO
+    runs the belief once per update (one ``sequence`` call in ``train``, not one per minibatch of
+    every epoch) with the same update to rounding as the per-minibatch recompute, the heads move
+    and the basis moves only by ``after_policy_update``'s steps."""
+    kwargs = {
+        "basis_dim": 4,
+        "basis_hidden_sizes": (8,),
+        "prior_precision": 0.01,
+        "prior_noise_rate": 0.01,
+        "fit_dynamics": False,
+        "action_predictions": True,
+        "model_loss_in_policy_update": False,
+        "basis_updates_per_ppo_update": 3,
+    }
+    models = []
+    for reuse in (True, False):
+        model = BayesPPO(
+            GLiBRLPolicy,
+            bayes_envs.make_vec("BayesGrid-v0", 3, seed=0),
+            policy_kwargs=kwargs,
+            n_steps=90,  # trials of 60 steps: every env's rollout crosses a trial start
+            batch_size=90,
+            n_epochs=2,
+            seed=0,
+            device="cpu",
+            reuse_rollout_precision=reuse,
+        )
+        belief = model.policy.belief
+        assert belief.fixed_during_policy_update
+        initial = {name: value.detach().clone() for name, value in model.policy.named_parameters()}
+        calls, sequence, train = [], belief.sequence, model.train
+        model.train = lambda train=train, belief=belief, sequence=sequence, calls=calls: (
+            setattr(belief, "sequence", lambda *a: calls.append(1) or sequence(*a)),
+            train(),
+            setattr(belief, "sequence", sequence),
+        )
+        after = belief.after_policy_update
+        basis_before_hook = {}
+        belief.after_policy_update = lambda m, after=after, belief=belief, saved=basis_before_hook: (
+            saved.update({n: p.detach().clone() for n, p in belief.basis.named_parameters()}),
+            after(m),
+        )
+        model.learn(90 * 3)  # one rollout, one update
+        n_minibatches = model.n_epochs * len(list(model.rollout_buffer.get(model.batch_size)))
+        assert len(calls) == (1 if reuse else n_minibatches)
+        for name, parameter in belief.basis.named_parameters():
+            unchanged = initial[f"belief.basis.{name}"]
+            torch.testing.assert_close(basis_before_hook[name], unchanged, rtol=0, atol=0)
+            assert not torch.equal(parameter, basis_before_hook[name]), name
+        models.append((model, initial))
+    (fixed, initial), (recomputed, _) = models
+    recomputed_parameters = dict(recomputed.policy.named_parameters())
+    for name, parameter in fixed.policy.named_parameters():
+        torch.testing.assert_close(parameter, recomputed_parameters[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert not torch.equal(fixed.policy.action_net.weight, initial["action_net.weight"])
+    assert not make_belief().fixed_during_policy_update  # the default trains it in the update
+    assert not make_belief(
+        detach_policy_input=False, model_loss_in_policy_update=False, basis_updates_per_ppo_update=1
+    ).fixed_during_policy_update  # the RL loss reaches it
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
@@ -561,6 +649,8 @@ def test_after_policy_update_trains_on_the_rollout_in_time_order():
         ({"basis_updates_per_ppo_update": -1}, ValueError, "basis_updates_per_ppo_update"),
         ({"basis_lr": 0.0}, ValueError, "basis_lr"),
         ({"basis_lr": 1j}, TypeError, "basis_lr"),
+        ({"model_loss_in_policy_update": 0}, TypeError, "model_loss_in_policy_update"),
+        ({"model_loss_in_policy_update": False}, ValueError, "basis_updates_per_ppo_update"),
     ],
 )
 def test_bad_kwargs_raise(kwargs, error, message):
@@ -674,7 +764,8 @@ REFERENCE_OPTIONS: dict[int, dict] = {}
 def test_reward_only_shortcuts_equal_the_generic_computation_with_gradients(action_predictions):
     """``fit_dynamics=False`` factorises only the reward group, takes ``(a/b)Λ_g`` as the precision
     blocks and solves the action predictions with the actions as columns; ``model_update``'s loss
-    skips the policy features. Every output and the model-loss gradients equal the generic path."""
+    (:meth:`GLiBRLBelief.model_loss`) skips the per-step posteriors. Every output and the model-loss
+    gradients equal the generic path."""
     layout = InputLayout(obs_dim=OBS, action_dim=ACTION, discrete_actions=True)
     options = {"basis_dim": BASIS, "basis_hidden_sizes": (8,), **PRIOR}
     options.update(fit_dynamics=False, action_predictions=action_predictions)
@@ -703,13 +794,12 @@ def test_reward_only_shortcuts_equal_the_generic_computation_with_gradients(acti
 
     parameters = list(belief.basis.parameters())
     gradients = torch.autograd.grad(belief.aux_loss(output), parameters)
-    lean, lean_state = belief._sequence(inputs, state, starts, model_loss_only=True)
-    assert lean_state is None
-    lean_gradients = torch.autograd.grad(belief.aux_loss(lean), parameters)
+    lean_loss = belief.model_loss(inputs, starts)  # the state is the prior: the same trials
+    lean_gradients = torch.autograd.grad(lean_loss, parameters)
     reference_gradients = torch.autograd.grad(
         reference.aux_loss(expected), list(reference.basis.parameters())
     )
-    torch.testing.assert_close(belief.aux_loss(lean), belief.aux_loss(output), rtol=0, atol=1e-12)
+    torch.testing.assert_close(lean_loss, belief.aux_loss(output), rtol=0, atol=1e-12)
     for mine, lean_gradient, theirs in zip(gradients, lean_gradients, reference_gradients, strict=True):
         torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-6)
         torch.testing.assert_close(lean_gradient, theirs, rtol=0, atol=1e-6)

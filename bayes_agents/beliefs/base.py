@@ -248,6 +248,22 @@ class Belief(nn.Module, ABC):
             output.mean, n_samples, output.precision, output.precision_cholesky, generator, noise
         )
 
+    def acting_sequence(
+        self, inputs: Tensor, state: Tensor, episode_starts: Tensor, cholesky: bool = True
+    ) -> tuple[BeliefOutput, Tensor, Callable[[], BeliefOutput]]:
+        """:meth:`sequence` for acting (called under ``torch.inference_mode``): the output may leave
+        out the fields no action needs (those :meth:`policy_input` and :meth:`sample` do not read);
+        the returned ``complete()`` gives :meth:`sequence`'s whole output for these inputs, e.g. when
+        a caller reads the statistics of the step. Beliefs whose statistics cost more than their
+        policy input override this (Laplace-VRNN, GLiBRL); by default it is :meth:`sequence`.
+
+        :param cholesky: whether the output must hold the posterior's Cholesky factor (the policy
+            samples from a full covariance); beliefs may skip it when False.
+        :return: the output, the next state and ``complete()``.
+        """
+        output, next_state = self.sequence(inputs, state, episode_starts)
+        return output, next_state, lambda: output
+
     def policy_sequence(self, inputs: Tensor, state: Tensor, episode_starts: Tensor) -> BeliefOutput:
         """The outputs of :meth:`sequence` that :meth:`policy_input` reads, ``[T, B, ..]``, with the
         same gradients; the other fields may be left out (None). A belief whose policy input costs
@@ -282,9 +298,10 @@ class Belief(nn.Module, ABC):
         return False
 
     def aux_loss_rows(self, output: BeliefOutput, mask: Tensor) -> Tensor:
-        """:meth:`aux_loss` over the rows ``mask`` (``[N]`` bool) of an output with leading dim ``[N]``
-        (a training minibatch's unpadded steps). Beliefs whose loss reads few fields override this to
-        index only those (the Laplace KL penalty need not copy ``[N, L, L]`` precisions)."""
+        """The auxiliary loss of a PPO minibatch: :meth:`aux_loss` over the rows ``mask`` (``[N]`` bool)
+        of an output with leading dim ``[N]`` (the minibatch's unpadded steps). Beliefs whose loss
+        reads few fields override this to index only those (the Laplace KL penalty need not copy
+        ``[N, L, L]`` precisions); GLiBRL's is 0 when its basis trains outside the PPO update."""
         return self.aux_loss(output.apply(lambda value: value[mask]))
 
     # ------------------------------------------------------------------------------ optional hooks

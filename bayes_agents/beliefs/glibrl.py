@@ -85,6 +85,12 @@ GLiBRL did not learn ``BayesGrid-v0`` or ``BayesBandit-v0`` with the plain model
   units that do not depend on the (arbitrary) coordinates of the learned basis, unlike ``μ``.
 * ``basis_updates_per_ppo_update = k > 0``: after each PPO update (:meth:`GLiBRLBelief.after_policy_update`)
   ``k`` Adam steps of the same loss on the rollout just collected, with the belief's own optimizer.
+  Each step forms the loss in closed form per trial (:meth:`GLiBRLBelief.model_loss`: the log
+  predictives of a trial telescope into its log marginal likelihood), one factorisation per trial.
+* ``model_loss_in_policy_update=False`` trains the basis by those ``k`` steps only, not also by the
+  PPO optimizer with every minibatch. With the policy input detached nothing in the PPO update then
+  reaches the basis (:attr:`GLiBRLBelief.fixed_during_policy_update`), so ``BayesPPO`` runs the belief
+  once per update instead of in every minibatch of every epoch.
 
 The prior hyper-parameters must suit the reward scale: with ``b₀ = 1`` (noise std ≈ 1) rewards of
 size 0.1–1 are explained as noise, and the marginal likelihood then *shrinks* the basis (``|φ| ≈ 0.02``
@@ -99,7 +105,7 @@ of such a sequence is the exact log predictive of its transitions given that sto
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -185,6 +191,25 @@ class NIGPosterior(NamedTuple):
     rate: Tensor
 
 
+class _Transitions(NamedTuple):
+    """The transitions of a sequence ``[T, B]`` (:meth:`GLiBRLBelief._transitions`).
+
+    :param obs: ``obs_t``, ``[T, B, O]``.
+    :param features: ``φ(obs_{t−1}, prev_action_t)``, ``[T, B, d]``.
+    :param targets: ``y_t``, 0 where not valid, ``[T, B, O+1]``.
+    :param target_mask: 1.0 where a target is valid, ``[T, B, O+1]``.
+    :param has_transition: whether step ``t`` has a transition, ``[T, B]`` bool.
+    :param cumulative: the sufficient statistics after step ``t`` (``statistics_layout``), ``[T, B, S]``.
+    """
+
+    obs: Tensor
+    features: Tensor
+    targets: Tensor
+    target_mask: Tensor
+    has_transition: Tensor
+    cumulative: Tensor
+
+
 class GLiBRLBelief(Belief):
     """GLiBRL belief (see the module docstring for the exact model).
 
@@ -212,6 +237,10 @@ class GLiBRLBelief(Belief):
         each PPO update (:meth:`after_policy_update`, called by :class:`~bayes_agents.BayesPPO`), with
         the belief's own optimizer; 0 (default) trains the basis by the PPO optimizer's steps only.
     :param basis_lr: learning rate of those extra steps.
+    :param model_loss_in_policy_update: add the model loss to the PPO loss (``BayesPPO``: the PPO
+        optimizer then also steps the basis with every minibatch). False trains the basis only by the
+        ``basis_updates_per_ppo_update`` steps (which must then be > 0 unless ``model_loss_weight``
+        is 0) and, with ``detach_policy_input``, makes the belief fixed during the PPO update.
     """
 
     models_rewards = True  # the Bayesian regression is a likelihood of the raw rewards
@@ -233,6 +262,7 @@ class GLiBRLBelief(Belief):
         action_predictions: bool = False,
         basis_updates_per_ppo_update: int = 0,
         basis_lr: float = 1e-3,
+        model_loss_in_policy_update: bool = True,
     ):
         super().__init__()
         check_input_layout(input_dim, input_layout)
@@ -244,6 +274,7 @@ class GLiBRLBelief(Belief):
                 "fit_dynamics": fit_dynamics,
                 "normalize_policy_input": normalize_policy_input,
                 "action_predictions": action_predictions,
+                "model_loss_in_policy_update": model_loss_in_policy_update,
             }
         )
         self.input_layout = input_layout
@@ -267,6 +298,12 @@ class GLiBRLBelief(Belief):
         check_int("basis_updates_per_ppo_update", basis_updates_per_ppo_update, minimum=0)
         self.basis_updates_per_ppo_update = basis_updates_per_ppo_update
         self.basis_lr = check_real("basis_lr", basis_lr, 0.0, 1.0, low_open=True)
+        if not model_loss_in_policy_update and basis_updates_per_ppo_update == 0 and model_loss_weight > 0:
+            raise ValueError(
+                "model_loss_in_policy_update=False trains the basis only by basis_updates_per_ppo_update "
+                "steps after each PPO update: set basis_updates_per_ppo_update >= 1"
+            )
+        self.model_loss_in_policy_update = model_loss_in_policy_update
         self._basis_optimizer: torch.optim.Optimizer | None = None
 
         obs_dim = input_layout.obs_dim
@@ -370,8 +407,12 @@ class GLiBRLBelief(Belief):
     def log_marginal_likelihood(self, state: Tensor) -> Tensor:
         """Closed-form ``log p(all targets in the state's statistics | φ)``, ``[B]`` (0 for no data)."""
         parts = self.state_layout.unpack(state)
-        posterior = self.posterior({name: parts[name] for name in self.statistics_layout.shapes})
-        count = parts["count"][..., self.output_group]
+        return self._log_marginal({name: parts[name] for name in self.statistics_layout.shapes})
+
+    def _log_marginal(self, statistics: dict[str, Tensor]) -> Tensor:
+        """:meth:`log_marginal_likelihood` of sufficient statistics (leading dims ``[..]``), ``[..]``."""
+        posterior = self.posterior(statistics)
+        count = statistics["count"][..., self.output_group]
         a0, b0 = self.prior_noise_concentration, self.prior_noise_rate
         per_output = (
             -0.5 * count * math.log(2 * math.pi)
@@ -479,16 +520,9 @@ class GLiBRLBelief(Belief):
         return mean, noise_scale.log().unsqueeze(-1) + torch.log1p(leverage)
 
     # ------------------------------------------------------------------------------ belief pass
-    def sequence(self, inputs: Tensor, state: Tensor, episode_starts: Tensor) -> tuple[GLiBRLOutput, Tensor]:
-        return self._sequence(inputs, state, episode_starts, model_loss_only=False)
-
-    def _sequence(
-        self, inputs: Tensor, state: Tensor, episode_starts: Tensor, model_loss_only: bool
-    ) -> tuple[GLiBRLOutput, Tensor]:
-        """:meth:`sequence`; with ``model_loss_only`` the output holds only what :meth:`aux_loss` reads
-        (``log_marginal_increment``, ``transition_mask``; ``mean`` as a placeholder) and the returned
-        state is ``None``: the basis steps of :meth:`model_update` need no posterior features."""
-        inputs, starts = self._prepare_sequence(inputs, state, episode_starts)
+    def _transitions(self, inputs: Tensor, state: Tensor, starts: Tensor) -> _Transitions:
+        """The transitions of a prepared sequence (``starts`` ``[T, B]`` bool) and the sufficient
+        statistics after every step, from the statistics carried in ``state``."""
         steps, batch = starts.shape
         obs, action, reward, new_episode = self.input_layout.split(inputs)
         carried = self.state_layout.unpack(state)
@@ -527,64 +561,113 @@ class GLiBRLBelief(Belief):
             reset = torch.cumsum(starts, dim=0) > 0  # [T, B]: a reset at or before t
             dynamics_gram = carry[:, :skipped].unsqueeze(0).masked_fill(reset.unsqueeze(-1), 0.0)
             cumulative = torch.cat([dynamics_gram, cumulative], dim=-1)  # [T, B, S_stats]
+        return _Transitions(obs, features, targets, target_mask, has_transition, cumulative)
 
-        # One factorisation per step: the posterior before step t is that of step t-1 (or the carry).
-        all_statistics = torch.cat([carry.unsqueeze(0), cumulative]).flatten(0, 1)
-        every = self.posterior(self.statistics_layout.unpack(all_statistics))
-        every = NIGPosterior(*(value.view(steps + 1, batch, *value.shape[1:]) for value in every))
-        current = NIGPosterior(*(value[1:] for value in every))
-        prior = self._prior(dtype, inputs.device)
-        previous = NIGPosterior(
-            *(
-                torch.where(starts.view(steps, batch, *(1,) * (value.dim() - 2)), prior_value, value[:-1])
-                for value, prior_value in zip(every, prior, strict=True)
+    def _posteriors(self, statistics: Tensor) -> NIGPosterior:
+        """The posteriors of statistics ``[T, B, S_stats]`` (one batched factorisation), ``[T, B, ..]``."""
+        steps, batch = statistics.shape[:2]
+        every = self.posterior(self.statistics_layout.unpack(statistics.flatten(0, 1)))
+        return NIGPosterior(*(value.view(steps, batch, *value.shape[1:]) for value in every))
+
+    def sequence(self, inputs: Tensor, state: Tensor, episode_starts: Tensor) -> tuple[GLiBRLOutput, Tensor]:
+        return self._sequence(inputs, state, episode_starts, policy_only=False)
+
+    def acting_sequence(
+        self, inputs: Tensor, state: Tensor, episode_starts: Tensor, cholesky: bool = True
+    ) -> tuple[GLiBRLOutput, Tensor, Callable[[], GLiBRLOutput]]:
+        """:meth:`sequence` without gradient and without what no action needs: only the fields
+        :meth:`policy_input` reads (``mean``, ``log_variance_diagonal``, ``noise_concentration``,
+        ``noise_rate``, the action predictions) and ``group_precision_cholesky``; the precision blocks,
+        ``entropy``, ``kl_to_previous`` and ``log_marginal_increment`` (one more factorisation per
+        step for the previous posterior, the KL's matrix products and the predictive's solves) are
+        left to the returned ``complete()``, which gives :meth:`sequence`'s output for these inputs.
+        ``cholesky`` is unused (GLiBRL policies do not sample)."""
+        with torch.no_grad():
+            output, next_state = self._sequence(inputs, state, episode_starts, policy_only=True)
+        return output, next_state, lambda: self.sequence(inputs, state, episode_starts)[0]
+
+    def _sequence(
+        self, inputs: Tensor, state: Tensor, episode_starts: Tensor, policy_only: bool
+    ) -> tuple[GLiBRLOutput, Tensor]:
+        """:meth:`sequence`; with ``policy_only`` the output holds only what :meth:`policy_input`
+        reads and the group factors (see :meth:`acting_sequence`)."""
+        inputs, starts = self._prepare_sequence(inputs, state, episode_starts)
+        steps, batch = starts.shape
+        dtype = inputs.dtype
+        transitions = self._transitions(inputs, state, starts)
+        cumulative = transitions.cumulative
+        if policy_only:
+            current = self._posteriors(cumulative)
+        else:
+            # One factorisation per step: the posterior before step t is that of step t-1 (or the carry).
+            carry = state[:, : self.statistics_layout.size]
+            every = self._posteriors(torch.cat([carry.unsqueeze(0), cumulative]))
+            current = NIGPosterior(*(value[1:] for value in every))
+            prior = self._prior(dtype, inputs.device)
+            previous = NIGPosterior(
+                *(
+                    torch.where(starts.view(steps, batch, *(1,) * (value.dim() - 2)), prior_value, value[:-1])
+                    for value, prior_value in zip(every, prior, strict=True)
+                )
             )
-        )
-
-        increment = (self._log_predictive(previous, features, targets) * target_mask).sum(-1)
-        if model_loss_only:
-            return GLiBRLOutput(
-                mean=current.mean.flatten(-2),
-                log_marginal_increment=increment,
-                transition_mask=has_transition.to(dtype),
-            ), None
         cholesky = current.group_precision_cholesky
         identity = torch.eye(self.basis_dim, dtype=dtype, device=inputs.device).expand_as(cholesky)
         inverse_cholesky = self._solve_groups(cholesky, identity)
-        scale = (current.concentration / current.rate).sqrt()[..., None, None]  # [T, B, O+1, 1, 1]
-        block_cholesky = scale * current.group_precision_cholesky[..., self.output_group, :, :]
-        eye = torch.eye(self.basis_dim, dtype=dtype, device=inputs.device)
-        gram = self.statistics_layout.unpack(cumulative.flatten(0, 1))["gram"]
-        group_precision = gram.view(steps, batch, *gram.shape[1:]) + self.prior_precision * eye
         action_mean = action_log_variance = None
         if self.action_predictions:
             # Policy features only: without a graph when the policy input is detached.
             with torch.set_grad_enabled(torch.is_grad_enabled() and not self.detach_policy_input):
-                action_mean, action_log_variance = self._action_reward_predictions(current, obs)
+                action_mean, action_log_variance = self._action_reward_predictions(current, transitions.obs)
         output = GLiBRLOutput(
             mean=current.mean.flatten(-2),
-            # (a/b) Λ_g = block_cholesky block_choleskyᵀ, from the Gram matrices without a product.
-            precision=scale.square() * group_precision[..., self.output_group, :, :],
-            precision_cholesky=block_cholesky,
-            entropy=self._entropy(current),
-            kl_to_previous=self._kl(current, previous, inverse_cholesky),
-            group_precision_cholesky=current.group_precision_cholesky,
+            group_precision_cholesky=cholesky,
             log_variance_diagonal=inverse_cholesky.square().sum(-2).log(),  # diag(L⁻ᵀL⁻¹) = diag Λ⁻¹
             noise_concentration=current.concentration,
             noise_rate=current.rate,
-            log_marginal_increment=increment,
-            transition_mask=has_transition.to(dtype),
             action_reward_mean=action_mean,
             action_reward_log_variance=action_log_variance,
         )
+        if not policy_only:
+            increment = self._log_predictive(previous, transitions.features, transitions.targets)
+            scale = (current.concentration / current.rate).sqrt()[..., None, None]  # [T, B, O+1, 1, 1]
+            eye = torch.eye(self.basis_dim, dtype=dtype, device=inputs.device)
+            gram = self.statistics_layout.unpack(cumulative.flatten(0, 1))["gram"]
+            group_precision = gram.view(steps, batch, *gram.shape[1:]) + self.prior_precision * eye
+            # (a/b) Λ_g = block_cholesky block_choleskyᵀ, from the Gram matrices without a product.
+            output.precision = scale.square() * group_precision[..., self.output_group, :, :]
+            output.precision_cholesky = scale * cholesky[..., self.output_group, :, :]
+            output.entropy = self._entropy(current)
+            output.kl_to_previous = self._kl(current, previous, inverse_cholesky)
+            output.log_marginal_increment = (increment * transitions.target_mask).sum(-1)
+            output.transition_mask = transitions.has_transition.to(dtype)
         next_state = self.state_layout.pack(
             {
                 **self.statistics_layout.unpack(cumulative[-1]),
-                "previous_obs": obs[-1],
-                "has_previous": obs.new_ones(batch, 1),
+                "previous_obs": transitions.obs[-1],
+                "has_previous": inputs.new_ones(batch, 1),
             }
         )
         return output, next_state
+
+    def model_loss(self, inputs: Tensor, episode_starts: Tensor) -> Tensor:
+        """:meth:`aux_loss` of :meth:`sequence` over ``inputs`` ``[T, B, input_dim]`` from the prior
+        (``episode_starts`` ``[T, B]``; every column starts a trial at ``t = 0``), with the same value
+        and gradients but formed without the per-step posteriors.
+
+        By the chain rule the log predictives of a trial's steps sum to its log marginal likelihood
+        (:meth:`log_marginal_likelihood`), so each trial segment of a column contributes the closed
+        form of its statistics at its last step: one factorisation per segment, not per step.
+        """
+        state = self.initial_state(inputs.shape[1], inputs.device)
+        starts = torch.as_tensor(episode_starts, device=inputs.device)
+        inputs, starts = self._prepare_sequence(inputs, state, starts)
+        starts = torch.cat([torch.ones_like(starts[:1]), starts[1:]])
+        transitions = self._transitions(inputs, state, starts)
+        segment_ends = torch.cat([starts[1:], torch.ones_like(starts[:1])])  # the last step of a trial
+        statistics = self.statistics_layout.unpack(transitions.cumulative[segment_ends])
+        log_marginal = self._log_marginal(statistics).sum()
+        count = transitions.has_transition.sum().clamp(min=1).to(inputs.dtype)
+        return -self.model_loss_weight * log_marginal / count
 
     # ------------------------------------------------------------------------------ consumers
     @property
@@ -639,6 +722,14 @@ class GLiBRLBelief(Belief):
         """True when the marginal likelihood has weight (``model_loss_weight > 0``)."""
         return self.model_loss_weight > 0
 
+    @property
+    def fixed_during_policy_update(self) -> bool:
+        """True when nothing in a PPO update reaches the basis: the policy input is detached and the
+        model loss is not part of the PPO loss (``model_loss_in_policy_update=False``, or weight 0)."""
+        return self.detach_policy_input and (
+            not self.model_loss_in_policy_update or self.model_loss_weight == 0
+        )
+
     def aux_loss(self, output: BeliefOutput) -> Tensor:
         """``model_loss_weight ·`` the negative log marginal likelihood per transition (scalar).
 
@@ -648,6 +739,13 @@ class GLiBRLBelief(Belief):
         output = _require_glibrl_output(output)
         transitions = output.transition_mask.sum().clamp(min=1.0)
         return -self.model_loss_weight * output.log_marginal_increment.sum() / transitions
+
+    def aux_loss_rows(self, output: BeliefOutput, mask: Tensor) -> Tensor:
+        """The PPO minibatch's share: :meth:`aux_loss` over the rows ``mask``, or 0 with
+        ``model_loss_in_policy_update=False`` (the basis then trains in :meth:`after_policy_update`)."""
+        if not self.model_loss_in_policy_update:
+            return output.mean.new_zeros(())
+        return self.aux_loss(output.apply(lambda value: value[mask]))
 
     def model_update(self, inputs: Tensor, episode_starts: Tensor, n_updates: int) -> float:
         """``n_updates`` Adam steps (own optimizer, ``basis_lr``) of :meth:`aux_loss` on sequences.
@@ -661,14 +759,10 @@ class GLiBRLBelief(Belief):
         check_positive_int("n_updates", n_updates)
         if self._basis_optimizer is None:
             self._basis_optimizer = model_adam(self.basis.parameters(), self.basis_lr)
-        starts = torch.as_tensor(episode_starts, device=inputs.device) > 0.5
-        starts = torch.cat([torch.ones_like(starts[:1]), starts[1:]])
-        state = self.initial_state(inputs.shape[1]).to(inputs)
         losses = []
         with torch.enable_grad():
             for _ in range(n_updates):
-                output, _ = self._sequence(inputs, state, starts, model_loss_only=True)
-                loss = self.aux_loss(output)
+                loss = self.model_loss(inputs, episode_starts)
                 self._basis_optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self._basis_optimizer.step()
@@ -720,8 +814,10 @@ register_belief(
     trains the basis, applied by :class:`~bayes_agents.BayesPPO`), ``detach_policy_input``
     (True), ``fit_dynamics`` (True), ``normalize_policy_input`` (True), ``action_predictions``
     (False; discrete actions), ``basis_updates_per_ppo_update`` (0) and ``basis_lr`` (1e-3; extra
-    basis steps in ``after_policy_update``). The package's grid and bandit defaults
-    (:func:`bayes_agents.methods.method_defaults`) change the prior scale and switch the options on.
+    basis steps in ``after_policy_update``), ``model_loss_in_policy_update`` (True; False trains the
+    basis by those steps only and lets ``BayesPPO`` run the belief once per update). The package's
+    grid and bandit defaults (:func:`bayes_agents.methods.method_defaults`) change the prior scale
+    and switch the options on.
     The head sees the posterior features and the observation; ``n_samples`` must be 0. See
     :class:`~bayes_agents.beliefs.glibrl.GLiBRLBelief`.
     """,
