@@ -317,9 +317,16 @@ REFERENCE = {
 }
 
 
+#: Where the defaults deviate from the reference by a measurement quoted in bayes_agents.defaults:
+#: RL² on HalfCheetahDir-v0 decays the reference's learning rate linearly (constant 7e-4 fell back
+#: after 2.5M env steps and left one seed running one way).
+DEVIATIONS = {("HalfCheetahDir-v0", "rl2"): {"lr": "lin_7e-4"}}
+
+
 @pytest.mark.parametrize("env_id, method", sorted(REFERENCE))
 def test_mujoco_defaults_match_the_reference_config_files(env_id: str, method: str) -> None:
     n_steps, minibatches, epochs, clip, lr, latent = REFERENCE[env_id, method]
+    lr = DEVIATIONS.get((env_id, method), {}).get("lr", lr)
     config = experiment.resolve_config(env_id, method)
     ppo, policy = config["ppo"], config["policy"]
     assert config["n_envs"] == 16 and ppo["n_steps"] == n_steps
