@@ -87,45 +87,15 @@ from bayes_agents.policies import (
     next_noise_keys,
 )
 
+# LinearDecay stays importable from here: models saved before it moved pickle it by this path.
+from bayes_agents.schedules import LinearDecay, resolve_schedule  # noqa: F401
+
 #: Positions of RecurrentPPO's constructor arguments (after ``self``), for positional schedules.
 _POSITIONS = {
     name: index - 1 for index, name in enumerate(inspect.signature(RecurrentPPO.__init__).parameters)
 }
 #: Constructor arguments that may be given as a schedule string (see :func:`resolve_schedule`).
 SCHEDULE_ARGUMENTS = ("learning_rate", "clip_range", "clip_range_vf")
-
-
-class LinearDecay:
-    """``progress_remaining ↦ start · progress_remaining``: from ``start`` at the beginning of ``learn``
-    to 0 at its end (SB3 schedules take the fraction of the budget left). A class, so it pickles."""
-
-    def __init__(self, start: float) -> None:
-        self.start = float(start)
-
-    def __call__(self, progress_remaining: float) -> float:
-        return self.start * progress_remaining
-
-    def __repr__(self) -> str:
-        return f"LinearDecay({self.start})"
-
-
-def resolve_schedule(name: str, value: Any) -> Any:
-    """``"lin_<v>"`` (rl-baselines3-zoo's notation) → a schedule decaying linearly from ``v`` to 0 over
-    the ``learn`` call's budget; numbers, callables and ``None`` are returned unchanged.
-
-    Strings keep configs (YAML/JSON, ``bayes-rl --set``) serialisable. Raises ``ValueError`` naming
-    ``name`` for any other string.
-    """
-    if not isinstance(value, str):
-        return value
-    prefix, _, number = value.partition("_")
-    try:
-        start = float(number)
-    except ValueError:
-        start = None
-    if prefix != "lin" or start is None or not start > 0:
-        raise ValueError(f'{name} must be a number, a schedule or "lin_<value > 0>", got {value!r}')
-    return LinearDecay(start)
 
 
 def resolve_schedules(ppo_kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -544,6 +544,7 @@ def test_after_policy_update_trains_on_the_rollout_in_time_order():
     """The hook hands model_update the rollout time-major: on the grid (one 60-step trial per env and
     rollout) each column starts a trial and consecutive positions differ by the clipped move."""
     kwargs = {"basis_dim": 4, "basis_hidden_sizes": (8,), "net_arch": [8], "basis_updates_per_ppo_update": 1}
+    kwargs["basis_lr"] = "lin_1e-2"
     ppo = {**PPO_KWARGS, "n_steps": 60, "batch_size": 120, "n_epochs": 1}
     model = BayesPPO(
         GLiBRLPolicy, bayes_envs.make_vec("BayesGrid-v0", 3, seed=0), policy_kwargs=kwargs, **ppo
@@ -551,11 +552,14 @@ def test_after_policy_update_trains_on_the_rollout_in_time_order():
     belief = model.policy.belief
     calls = []
     stock_update = belief.model_update
-    belief.model_update = lambda inputs, starts, n: (
-        calls.append((inputs, starts, n)) or stock_update(inputs, starts, n)
+    belief.model_update = lambda inputs, starts, n, progress: (
+        calls.append((inputs, starts, n, progress)) or stock_update(inputs, starts, n, progress)
     )
-    model.learn(60)
-    ((inputs, starts, n_updates),) = calls
+    model.learn(720)  # four updates, at 3/4, 1/2, 1/4 and 0 of the budget left
+    assert [call[3] for call in calls] == [0.75, 0.5, 0.25, 0.0]
+    assert belief._basis_optimizer.param_groups[0]["lr"] == 0.0  # "lin_1e-2" at the end
+    calls[:] = calls[:1]
+    ((inputs, starts, n_updates, _),) = calls
     assert inputs.shape == (60, 3, belief.input_dim) and n_updates == 1
     np.testing.assert_array_equal(starts.numpy() > 0.5, np.arange(60)[:, None].repeat(3, 1) == 0)
     obs, action, _, new_episode = belief.input_layout.split(inputs)
@@ -649,6 +653,8 @@ def test_basis_trained_after_the_update_only_is_fixed_during_it():
         ({"basis_updates_per_ppo_update": -1}, ValueError, "basis_updates_per_ppo_update"),
         ({"basis_lr": 0.0}, ValueError, "basis_lr"),
         ({"basis_lr": 1j}, TypeError, "basis_lr"),
+        ({"basis_lr": "lin_2"}, ValueError, "basis_lr"),
+        ({"basis_lr": "exp_1e-3"}, ValueError, "basis_lr"),
         ({"model_loss_in_policy_update": 0}, TypeError, "model_loss_in_policy_update"),
         ({"model_loss_in_policy_update": False}, ValueError, "basis_updates_per_ppo_update"),
     ],

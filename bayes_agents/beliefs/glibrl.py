@@ -112,6 +112,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from ..schedules import resolve_schedule
 from .base import (
     MAX_SCALE,
     Belief,
@@ -236,7 +237,9 @@ class GLiBRLBelief(Belief):
     :param basis_updates_per_ppo_update: extra Adam steps of the model loss on the last rollout after
         each PPO update (:meth:`after_policy_update`, called by :class:`~bayes_agents.BayesPPO`), with
         the belief's own optimizer; 0 (default) trains the basis by the PPO optimizer's steps only.
-    :param basis_lr: learning rate of those extra steps.
+    :param basis_lr: learning rate of those extra steps, in ``(0, 1]``: a number, or ``"lin_<v>"``
+        for a linear decay from ``v`` to 0 over the budget of ``BayesPPO.learn`` (the notation of
+        the PPO schedules, :func:`~bayes_agents.schedules.resolve_schedule`).
     :param model_loss_in_policy_update: add the model loss to the PPO loss (``BayesPPO``: the PPO
         optimizer then also steps the basis with every minibatch). False trains the basis only by the
         ``basis_updates_per_ppo_update`` steps (which must then be > 0 unless ``model_loss_weight``
@@ -261,7 +264,7 @@ class GLiBRLBelief(Belief):
         normalize_policy_input: bool = True,
         action_predictions: bool = False,
         basis_updates_per_ppo_update: int = 0,
-        basis_lr: float = 1e-3,
+        basis_lr: float | str = 1e-3,
         model_loss_in_policy_update: bool = True,
     ):
         super().__init__()
@@ -297,7 +300,16 @@ class GLiBRLBelief(Belief):
         self.action_predictions = action_predictions
         check_int("basis_updates_per_ppo_update", basis_updates_per_ppo_update, minimum=0)
         self.basis_updates_per_ppo_update = basis_updates_per_ppo_update
-        self.basis_lr = check_real("basis_lr", basis_lr, 0.0, 1.0, low_open=True)
+        schedule = resolve_schedule("basis_lr", basis_lr) if isinstance(basis_lr, str) else None
+        self._basis_lr_schedule = schedule
+        check_real(
+            "basis_lr",
+            basis_lr if schedule is None else schedule.start,
+            0.0,
+            1.0,
+            low_open=True,
+        )
+        self.basis_lr = basis_lr
         if not model_loss_in_policy_update and basis_updates_per_ppo_update == 0 and model_loss_weight > 0:
             raise ValueError(
                 "model_loss_in_policy_update=False trains the basis only by basis_updates_per_ppo_update "
@@ -747,18 +759,28 @@ class GLiBRLBelief(Belief):
             return output.mean.new_zeros(())
         return self.aux_loss(output.apply(lambda value: value[mask]))
 
-    def model_update(self, inputs: Tensor, episode_starts: Tensor, n_updates: int) -> float:
+    def model_update(
+        self, inputs: Tensor, episode_starts: Tensor, n_updates: int, progress_remaining: float = 1.0
+    ) -> float:
         """``n_updates`` Adam steps (own optimizer, ``basis_lr``) of :meth:`aux_loss` on sequences.
 
         :param inputs: ``x_t`` ``[T, B, input_dim]``, e.g. a rollout; each column starts from the
             prior at ``t = 0`` (a column that begins mid-trial is a contiguous piece of one task's
             data, whose log marginal likelihood is as valid a loss as a whole trial's).
         :param episode_starts: ``[T, B]`` trial starts.
+        :param progress_remaining: the fraction of the training budget left (1 → 0; below 0 counts
+            as 0), for a ``"lin_<v>"`` ``basis_lr``.
         :return: the mean loss before the steps.
         """
         check_positive_int("n_updates", n_updates)
+        schedule = self._basis_lr_schedule
+        check_real("progress_remaining", progress_remaining, -MAX_SCALE, 1.0)
+        # SB3's progress goes below 0 in a last rollout that overshoots the budget: the rate stops at 0.
+        lr = self.basis_lr if schedule is None else schedule(max(progress_remaining, 0.0))
         if self._basis_optimizer is None:
-            self._basis_optimizer = model_adam(self.basis.parameters(), self.basis_lr)
+            self._basis_optimizer = model_adam(self.basis.parameters(), lr)
+        for group in self._basis_optimizer.param_groups:
+            group["lr"] = lr
         losses = []
         with torch.enable_grad():
             for _ in range(n_updates):
@@ -772,12 +794,15 @@ class GLiBRLBelief(Belief):
 
     def after_policy_update(self, model: Any) -> None:
         """BayesPPO hook: ``basis_updates_per_ppo_update`` :meth:`model_update` steps on the rollout
-        of ``model.rollout_buffer`` (logged as ``belief/basis_loss``); nothing if that is 0."""
+        of ``model.rollout_buffer`` (logged as ``belief/basis_loss``) at the learning rate of the
+        model's progress (``model._current_progress_remaining``); nothing if that is 0."""
         if self.basis_updates_per_ppo_update == 0:
             return
         inputs, starts = rollout_inputs(model)
         dtype = self._reference_parameter().dtype
-        loss = self.model_update(inputs.to(dtype), starts, self.basis_updates_per_ppo_update)
+        loss = self.model_update(
+            inputs.to(dtype), starts, self.basis_updates_per_ppo_update, model._current_progress_remaining
+        )
         model.logger.record("belief/basis_loss", loss)
 
 
