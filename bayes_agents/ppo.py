@@ -13,7 +13,8 @@
   one optimizer step; it logs the keys stock ``RecurrentPPO`` logs (``train/loss`` is the PPO loss,
   as there; early stop at ``1.5·target_kl``), plus ``belief/aux_loss``, ``belief/entropy`` and
   ``belief/kl_to_previous``, then calls the belief's ``after_policy_update(model)`` hook (beliefs that
-  train a model of their own on the collected trials).
+  train a model of their own on the collected trials; ``before_policy_update(model)`` is called
+  first thing, for those that train it before the update reads them).
 
 For a Laplace-VRNN belief the stop-gradient part of the posterior is by default not recomputed for
 every minibatch of every epoch (``reuse_rollout_precision=True``). That part is everything but the
@@ -271,6 +272,7 @@ class BayesPPO(RecurrentPPO):
         policy: BeliefPolicy = self.policy  # type: ignore[assignment]
         policy.set_training_mode(True)
         self._update_learning_rate(policy.optimizer)
+        policy.belief.before_policy_update(self)
         clip_range = self.clip_range(self._current_progress_remaining)
         clip_range_vf = None
         if self.clip_range_vf is not None:

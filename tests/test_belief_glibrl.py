@@ -632,6 +632,32 @@ def test_basis_trained_after_the_update_only_is_fixed_during_it():
     ).fixed_during_policy_update  # the RL loss reaches it
 
 
+@pytest.mark.parametrize("timing", ["after", "before"])
+def test_basis_update_timing(timing):
+    """``basis_update_timing`` puts the basis steps after the PPO update or before it, then before the
+    one belief pass of the update (whose features are thus those of the stepped basis)."""
+    kwargs = {
+        "basis_dim": 4,
+        "basis_hidden_sizes": (8,),
+        "model_loss_in_policy_update": False,
+        "basis_updates_per_ppo_update": 2,
+        "basis_update_timing": timing,
+    }
+    venv = bayes_envs.make_vec("BayesGrid-v0", 2, seed=0)
+    model = BayesPPO(GLiBRLPolicy, venv, policy_kwargs=kwargs, **PPO_KWARGS)
+    belief, events = model.policy.belief, []
+    update, belief_pass, step = belief.model_update, model._rollout_belief_output, model.policy.optimizer.step
+    belief.model_update = lambda *args: events.append("basis") or update(*args)
+    model._rollout_belief_output = lambda: events.append("belief pass") or belief_pass()
+    model.policy.optimizer.step = lambda *args, **kw: events.append("ppo step") or step(*args, **kw)
+    model.learn(64)  # one rollout, one update
+    ppo_steps = ["ppo step"] * model.n_epochs  # one minibatch of 64 steps per epoch
+    if timing == "before":
+        assert events == ["basis", "belief pass", *ppo_steps]
+    else:
+        assert events == ["belief pass", *ppo_steps, "basis"]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
@@ -656,6 +682,8 @@ def test_basis_trained_after_the_update_only_is_fixed_during_it():
         ({"basis_lr": "lin_2"}, ValueError, "basis_lr"),
         ({"basis_lr": "exp_1e-3"}, ValueError, "basis_lr"),
         ({"model_loss_in_policy_update": 0}, TypeError, "model_loss_in_policy_update"),
+        ({"basis_update_timing": "during"}, ValueError, "basis_update_timing"),
+        ({"basis_update_timing": None}, TypeError, "basis_update_timing"),
         ({"model_loss_in_policy_update": False}, ValueError, "basis_updates_per_ppo_update"),
     ],
 )

@@ -325,6 +325,12 @@ class Belief(nn.Module, ABC):
         epoch. False by default."""
         return False
 
+    def before_policy_update(self, model: Any) -> None:
+        """Called by :class:`~bayes_agents.BayesPPO` at the start of every PPO update, before anything
+        in the update reads the belief (the rollout is in ``model.rollout_buffer``). A belief that
+        trains its own model on the rollout here gives the update the features the next rollout acts
+        on (GLiBRL with ``model_loss_in_policy_update=False``). Nothing by default."""
+
     def after_policy_update(self, model: Any) -> None:
         """Called by :class:`~bayes_agents.BayesPPO` after every PPO update with the model (its
         ``rollout_buffer`` still holds the rollout, see :func:`rollout_inputs`; log to

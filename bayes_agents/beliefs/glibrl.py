@@ -91,6 +91,9 @@ GLiBRL did not learn ``BayesGrid-v0`` or ``BayesBandit-v0`` with the plain model
   PPO optimizer with every minibatch. With the policy input detached nothing in the PPO update then
   reaches the basis (:attr:`GLiBRLBelief.fixed_during_policy_update`), so ``BayesPPO`` runs the belief
   once per update instead of in every minibatch of every epoch.
+* ``basis_update_timing="before"`` takes the ``k`` steps at the start of each PPO update
+  (:meth:`GLiBRLBelief.before_policy_update`) instead of after it: the update then trains the policy
+  on the features of the basis that the next rollout acts with.
 
 The prior hyper-parameters must suit the reward scale: with ``b₀ = 1`` (noise std ≈ 1) rewards of
 size 0.1–1 are explained as noise, and the marginal likelihood then *shrinks* the basis (``|φ| ≈ 0.02``
@@ -120,6 +123,7 @@ from .base import (
     InputLayout,
     StateLayout,
     check_bools,
+    check_choice,
     check_input_layout,
     check_int,
     check_positive_int,
@@ -244,6 +248,8 @@ class GLiBRLBelief(Belief):
         optimizer then also steps the basis with every minibatch). False trains the basis only by the
         ``basis_updates_per_ppo_update`` steps (which must then be > 0 unless ``model_loss_weight``
         is 0) and, with ``detach_policy_input``, makes the belief fixed during the PPO update.
+    :param basis_update_timing: ``"after"`` (default) or ``"before"`` each PPO update: when the
+        ``basis_updates_per_ppo_update`` steps are taken (on the same rollout either way).
     """
 
     models_rewards = True  # the Bayesian regression is a likelihood of the raw rewards
@@ -266,6 +272,7 @@ class GLiBRLBelief(Belief):
         basis_updates_per_ppo_update: int = 0,
         basis_lr: float | str = 1e-3,
         model_loss_in_policy_update: bool = True,
+        basis_update_timing: str = "after",
     ):
         super().__init__()
         check_input_layout(input_dim, input_layout)
@@ -316,6 +323,8 @@ class GLiBRLBelief(Belief):
                 "steps after each PPO update: set basis_updates_per_ppo_update >= 1"
             )
         self.model_loss_in_policy_update = model_loss_in_policy_update
+        timings = ("after", "before")
+        self.basis_update_timing = check_choice("basis_update_timing", basis_update_timing, timings)
         self._basis_optimizer: torch.optim.Optimizer | None = None
 
         obs_dim = input_layout.obs_dim
@@ -792,10 +801,21 @@ class GLiBRLBelief(Belief):
         self._basis_optimizer.zero_grad(set_to_none=True)
         return float(torch.stack(losses).double().mean())  # one host transfer
 
+    def before_policy_update(self, model: Any) -> None:
+        """BayesPPO hook: the basis steps of :meth:`after_policy_update` when ``basis_update_timing``
+        is ``"before"``."""
+        if self.basis_update_timing == "before":
+            self._basis_steps(model)
+
     def after_policy_update(self, model: Any) -> None:
         """BayesPPO hook: ``basis_updates_per_ppo_update`` :meth:`model_update` steps on the rollout
         of ``model.rollout_buffer`` (logged as ``belief/basis_loss``) at the learning rate of the
-        model's progress (``model._current_progress_remaining``); nothing if that is 0."""
+        model's progress (``model._current_progress_remaining``); nothing if that is 0 or
+        ``basis_update_timing`` is ``"before"`` (then :meth:`before_policy_update` takes them)."""
+        if self.basis_update_timing == "after":
+            self._basis_steps(model)
+
+    def _basis_steps(self, model: Any) -> None:
         if self.basis_updates_per_ppo_update == 0:
             return
         inputs, starts = rollout_inputs(model)
@@ -840,7 +860,8 @@ register_belief(
     (True), ``fit_dynamics`` (True), ``normalize_policy_input`` (True), ``action_predictions``
     (False; discrete actions), ``basis_updates_per_ppo_update`` (0) and ``basis_lr`` (1e-3; extra
     basis steps in ``after_policy_update``), ``model_loss_in_policy_update`` (True; False trains the
-    basis by those steps only and lets ``BayesPPO`` run the belief once per update). The package's
+    basis by those steps only and lets ``BayesPPO`` run the belief once per update) and
+    ``basis_update_timing`` (``"after"`` the PPO update, or ``"before"``). The package's
     grid and bandit defaults (:func:`bayes_agents.methods.method_defaults`) change the prior scale
     and switch the options on.
     The head sees the posterior features and the observation; ``n_samples`` must be 0. See
