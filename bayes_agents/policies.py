@@ -350,7 +350,9 @@ class BeliefPolicy(RecurrentActorCriticPolicy):
     def _process_sequence(  # type: ignore[override]
         self, features: Tensor, lstm_states: tuple[Tensor, Tensor], episode_starts: Tensor, lstm: Any = None
     ) -> tuple[tuple[BeliefOutput, Tensor | None], tuple[Tensor, Tensor]]:
-        """Run the belief over SB3's batch of ``n_seq`` padded sequences.
+        """Run the belief over SB3's batch of ``n_seq`` padded sequences
+        (:meth:`~bayes_agents.beliefs.Belief.training_sequence`: the auxiliary loss of the output is
+        read by ``aux_loss_rows``, see :meth:`_masked_aux_loss`).
 
         :param features: ``[n_seq * T, D]`` (sequence-major, as the buffer lays it out).
         :param episode_starts: ``[n_seq * T]``.
@@ -361,7 +363,7 @@ class BeliefPolicy(RecurrentActorCriticPolicy):
         inputs = features.reshape(n_seq, -1, features.shape[-1]).swapaxes(0, 1)
         starts = episode_starts.reshape(n_seq, -1).swapaxes(0, 1) > 0.5
         state, keys = self.unpack_state(lstm_states)
-        output, state = self.belief.sequence(inputs, state, starts)
+        output, state = self.belief.training_sequence(inputs, state, starts)
         noise = None
         if self.n_samples > 0 and output.is_distribution:  # the keys only matter when sampling
             step_keys, keys = next_noise_keys(keys, starts)

@@ -466,6 +466,52 @@ def test_model_loss_is_the_sum_of_the_per_step_log_predictives(fit_dynamics):
     )
 
 
+@pytest.mark.parametrize("fit_dynamics", [True, False])
+def test_training_sequence_gives_the_model_loss_gradients_through_the_statistics(fit_dynamics):
+    """A PPO minibatch's pass (``training_sequence``, rows flattened sequence-major as ``BeliefPolicy``
+    does) gives every field of ``sequence`` (detached) and, through ``aux_loss_rows``, the model loss
+    of the masked rows with the gradients of the step-by-step pass: for SB3's padding (a valid
+    prefix per sequence), for masks with holes, a trial start inside a sequence and sequences that
+    continue carried statistics."""
+    belief = make_belief(fit_dynamics=fit_dynamics, model_loss_weight=0.7)
+    inputs, starts = random_inputs(11, 5, seed=31)
+    starts[0, 1:4] = False  # continuing carried statistics
+    starts[6, 2] = True  # a trial starts inside a sequence
+    warm, _ = random_inputs(7, 5, seed=32)
+    _, state = belief.sequence(warm, belief.initial_state(5), torch.ones(7, 5, dtype=torch.bool))
+    flat = lambda output: output.apply(lambda value: value.swapaxes(0, 1).flatten(0, 1))  # noqa: E731
+    reference, reference_state = belief.sequence(inputs, state, starts)
+    training, training_state = belief.training_sequence(inputs, state, starts)
+    torch.testing.assert_close(training_state, reference_state, rtol=0, atol=0)
+    left_out = {"precision", "precision_cholesky", "group_precision_cholesky"}
+    for field in dataclasses.fields(GLiBRLOutput):
+        expected = getattr(reference, field.name)
+        if field.name in left_out:
+            assert getattr(training, field.name) is None, field.name
+        elif expected is not None:
+            actual = getattr(training, field.name)
+            torch.testing.assert_close(actual, expected, rtol=0, atol=1e-12, msg=field.name)
+            assert not getattr(training, field.name).requires_grad, field.name
+    assert training.statistics.requires_grad
+    with pytest.raises(ValueError, match="aux_loss_rows"):
+        belief.aux_loss(training)
+    lengths = torch.tensor([11, 4, 9, 1, 7])  # SB3's padding: the valid steps come first
+    prefix = (torch.arange(11)[None, :] < lengths[:, None]).flatten()
+    generator = torch.Generator().manual_seed(5)
+    holes = torch.rand(55, generator=generator) < 0.7
+    parameters = list(belief.basis.parameters())
+    for mask in (prefix, holes, torch.ones(55, dtype=torch.bool)):
+        expected = belief.aux_loss(flat(reference).apply(lambda value, mask=mask: value[mask]))
+        loss = belief.aux_loss_rows(flat(training), mask)
+        torch.testing.assert_close(loss, expected, rtol=1e-12, atol=0)
+        for mine, theirs in zip(
+            torch.autograd.grad(loss, parameters, retain_graph=True),
+            torch.autograd.grad(expected, parameters, retain_graph=True),
+            strict=True,
+        ):
+            torch.testing.assert_close(mine, theirs, rtol=1e-8, atol=1e-12)
+
+
 def test_long_rollout_stays_finite_and_positive_definite():
     steps = 2000
     belief32 = make_belief(dtype=torch.float32, seed=11, basis_dim=8)
@@ -572,8 +618,8 @@ def test_after_policy_update_trains_on_the_rollout_in_time_order():
 
 def test_basis_trained_after_the_update_only_is_fixed_during_it():
     """With ``model_loss_in_policy_update=False`` the PPO update does not reach the basis: BayesPPO
-    runs the belief once per update (one ``sequence`` call in ``train``, not one per minibatch of
-    every epoch) with the same update to rounding as the per-minibatch recompute, the heads move
+    runs the belief once per update (one belief pass in ``train``, not one per minibatch of every
+    epoch) with the same update to rounding as the per-minibatch recompute, the heads move
     and the basis moves only by ``after_policy_update``'s steps."""
     kwargs = {
         "basis_dim": 4,
@@ -601,11 +647,15 @@ def test_basis_trained_after_the_update_only_is_fixed_during_it():
         belief = model.policy.belief
         assert belief.fixed_during_policy_update
         initial = {name: value.detach().clone() for name, value in model.policy.named_parameters()}
-        calls, sequence, train = [], belief.sequence, model.train
-        model.train = lambda train=train, belief=belief, sequence=sequence, calls=calls: (
-            setattr(belief, "sequence", lambda *a: calls.append(1) or sequence(*a)),
+        calls, train = [], model.train
+        passes = {name: getattr(belief, name) for name in ("sequence", "training_sequence")}
+        model.train = lambda train=train, belief=belief, passes=passes, calls=calls: (
+            [
+                setattr(belief, name, lambda *a, run=run: calls.append(1) or run(*a))
+                for name, run in passes.items()
+            ],
             train(),
-            setattr(belief, "sequence", sequence),
+            [setattr(belief, name, run) for name, run in passes.items()],
         )
         after = belief.after_policy_update
         basis_before_hook = {}

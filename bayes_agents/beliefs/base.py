@@ -248,6 +248,15 @@ class Belief(nn.Module, ABC):
             output.mean, n_samples, output.precision, output.precision_cholesky, generator, noise
         )
 
+    def training_sequence(
+        self, inputs: Tensor, state: Tensor, episode_starts: Tensor
+    ) -> tuple[BeliefOutput, Tensor]:
+        """:meth:`sequence` for a PPO minibatch (``BeliefPolicy`` runs its padded sequences with it),
+        whose auxiliary loss is read by :meth:`aux_loss_rows` only: the same values; a belief may
+        carry the loss's gradients in a form that only :meth:`aux_loss_rows` reads (GLiBRL: through
+        its sufficient statistics instead of every step's log predictive). By default :meth:`sequence`."""
+        return self.sequence(inputs, state, episode_starts)
+
     def acting_sequence(
         self, inputs: Tensor, state: Tensor, episode_starts: Tensor, cholesky: bool = True
     ) -> tuple[BeliefOutput, Tensor, Callable[[], BeliefOutput]]:
@@ -376,6 +385,16 @@ class Belief(nn.Module, ABC):
         dtype = self._reference_parameter().dtype
         starts = episode_starts if episode_starts.dtype == torch.bool else episode_starts > 0.5
         return inputs.to(dtype), starts
+
+
+class SigmoidTanh(nn.Module):
+    """``tanh``, computed as ``2·σ(2x) − 1`` (the same function, equal to ``torch.tanh`` within a few
+    float32 ulps of 1). Why: torch's CPU ``tanh`` kernel is not vectorised in current builds while
+    its ``sigmoid`` is: 0.9 ms against 0.13 ms for 300k float32 values on one core of this machine
+    class, and GLiBRL's basis evaluates a 64-wide MLP on every step and every action."""
+
+    def forward(self, values: Tensor) -> Tensor:
+        return torch.sigmoid(2.0 * values).mul(2.0).sub(1.0)
 
 
 class RunningNormalizer(nn.Module):

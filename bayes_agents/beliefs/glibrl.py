@@ -121,6 +121,7 @@ from .base import (
     Belief,
     BeliefOutput,
     InputLayout,
+    SigmoidTanh,
     StateLayout,
     check_bools,
     check_choice,
@@ -159,6 +160,10 @@ class GLiBRLOutput(BeliefOutput):
     :param action_reward_log_variance: the log squared scale of that Student-t predictive,
         ``log((b_O/a_O)(1 + φᵀ Λ_rew⁻¹ φ))`` (its variance is ``2a_O/(2a_O − 2)`` times this for
         ``a_O > 1``), ``[.., A]``.
+    :param statistics: only in :meth:`GLiBRLBelief.training_sequence`'s output: the sufficient
+        statistics after the step (``statistics_layout``, with gradients), ``[.., S]``.
+    :param segment_start: with ``statistics``: 1.0 where the step's statistics do not continue those
+        of the previous step of the pass (its first step, or a trial start), ``[..]``.
     """
 
     group_precision_cholesky: Tensor | None = None
@@ -169,6 +174,8 @@ class GLiBRLOutput(BeliefOutput):
     transition_mask: Tensor | None = None
     action_reward_mean: Tensor | None = None
     action_reward_log_variance: Tensor | None = None
+    statistics: Tensor | None = None
+    segment_start: Tensor | None = None
 
     def dense_precision(self) -> Tensor:
         """The block-diagonal ``precision`` as one ``[.., L, L]`` matrix (``L = (O+1)·d``)."""
@@ -333,7 +340,7 @@ class GLiBRLBelief(Belief):
         layers: list[nn.Module] = []
         width = obs_dim + input_layout.action_dim
         for size in self.basis_hidden_sizes:
-            layers += [nn.Linear(width, size), nn.Tanh()]
+            layers += [nn.Linear(width, size), SigmoidTanh()]
             width = size
         layers.append(nn.Linear(width, basis_dim))
         self.basis = nn.Sequential(*layers)
@@ -374,7 +381,8 @@ class GLiBRLBelief(Belief):
             # (chol λI = √λ I, μ = 0), so only the reward group is factorised.
             reward_cholesky = torch.linalg.cholesky(gram[..., 1, :, :] + self.prior_precision * eye)
             prior_cholesky = (math.sqrt(self.prior_precision) * eye).expand_as(reward_cholesky)
-            cholesky = torch.stack([prior_cholesky, reward_cholesky], dim=-3)  # [.., 2, d, d]
+            # [.., 2, d, d], stored group-major: each group's factors are contiguous for the solves.
+            cholesky = torch.stack([prior_cholesky, reward_cholesky]).movedim(0, -3)
             dynamics_mean = cross.new_zeros(*cross.shape[:-1], obs_dim)
             reward_log_det = 2.0 * torch.diagonal(reward_cholesky, dim1=-2, dim2=-1).log().sum(-1)
             log_det = torch.stack(
@@ -399,7 +407,9 @@ class GLiBRLBelief(Belief):
         only the reward group needs a triangular solve."""
         if self.fit_dynamics:
             return torch.linalg.solve_triangular(cholesky, right, upper=False)
-        reward = torch.linalg.solve_triangular(cholesky[..., 1:, :, :], right[..., 1:, :, :], upper=False)
+        reward = torch.linalg.solve_triangular(
+            cholesky[..., 1:, :, :], right[..., 1:, :, :].contiguous(), upper=False
+        )
         return torch.cat([right[..., :1, :, :] / math.sqrt(self.prior_precision), reward], dim=-3)
 
     def _prior(self, dtype: torch.dtype, device: torch.device) -> NIGPosterior:
@@ -607,15 +617,52 @@ class GLiBRLBelief(Belief):
             output, next_state = self._sequence(inputs, state, episode_starts, policy_only=True)
         return output, next_state, lambda: self.sequence(inputs, state, episode_starts)[0]
 
+    def training_sequence(
+        self, inputs: Tensor, state: Tensor, episode_starts: Tensor
+    ) -> tuple[GLiBRLOutput, Tensor]:
+        """:meth:`sequence` for a PPO minibatch, whose model loss is read by :meth:`aux_loss_rows`:
+        the same values, but only the sufficient statistics carry gradients (``statistics``, with
+        ``segment_start``); every per-step field is detached, the log predictives included, and the
+        precisions (``precision``, ``precision_cholesky``, ``group_precision_cholesky``: nothing in
+        the update reads them) are left out. The
+        gradient of the model loss then comes from the closed-form log marginal likelihood at the
+        end of each run of steps (see :meth:`aux_loss_rows`), not from a per-step factorisation
+        with gradients. With ``detach_policy_input=False`` (the RL loss reaches the posterior
+        features) it is :meth:`sequence`."""
+        if not self.detach_policy_input or not torch.is_grad_enabled():
+            return self.sequence(inputs, state, episode_starts)
+        prepared, starts = self._prepare_sequence(inputs, state, episode_starts)
+        transitions = self._transitions(prepared, state, starts)
+        with torch.no_grad():
+            output, next_state = self._sequence(
+                inputs, state, episode_starts, policy_only=False, transitions=transitions, precisions=False
+            )
+        first = torch.zeros_like(starts)
+        first[0] = True
+        output.statistics = transitions.cumulative
+        output.segment_start = (starts | first).to(prepared.dtype)
+        return output, next_state
+
     def _sequence(
-        self, inputs: Tensor, state: Tensor, episode_starts: Tensor, policy_only: bool
+        self,
+        inputs: Tensor,
+        state: Tensor,
+        episode_starts: Tensor,
+        policy_only: bool,
+        transitions: _Transitions | None = None,
+        precisions: bool = True,
     ) -> tuple[GLiBRLOutput, Tensor]:
         """:meth:`sequence`; with ``policy_only`` the output holds only what :meth:`policy_input`
-        reads and the group factors (see :meth:`acting_sequence`)."""
+        reads and the group factors (see :meth:`acting_sequence`). ``transitions``: those of these
+        inputs if already formed (their tensors are detached here). ``precisions=False`` leaves out
+        ``precision``, ``precision_cholesky`` and ``group_precision_cholesky``."""
         inputs, starts = self._prepare_sequence(inputs, state, episode_starts)
         steps, batch = starts.shape
         dtype = inputs.dtype
-        transitions = self._transitions(inputs, state, starts)
+        if transitions is None:
+            transitions = self._transitions(inputs, state, starts)
+        elif not torch.is_grad_enabled():
+            transitions = _Transitions(*(value.detach() for value in transitions))
         cumulative = transitions.cumulative
         if policy_only:
             current = self._posteriors(cumulative)
@@ -641,7 +688,7 @@ class GLiBRLBelief(Belief):
                 action_mean, action_log_variance = self._action_reward_predictions(current, transitions.obs)
         output = GLiBRLOutput(
             mean=current.mean.flatten(-2),
-            group_precision_cholesky=cholesky,
+            group_precision_cholesky=cholesky if precisions else None,
             log_variance_diagonal=inverse_cholesky.square().sum(-2).log(),  # diag(L⁻ᵀL⁻¹) = diag Λ⁻¹
             noise_concentration=current.concentration,
             noise_rate=current.rate,
@@ -650,13 +697,14 @@ class GLiBRLBelief(Belief):
         )
         if not policy_only:
             increment = self._log_predictive(previous, transitions.features, transitions.targets)
-            scale = (current.concentration / current.rate).sqrt()[..., None, None]  # [T, B, O+1, 1, 1]
-            eye = torch.eye(self.basis_dim, dtype=dtype, device=inputs.device)
-            gram = self.statistics_layout.unpack(cumulative.flatten(0, 1))["gram"]
-            group_precision = gram.view(steps, batch, *gram.shape[1:]) + self.prior_precision * eye
-            # (a/b) Λ_g = block_cholesky block_choleskyᵀ, from the Gram matrices without a product.
-            output.precision = scale.square() * group_precision[..., self.output_group, :, :]
-            output.precision_cholesky = scale * cholesky[..., self.output_group, :, :]
+            if precisions:
+                scale = (current.concentration / current.rate).sqrt()[..., None, None]  # [T, B, O+1, 1, 1]
+                eye = torch.eye(self.basis_dim, dtype=dtype, device=inputs.device)
+                gram = self.statistics_layout.unpack(cumulative.flatten(0, 1))["gram"]
+                group_precision = gram.view(steps, batch, *gram.shape[1:]) + self.prior_precision * eye
+                # (a/b) Λ_g = block_cholesky block_choleskyᵀ, from the Gram matrices without a product.
+                output.precision = scale.square() * group_precision[..., self.output_group, :, :]
+                output.precision_cholesky = scale * cholesky[..., self.output_group, :, :]
             output.entropy = self._entropy(current)
             output.kl_to_previous = self._kl(current, previous, inverse_cholesky)
             output.log_marginal_increment = (increment * transitions.target_mask).sum(-1)
@@ -756,17 +804,49 @@ class GLiBRLBelief(Belief):
 
         ``output`` holds the steps to use (e.g. a minibatch's unpadded steps, any leading shape);
         the sum of their ``log p(y_t | y_{<t})`` is divided by the number of steps with a transition.
+        An output of :meth:`training_sequence` (detached log predictives) goes to :meth:`aux_loss_rows`.
         """
         output = _require_glibrl_output(output)
+        if output.statistics is not None and output.statistics.requires_grad:
+            raise ValueError(
+                "aux_loss got an output of training_sequence, whose log predictives carry no gradient: "
+                "use aux_loss_rows(output, mask) with its rows in time order"
+            )
         transitions = output.transition_mask.sum().clamp(min=1.0)
         return -self.model_loss_weight * output.log_marginal_increment.sum() / transitions
 
     def aux_loss_rows(self, output: BeliefOutput, mask: Tensor) -> Tensor:
-        """The PPO minibatch's share: :meth:`aux_loss` over the rows ``mask``, or 0 with
-        ``model_loss_in_policy_update=False`` (the basis then trains in :meth:`after_policy_update`)."""
+        """The PPO minibatch's share: :meth:`aux_loss` over the rows ``mask`` ``[N]``, or 0 with
+        ``model_loss_in_policy_update=False`` (the basis then trains in :meth:`after_policy_update`).
+
+        For an output of :meth:`training_sequence` (rows of its passes in time order, as
+        ``BeliefPolicy`` flattens them: ``[n_seq, T]`` → ``[N]``) the value is the sum of the
+        (detached) per-step log predictives of the rows and the gradient is that of the chain rule:
+        a run of consecutive rows of one trial contributes ``log p(its targets | the statistics
+        before it)`` = ``LML(statistics at its last row) − LML(statistics before its first row)``,
+        where the second term is a constant (the carried or prior statistics) unless the run starts
+        after a masked-out row of its trial. Same value and gradients as :meth:`aux_loss` of the
+        :meth:`sequence` output's rows, to rounding."""
         if not self.model_loss_in_policy_update:
             return output.mean.new_zeros(())
-        return self.aux_loss(output.apply(lambda value: value[mask]))
+        output = _require_glibrl_output(output)
+        if output.statistics is None:
+            return self.aux_loss(output.apply(lambda value: value[mask]))
+        mask = mask.to(torch.bool)
+        continues = output.segment_start < 0.5  # the row continues the previous row's statistics
+        following = torch.zeros_like(mask)
+        following[:-1] = mask[1:] & continues[1:]
+        ends = mask & ~following
+        before_resumed = torch.zeros_like(mask)  # masked-out rows that a run of their trial follows
+        before_resumed[:-1] = mask[1:] & continues[1:] & ~mask[:-1]
+        rows = ends | before_resumed  # disjoint: masked-in and masked-out rows
+        sign = (ends.to(output.statistics.dtype) - before_resumed.to(output.statistics.dtype))[rows]
+        statistics = self.statistics_layout.unpack(output.statistics[rows])
+        log_marginal = (sign * self._log_marginal(statistics)).sum()
+        value = output.log_marginal_increment[mask].sum()
+        surrogate = value + (log_marginal - log_marginal.detach())
+        transitions = output.transition_mask[mask].sum().clamp(min=1.0)
+        return -self.model_loss_weight * surrogate / transitions
 
     def model_update(
         self, inputs: Tensor, episode_starts: Tensor, n_updates: int, progress_remaining: float = 1.0
