@@ -5,7 +5,8 @@ Rows (env steps/s of the whole ``learn()``, after a warm-up rollout and update):
 
 * grid defaults (16 native envs, the package's BayesGrid-v0 PPO settings): stock
   ``MultiInputLstmPolicy`` (LSTM 128) under ``RecurrentPPO`` vs RL², VariBAD and GLiBRL under
-  ``BayesPPO`` at their grid defaults (:func:`bayes_agents.methods.method_defaults`);
+  ``BayesPPO`` at their grid defaults (:func:`bayes_agents.methods.method_defaults`), and GLiBRL with
+  its basis trained in every PPO minibatch (the bandit's setting);
 * the same at the ``bayes-rl`` CLI's grid run defaults (``grid64``: 64 envs, minibatches of 960
   steps), what ``bayes-rl train BayesGrid-v0`` runs;
 * the design card's call, one env and RecurrentPPO's default settings (n_steps 128, batch 128,
@@ -49,6 +50,13 @@ RESULTS = Path(__file__).parent / "results"
 GRID = "BayesGrid-v0"
 MUJOCO = "HalfCheetahVel-v0"
 N_ENVS = 16
+#: GLiBRL's basis trained in every PPO minibatch plus 4 steps of its own after the update.
+GLIBRL_BASIS_IN_MINIBATCHES = {
+    "model_loss_in_policy_update": True,
+    "basis_update_timing": "after",
+    "basis_updates_per_ppo_update": 4,
+    "basis_lr": 1e-3,
+}
 
 
 def learn_rate(model: Any, timesteps: int, warmup: int) -> dict[str, float]:
@@ -86,6 +94,19 @@ def grid_defaults(args: argparse.Namespace, n_envs: int = N_ENVS) -> dict[str, d
             policy, venv, policy_kwargs=defaults["policy"], seed=0, device="cpu", **defaults["ppo"]
         )
         rows[f"{policy.__name__} (BayesPPO, grid defaults)"] = learn_rate(model, belief_timesteps, rollout)
+    # What GLiBRL's grid default saves: the basis stepped by the PPO optimizer in every minibatch (the
+    # bandit's setting, and the grid's before) runs the belief with gradients in each of them.
+    defaults = method_defaults(GRID, "glibrl")
+    joint = {**defaults["policy"], **GLIBRL_BASIS_IN_MINIBATCHES}
+    model = BayesPPO(
+        GLiBRLPolicy,
+        bayes_envs.make_vec(GRID, n_envs, seed=0),
+        policy_kwargs=joint,
+        seed=0,
+        device="cpu",
+        **defaults["ppo"],
+    )
+    rows["GLiBRLPolicy (BayesPPO, basis in every minibatch)"] = learn_rate(model, belief_timesteps, rollout)
     return rows
 
 
