@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -31,3 +33,22 @@ def precision_calls(monkeypatch) -> list[bool]:
 
     monkeypatch.setattr(LaplaceBelief, "_window_precision", recording)
     return calls
+
+
+def one_update_grid_model(policy_class: Any, policy_kwargs: dict, reuse_rollout_precision: bool) -> Any:
+    """``BayesPPO`` on 3 grid envs whose first update (one rollout of 90 steps per env, 2 epochs of
+    one minibatch) crosses a trial start in every env (trials of 60 steps)."""
+    import bayes_envs
+    from bayes_agents import BayesPPO
+
+    return BayesPPO(
+        policy_class,
+        bayes_envs.make_vec("BayesGrid-v0", 3, seed=0),
+        policy_kwargs=policy_kwargs,
+        n_steps=90,
+        batch_size=90,
+        n_epochs=2,
+        seed=0,
+        device="cpu",
+        reuse_rollout_precision=reuse_rollout_precision,
+    )

@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import one_update_grid_model
 from scipy import integrate, stats
 from torch.distributions import Gamma, MultivariateNormal, kl_divergence
 
@@ -633,17 +634,7 @@ def test_basis_trained_after_the_update_only_is_fixed_during_it():
     }
     models = []
     for reuse in (True, False):
-        model = BayesPPO(
-            GLiBRLPolicy,
-            bayes_envs.make_vec("BayesGrid-v0", 3, seed=0),
-            policy_kwargs=kwargs,
-            n_steps=90,  # trials of 60 steps: every env's rollout crosses a trial start
-            batch_size=90,
-            n_epochs=2,
-            seed=0,
-            device="cpu",
-            reuse_rollout_precision=reuse,
-        )
+        model = one_update_grid_model(GLiBRLPolicy, kwargs, reuse)
         belief = model.policy.belief
         assert belief.fixed_during_policy_update
         initial = {name: value.detach().clone() for name, value in model.policy.named_parameters()}

@@ -8,6 +8,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import one_update_grid_model
 from torch.distributions import Bernoulli, Independent, Normal, kl_divergence
 
 import bayes_envs
@@ -614,18 +615,7 @@ def test_update_runs_the_fixed_encoder_once_and_equals_the_minibatch_recompute(m
     rounding."""
     models = []
     for reuse in (True, False):
-        venv = bayes_envs.make_vec("BayesGrid-v0", 3, seed=0)
-        model = BayesPPO(
-            VariBADPolicy,
-            venv,
-            policy_kwargs=GRID_KWARGS,
-            n_steps=90,  # trials of 60 steps: every env's rollout crosses a trial start
-            batch_size=90,
-            n_epochs=2,
-            seed=0,
-            device="cpu",
-            reuse_rollout_precision=reuse,
-        )
+        model = one_update_grid_model(VariBADPolicy, GRID_KWARGS, reuse)
         belief = model.policy.belief
         assert belief.fixed_during_policy_update
         initial = {name: value.detach().clone() for name, value in model.policy.named_parameters()}
