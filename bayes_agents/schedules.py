@@ -42,5 +42,3 @@ def resolve_schedule(name: str, value: Any) -> Any:
     if prefix != "lin" or start is None or not start > 0:
         raise ValueError(f'{name} must be a number, a schedule or "lin_<value > 0>", got {value!r}')
     return LinearDecay(start)
-
-

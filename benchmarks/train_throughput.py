@@ -87,26 +87,32 @@ def grid_defaults(args: argparse.Namespace, n_envs: int = N_ENVS) -> dict[str, d
         **resolve_schedules(ppo),
     )
     rows["stock MultiInputLstmPolicy"] = learn_rate(stock, timesteps, rollout)
-    for name, policy in (("rl2", RL2Policy), ("varibad", VariBADPolicy), ("glibrl", GLiBRLPolicy)):
+    variants = [
+        (f"{policy.__name__} (BayesPPO, grid defaults)", policy, name, {})
+        for name, policy in (("rl2", RL2Policy), ("varibad", VariBADPolicy), ("glibrl", GLiBRLPolicy))
+    ]
+    # What GLiBRL's grid default saves: the basis stepped by the PPO optimizer in every minibatch (the
+    # bandit's setting, and the grid's before) runs the belief with gradients in each of them.
+    variants.append(
+        (
+            "GLiBRLPolicy (BayesPPO, basis in every minibatch)",
+            GLiBRLPolicy,
+            "glibrl",
+            GLIBRL_BASIS_IN_MINIBATCHES,
+        )
+    )
+    for label, policy, name, changes in variants:
         defaults = method_defaults(GRID, name)
         venv = bayes_envs.make_vec(GRID, n_envs, seed=0)
         model = BayesPPO(
-            policy, venv, policy_kwargs=defaults["policy"], seed=0, device="cpu", **defaults["ppo"]
+            policy,
+            venv,
+            policy_kwargs={**defaults["policy"], **changes},
+            seed=0,
+            device="cpu",
+            **defaults["ppo"],
         )
-        rows[f"{policy.__name__} (BayesPPO, grid defaults)"] = learn_rate(model, belief_timesteps, rollout)
-    # What GLiBRL's grid default saves: the basis stepped by the PPO optimizer in every minibatch (the
-    # bandit's setting, and the grid's before) runs the belief with gradients in each of them.
-    defaults = method_defaults(GRID, "glibrl")
-    joint = {**defaults["policy"], **GLIBRL_BASIS_IN_MINIBATCHES}
-    model = BayesPPO(
-        GLiBRLPolicy,
-        bayes_envs.make_vec(GRID, n_envs, seed=0),
-        policy_kwargs=joint,
-        seed=0,
-        device="cpu",
-        **defaults["ppo"],
-    )
-    rows["GLiBRLPolicy (BayesPPO, basis in every minibatch)"] = learn_rate(model, belief_timesteps, rollout)
+        rows[label] = learn_rate(model, belief_timesteps, rollout)
     return rows
 
 

@@ -327,7 +327,7 @@ class GLiBRLBelief(Belief):
         if not model_loss_in_policy_update and basis_updates_per_ppo_update == 0 and model_loss_weight > 0:
             raise ValueError(
                 "model_loss_in_policy_update=False trains the basis only by basis_updates_per_ppo_update "
-                "steps after each PPO update: set basis_updates_per_ppo_update >= 1"
+                "steps of its own around each PPO update: set basis_updates_per_ppo_update >= 1"
             )
         self.model_loss_in_policy_update = model_loss_in_policy_update
         timings = ("after", "before")
@@ -624,18 +624,19 @@ class GLiBRLBelief(Belief):
         the same values, but only the sufficient statistics carry gradients (``statistics``, with
         ``segment_start``); every per-step field is detached, the log predictives included, and the
         precisions (``precision``, ``precision_cholesky``, ``group_precision_cholesky``: nothing in
-        the update reads them) are left out. The
-        gradient of the model loss then comes from the closed-form log marginal likelihood at the
-        end of each run of steps (see :meth:`aux_loss_rows`), not from a per-step factorisation
-        with gradients. With ``detach_policy_input=False`` (the RL loss reaches the posterior
-        features) it is :meth:`sequence`."""
+        the update reads them) are left out. The gradient of the model loss then comes from the
+        closed-form log marginal likelihood at the end of each run of steps (see
+        :meth:`aux_loss_rows`), not from a per-step factorisation with gradients. With
+        ``detach_policy_input=False`` (the RL loss reaches the posterior features) it is
+        :meth:`sequence`."""
         if not self.detach_policy_input or not torch.is_grad_enabled():
             return self.sequence(inputs, state, episode_starts)
         prepared, starts = self._prepare_sequence(inputs, state, episode_starts)
         transitions = self._transitions(prepared, state, starts)
+        detached = _Transitions(*(value.detach() for value in transitions))
         with torch.no_grad():
             output, next_state = self._sequence(
-                inputs, state, episode_starts, policy_only=False, transitions=transitions, precisions=False
+                prepared, state, starts, policy_only=False, transitions=detached, precisions=False
             )
         first = torch.zeros_like(starts)
         first[0] = True
@@ -654,15 +655,13 @@ class GLiBRLBelief(Belief):
     ) -> tuple[GLiBRLOutput, Tensor]:
         """:meth:`sequence`; with ``policy_only`` the output holds only what :meth:`policy_input`
         reads and the group factors (see :meth:`acting_sequence`). ``transitions``: those of these
-        inputs if already formed (their tensors are detached here). ``precisions=False`` leaves out
+        inputs if already formed. ``precisions=False`` leaves out
         ``precision``, ``precision_cholesky`` and ``group_precision_cholesky``."""
         inputs, starts = self._prepare_sequence(inputs, state, episode_starts)
         steps, batch = starts.shape
         dtype = inputs.dtype
         if transitions is None:
             transitions = self._transitions(inputs, state, starts)
-        elif not torch.is_grad_enabled():
-            transitions = _Transitions(*(value.detach() for value in transitions))
         cumulative = transitions.cumulative
         if policy_only:
             current = self._posteriors(cumulative)
