@@ -46,7 +46,7 @@ from stable_baselines3.common.preprocessing import get_flattened_obs_dim
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import Tensor
 
-from bayes_agents.beliefs import Belief, BeliefOutput, InputLayout, observation_bounds
+from bayes_agents.beliefs import Belief, BeliefOutput, InputLayout, entries_equal, observation_bounds
 from bayes_agents.beliefs.registry import BeliefSpec, on_register
 from bayes_envs.core import RL2_KEYS
 from bayes_envs.wrappers import HISTORY_KEYS, HISTORY_MASK_KEY, TrialHistory
@@ -328,7 +328,7 @@ def prefix_sources(inputs: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         candidate &= lengths[None, :] >= lengths[block, None]
         holder[block] = torch.where(candidate, priority[None, :], -1).argmax(dim=1)
     # Verify: row n's entries equal the holder's first lengths[n] entries.
-    same = (inputs == inputs[:, holder]).all(dim=-1) | ~valid  # [T, N]
+    same = entries_equal(inputs, inputs[:, holder]) | ~valid  # [T, N]
     holder = torch.where(same.all(dim=0), holder, rows)
     keep = torch.unique(holder)
     source = torch.searchsorted(keep, holder)
@@ -366,7 +366,7 @@ class _ActingCache:
         candidates = lengths == self.lengths + 1
         # A candidate's kept entries lie within both batches' (trimmed) lengths.
         common = min(self.inputs.shape[0], inputs.shape[0])
-        same = (inputs[:common] == self.inputs[:common]).all(dim=-1)  # [common, N]
+        same = entries_equal(inputs[:common], self.inputs[:common])  # [common, N]
         within = torch.arange(common, device=inputs.device)[:, None] < self.lengths[None, :]
         return candidates & (same | ~within).all(dim=0)
 

@@ -45,7 +45,14 @@ from stable_baselines3.common.type_aliases import Schedule
 from torch import Tensor, nn
 from torch.distributions import Categorical, Normal
 
-from bayes_agents.beliefs import Belief, BeliefOutput, InputLayout, LaplaceBelief, observation_bounds
+from bayes_agents.beliefs import (
+    Belief,
+    BeliefOutput,
+    InputLayout,
+    LaplaceBelief,
+    entries_equal,
+    observation_bounds,
+)
 from bayes_agents.beliefs.registry import BeliefSpec, on_register
 
 RL2_KEYS = ("obs", "prev_action", "prev_reward", "new_episode")
@@ -816,7 +823,7 @@ class RolloutTermsCache:
         inside = at < n_steps
         at = at.clamp(max=n_steps - 1)
         envs = env.unsqueeze(1).expand_as(at)
-        same = (rec_features[at, envs] == inputs).all(-1) & (rec_starts[at, envs] == starts) & inside
+        same = entries_equal(rec_features[at, envs], inputs) & (rec_starts[at, envs] == starts) & inside
         verified = same.long().cumprod(1).sum(1)
         later = torch.arange(length, device=inputs.device) >= verified.unsqueeze(1)
         padding_tail = ~(((inputs != 0).any(-1) | starts) & later).any(1)

@@ -258,6 +258,27 @@ def test_prefix_sources_cover_every_history_with_verified_prefixes(collide, monk
         assert len(keep) == expected_kept
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_entries_equal_is_all_of_elementwise_equality(dtype) -> None:
+    """The verification of prefixes and continued rows: ``(a == b).all(-1)``, exactly, including
+    signed zeros, NaN, infinities, a one-ulp difference and an empty last dim."""
+    generator = torch.Generator().manual_seed(0)
+    first = torch.randint(0, 3, (7, 9, 5), generator=generator).to(dtype)
+    second = first.clone()
+    second[0, 0, 0] = torch.nextafter(second[0, 0, 0], torch.tensor(10.0, dtype=dtype))
+    second[1, 2, 4] += 1
+    first[2, 3, 1], second[2, 3, 1] = 0.0, -0.0
+    first[3, 4, 2] = second[3, 4, 2] = float("nan")
+    first[4, 5, 3] = second[4, 5, 3] = float("inf")
+    first[5, 6] = 1e-42 if dtype == torch.float32 else 1e-320  # subnormal, against zero
+    second[5, 6] = 0.0
+    expected = (first == second).all(dim=-1)
+    assert not expected[0, 0] and not expected[1, 2] and expected[2, 3] and not expected[3, 4]
+    assert not expected[5, 6] and expected[4, 5] and expected.sum() > 50
+    assert torch.equal(extractors_module.entries_equal(first, second), expected)
+    assert bool(extractors_module.entries_equal(first[..., :0], second[..., :0]).all())
+
+
 @pytest.mark.parametrize("method", sorted(EXTRACTORS))
 def test_shared_prefix_pass_gives_the_per_row_values_and_gradients(method, monkeypatch) -> None:
     """A minibatch of steps of two trials: the pass per trial gives each step's features and (for

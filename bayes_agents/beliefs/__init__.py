@@ -18,7 +18,15 @@ policy class, the ``BayesPPO`` alias, the features extractor and the CLI method 
 belief: its module (a :class:`Belief` subclass and its registration), imported below.
 """
 
-from .base import Belief, BeliefOutput, InputLayout, RunningNormalizer, StateLayout, observation_bounds
+from .base import (
+    Belief,
+    BeliefOutput,
+    InputLayout,
+    RunningNormalizer,
+    StateLayout,
+    entries_equal,
+    observation_bounds,
+)
 from .glibrl import GLiBRLBelief, GLiBRLOutput, NIGPosterior
 from .laplace import COVARIANCES, VARIANTS, LaplaceBelief, segmented_cumsum
 from .registry import BELIEFS, BeliefSpec, get_belief_spec, on_register, register_belief
@@ -45,6 +53,7 @@ __all__ = [
     "VRNNBelief",
     "VariBADBelief",
     "cayley",
+    "entries_equal",
     "get_belief_spec",
     "observation_bounds",
     "on_register",

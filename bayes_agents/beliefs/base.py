@@ -451,6 +451,17 @@ class RunningNormalizer(nn.Module):
         return ((values - self.mean) * scale).clamp(-self.clip, self.clip)
 
 
+def entries_equal(first: Tensor, second: Tensor) -> Tensor:
+    """``(first == second).all(dim=-1)``: whether the last-dim vectors are equal, entry by entry.
+
+    The count of unequal entries, as bytes summed in int32: exact like ``==`` (so ``-0.0`` equals
+    ``0.0`` and NaN equals nothing), and ~2x faster than ``.all(dim=-1)``, whose CPU reduction over a
+    short last dim is slow (verifying the prefixes of
+    :func:`bayes_agents.extractors.prefix_sources` took a third of its time).
+    """
+    return (first != second).view(torch.uint8).sum(dim=-1, dtype=torch.int32) == 0
+
+
 def rollout_inputs(model: Any) -> tuple[Tensor, Tensor]:
     """The RL² inputs of the rollout in ``model.rollout_buffer`` (an sb3-contrib ``RecurrentPPO``), for
     beliefs that train a model of their own in ``after_policy_update``.
