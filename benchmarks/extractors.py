@@ -14,7 +14,10 @@ warm-up ``learn()`` (compare rates measured in one run: the machines are shared 
   (``train_freq`` 1, ``gradient_steps`` 1, batch 256) with an extractor over the last 16 steps
   (``TrialHistoryWrapper(window=16)``) and the package's MuJoCo belief settings
   (:func:`~bayes_agents.methods.extractor_defaults`, SAC's own 256×256 heads), and plain SAC on the
-  env's plain observation (no belief) for reference.
+  env's plain observation (no belief) for reference; then RL² at the settings of
+  ``benchmarks/learning_sac.py``: a window of 8, on one env and on 8 batched envs
+  (``TrialHistoryVecWrapper``; SB3's ``train_freq`` counts steps of the VecEnv, so one gradient step
+  per 8 env steps), with plain SAC on 8 envs for reference.
 
 Ratios with the throughput issue's targets: PPO + extractor (batched envs) ≥ 0.5× ``BayesPPO`` with
 the same belief; SAC + extractor ≥ 100 env steps/s.
@@ -51,6 +54,8 @@ GRID = "BayesGrid-v0"
 CHEETAH = "HalfCheetahDir-v0"
 N_ENVS = 16
 SAC_WINDOW = 16
+SAC_SHORT_WINDOW = 8
+SAC_VEC_ENVS = 8
 
 
 def rate(
@@ -116,9 +121,9 @@ def sac(args: argparse.Namespace) -> dict[str, dict[str, float]]:
             SAC("MlpPolicy", gym.make(CHEETAH, rl2_inputs=False), seed=0, device="cpu"), timesteps, warmup
         )
     }
-    for method in ("rl2", "laplace", "glibrl"):
-        env = TrialHistoryWrapper(gym.make(CHEETAH), window=SAC_WINDOW)
-        model = SAC(
+
+    def with_extractor(method: str, env: Any) -> SAC:
+        return SAC(
             "MultiInputPolicy",
             env,
             policy_kwargs={  # SAC's own heads (256, 256), as in the plain SAC row
@@ -128,10 +133,26 @@ def sac(args: argparse.Namespace) -> dict[str, dict[str, float]]:
             seed=0,
             device="cpu",
         )
+
+    for method in ("rl2", "laplace", "glibrl"):
+        model = with_extractor(method, TrialHistoryWrapper(gym.make(CHEETAH), window=SAC_WINDOW))
         callback = None if method == "rl2" else (lambda: BeliefAuxLossCallback(batch_size=64))
         rows[f"SAC + {EXTRACTORS[method].__name__} (window {SAC_WINDOW})"] = rate(
             model, timesteps, warmup, callback
         )
+    # The settings of benchmarks/learning_sac.py: a window of 8 steps, and 8 envs, where SB3's default
+    # train_freq (1 step of the VecEnv) and gradient_steps (1) make one gradient step per 8 env steps.
+    model = with_extractor("rl2", TrialHistoryWrapper(gym.make(CHEETAH), window=SAC_SHORT_WINDOW))
+    rows[f"SAC + RL2Extractor (window {SAC_SHORT_WINDOW})"] = rate(model, timesteps, warmup)
+    n_envs = SAC_VEC_ENVS
+    venv = TrialHistoryVecWrapper(bayes_envs.make_vec(CHEETAH, n_envs, seed=0), window=SAC_SHORT_WINDOW)
+    rows[f"SAC + RL2Extractor (window {SAC_SHORT_WINDOW}, {n_envs} envs)"] = rate(
+        with_extractor("rl2", venv), timesteps * n_envs // 2, warmup * n_envs // 2
+    )
+    plain = SAC(
+        "MlpPolicy", bayes_envs.make_vec(CHEETAH, n_envs, seed=0, rl2_inputs=False), seed=0, device="cpu"
+    )
+    rows[f"SAC, no belief ({n_envs} envs)"] = rate(plain, timesteps * n_envs // 2, warmup * n_envs // 2)
     return rows
 
 
@@ -157,7 +178,7 @@ def ratios(results: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict[st
                 "met": value >= 0.5,
             }
     for name, row in results.get("sac", {}).items():
-        if "Extractor" in name:
+        if "Extractor" in name:  # one gradient step per env step, or per 8 env steps with 8 envs
             value = row["env_steps_per_s"]
             out[f"{name} env steps/s"] = {"value": value, "target": ">= 100", "met": value >= 100}
     return out

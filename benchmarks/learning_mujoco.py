@@ -54,12 +54,13 @@ STOCK_PPO = "stock PPO"
 class StockPolicy:
     """A stock SB3 model trained on the plain observations, evaluated on the RL²-input trials of
     :func:`bayes_envs.evaluation.evaluate`: it reads ``observation["obs"]``, normalised with the frozen
-    statistics of its ``VecNormalize``, and keeps no state across steps."""
+    statistics of its ``VecNormalize`` (if it has one), and keeps no state across steps.
 
-    name = STOCK_PPO
+    :param name: the name ``evaluate`` reports.
+    """
 
-    def __init__(self, model: Any, normalizer: Any) -> None:
-        self.model, self.normalizer = model, normalizer
+    def __init__(self, model: Any, normalizer: Any = None, name: str = STOCK_PPO) -> None:
+        self.model, self.normalizer, self.name = model, normalizer, name
 
     def predict(
         self,
@@ -68,9 +69,10 @@ class StockPolicy:
         episode_start: Any = None,
         deterministic: bool = True,
     ) -> tuple[np.ndarray, Any]:
-        action, _ = self.model.predict(
-            self.normalizer.normalize_obs(observation["obs"]), deterministic=deterministic
-        )
+        plain = observation["obs"]
+        if self.normalizer is not None:
+            plain = self.normalizer.normalize_obs(plain)
+        action, _ = self.model.predict(plain, deterministic=deterministic)
         return action, state
 
 

@@ -28,7 +28,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from learning import REPO, RESULTS, git_commit, run_in_processes, seed_stats, vector_stats
+from learning import (
+    FORMAT,
+    REPO,
+    RESULTS,
+    git_commit,
+    repo_relative,
+    run_in_processes,
+    seed_stats,
+    vector_stats,
+)
+from learning_mujoco import StockPolicy
 
 from bayes_agents import experiment
 
@@ -45,23 +55,6 @@ def label(method: str) -> str:
     return "SAC, no belief" if method == NO_BELIEF else f"SAC + {EXTRACTORS[method].__name__}"
 
 
-class PlainObservationPolicy:
-    """A model trained on the env's plain observation, meta-tested on RL²-input trials: it reads
-    ``observation["obs"]`` and keeps no state across steps (it cannot adapt)."""
-
-    def __init__(self, model: Any, name: str) -> None:
-        self.model, self.name = model, name
-
-    def predict(
-        self,
-        observation: dict[str, np.ndarray],
-        state: Any = None,
-        episode_start: Any = None,
-        deterministic: bool = True,
-    ) -> tuple[np.ndarray, Any]:
-        return self.model.predict(observation["obs"], deterministic=deterministic)[0], state
-
-
 def build(config: dict[str, Any]) -> tuple[Any, Any]:
     """The SAC model of ``config`` and the adapter that meta-tests it through ``evaluate``."""
     from stable_baselines3 import SAC
@@ -76,7 +69,7 @@ def build(config: dict[str, Any]) -> tuple[Any, Any]:
     if method == NO_BELIEF:
         venv = bayes_envs.make_vec(ENV_ID, config["n_envs"], seed=seed, rl2_inputs=False)
         model = SAC("MlpPolicy", venv, **common)
-        return model, PlainObservationPolicy(model, label(method))
+        return model, StockPolicy(model, name=label(method))  # no memory: it cannot adapt
     venv = TrialHistoryVecWrapper(
         bayes_envs.make_vec(ENV_ID, config["n_envs"], seed=seed), window=config["window"]
     )
@@ -101,15 +94,15 @@ def train_job(job: dict[str, Any]) -> None:
     from bayes_agents.callbacks import BeliefAuxLossCallback
 
     config, run_dir = job["config"], Path(job["run_dir"])
-    experiment.set_torch_threads(1)
-    model, policy = build(config)
-    train_file = run_dir / "train.json"
+    train_file, evaluation_file = run_dir / "train.json", run_dir / "evaluation.json"
     trained = all((run_dir / name).is_file() for name in TRAINED_FILES) and (
         experiment.read_json(train_file)["config"] == config
     )
+    if trained and evaluation_file.is_file() and experiment.read_json(evaluation_file)["config"] == config:
+        return
+    experiment.set_torch_threads(1)
+    model, policy = build(config)
     if trained:
-        if (run_dir / "evaluation.json").is_file():
-            return
         training = experiment.read_json(train_file)
         model.set_parameters(str(run_dir / "model.zip"), device="cpu")
     else:
@@ -154,9 +147,7 @@ def train_job(job: dict[str, Any]) -> None:
         "test": meta_test(policy, config["tasks"], "test"),
         "train": meta_test(policy, config["tasks"], "train"),
     }
-    experiment.atomic_write_text(
-        run_dir / "evaluation.json", json.dumps(experiment.jsonable(report), indent=2)
-    )
+    experiment.atomic_write_text(evaluation_file, json.dumps(experiment.jsonable(report), indent=2))
 
 
 def _curve_point(summary: dict[str, Any]) -> dict[str, Any]:
@@ -169,7 +160,7 @@ def _curve_point(summary: dict[str, Any]) -> dict[str, Any]:
 
 def summarise(runs: dict[str, dict[int, Path]]) -> dict[str, Any]:
     """Per method: test/train trial return, return and direction rate per inner episode (mean, CI
-    and worst seed over seeds), training minutes and env steps/s, the curves."""
+    and worst seed over seeds), episode 2 − episode 1, training minutes and env steps/s, the curves."""
     methods = {}
     for method, seeds in runs.items():
         reports = {seed: experiment.read_json(path / "evaluation.json") for seed, path in seeds.items()}
@@ -177,10 +168,7 @@ def summarise(runs: dict[str, dict[int, Path]]) -> dict[str, Any]:
         methods[label(method)] = {
             "method": method,
             "seeds": list(seeds),
-            "run_dirs": [
-                str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
-                for path in seeds.values()
-            ],
+            "run_dirs": [repo_relative(path) for path in seeds.values()],
             "env_steps": [reports[s]["num_timesteps"] for s in seeds],
             "train_minutes": [reports[s]["train_seconds"] / 60 for s in seeds],
             "env_steps_per_s": [reports[s]["num_timesteps"] / reports[s]["train_seconds"] for s in seeds],
@@ -189,6 +177,9 @@ def summarise(runs: dict[str, dict[int, Path]]) -> dict[str, Any]:
                 {s: r["train"]["trial_return_mean"] for s, r in reports.items()}
             ),
             "episode_returns": vector_stats({s: a["episode_return_mean"] for s, a in test.items()}),
+            "second_minus_first": seed_stats(
+                {s: a["episode_return_mean"][1] - a["episode_return_mean"][0] for s, a in test.items()}
+            ),
             "task_direction_rate": vector_stats({s: a["task_direction_rate"] for s, a in test.items()}),
             "second_episode_direction_rate": seed_stats(
                 {s: a["task_direction_rate"][1] for s, a in test.items()}
@@ -286,8 +277,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     methods = summarise(runs)
     command = "python benchmarks/learning_sac.py " + " ".join(sys.argv[1:] if argv is None else argv)
     results = {
+        "format": FORMAT,
         "benchmark": "learning_sac",
         "env_id": ENV_ID,
+        "n_tasks": args.tasks,
+        "split": "test",
         "command": command.strip(),
         "git": git_commit(),
         "settings": {

@@ -363,6 +363,7 @@ def render_learning(result: dict[str, Any], name: str) -> str:
         "learning_bandit": render_bandit,
         "learning_extractors_bandit": render_bandit,
         "learning_mujoco": render_mujoco,
+        "learning_sac": render_mujoco,
         "learning_metaworld": render_metaworld,
     }
     return render.get(result["benchmark"], render_grid)(result, name)
@@ -543,6 +544,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "learning-grid-episodes": _learning_block("learning_grid", render_grid_episodes),
     "learning-bandit": _learning_block("learning_bandit", render_bandit),
     "learning-mujoco": _learning_block("learning_mujoco", render_mujoco),
+    "learning-sac": _learning_block("learning_sac", render_mujoco),
     "learning-metaworld": _learning_block("learning_metaworld", render_metaworld),
     "learning-extractors-grid": _learning_block(
         "learning_extractors_grid", render_grid, "python benchmarks/learning_extractors.py --env grid"

@@ -355,6 +355,55 @@ def test_learning_mujoco_runs_the_sweep_and_the_stock_ppo_baseline_end_to_end(tm
     )
 
 
+def test_learning_sac_trains_meta_tests_and_reuses_runs_end_to_end(tmp_path: Path) -> None:
+    """SAC with an extractor and SAC without a belief, two envs, a tiny budget: the summary holds each
+    run's meta-test, the no-belief baseline's meta-test is its model stepped on the plain observations
+    by hand, the table renders, and a second call reuses the runs (no retraining)."""
+    pytest.importorskip("mujoco")
+    import learning_sac
+    from stable_baselines3 import SAC
+
+    import bayes_envs
+
+    out = tmp_path / "learning_sac.json"
+    argv = ["--seeds", "0", "--timesteps", "240", "--n-envs", "2", "--window", "4", "--eval-every", "120",
+            "--curve-tasks", "2", "--tasks", "3", "--workers", "1", "--runs", str(tmp_path / "runs"),
+            "--out", str(out)]  # fmt: skip
+    result = learning_sac.main(argv)
+    methods = result["methods"]
+    assert list(methods) == ["SAC + RL2Extractor", "SAC, no belief"]
+    for row in methods.values():
+        assert row["env_steps"] == [240] and len(row["task_direction_rate"]["mean"]) == 2
+        report = json.loads((Path(row["run_dirs"][0]) / "evaluation.json").read_text())
+        assert row["trial_return"]["per_seed"] == [report["test"]["trial_return_mean"]]
+        assert [point["env_steps"] for point in row["curves"][0]] == [120, 240]
+    assert json.loads(out.read_text())["methods"].keys() == methods.keys()
+    assert out.with_suffix(".png").is_file()
+    table = results_tables.render_learning(json.loads(out.read_text()), "learning_sac.json")
+    assert "SAC, no belief" in table and "ep 2 ran the task's way" in table
+
+    run_dir = tmp_path / "runs" / learning_sac.ENV_ID / "method=none" / "seed_0"
+    model = SAC.load(run_dir / "model.zip", device="cpu")
+    plain = bayes_envs.make_vec(
+        learning_sac.ENV_ID, 3, seed=learning_sac.EVAL_SEED, rl2_inputs=False, monitor=False, split="test"
+    )
+    observation, returns = plain.reset(), np.zeros((3, 2))
+    for _ in range(2 * 200):
+        action, _ = model.predict(observation, deterministic=True)
+        observation, _, _, infos = plain.step(action)
+        for i, info in enumerate(infos):
+            if info["inner_done"]:
+                returns[i, info["inner_episode"]] = info["inner_return"]
+    report = json.loads((run_dir / "evaluation.json").read_text())
+    np.testing.assert_allclose(report["test"]["episode_return_mean"], returns.mean(0), rtol=1e-5)
+
+    stamps = {path: path.stat().st_mtime_ns for path in (tmp_path / "runs").rglob("model.zip")}
+    (run_dir / "evaluation.json").unlink()
+    again = learning_sac.main(argv)
+    assert {path: path.stat().st_mtime_ns for path in stamps} == stamps
+    assert again["methods"]["SAC, no belief"]["trial_return"] == methods["SAC, no belief"]["trial_return"]
+
+
 @pytest.mark.parametrize("env", ["grid", "bandit"])
 def test_learning_extractors_runs_recurrent_and_extractor_runs_end_to_end(env, tmp_path: Path) -> None:
     """A tiny sweep: the recurrent RL² run and PPO + RL2Extractor at the same settings land in one
