@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import inspect
 import io
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -122,8 +123,9 @@ class BayesPPO(RecurrentPPO):
         it once over the rollout instead of once per minibatch of every epoch. True by default; False
         gives the recompute per minibatch. No effect for other beliefs.
 
-    ``learning_rate``, ``clip_range`` and ``clip_range_vf`` also accept ``"lin_<v>"``: a linear decay
-    from ``v`` to 0 over the budget of ``learn`` (see :func:`resolve_schedule`).
+    ``learning_rate``, ``clip_range``, ``clip_range_vf`` and ``ent_coef`` also accept ``"lin_<v>"``: a
+    linear decay from ``v`` to 0 over the budget of ``learn`` (see :func:`resolve_schedule`);
+    ``ent_coef`` also a schedule (a callable of SB3's ``progress_remaining``), read at each update.
     """
 
     # Every registered belief's policy by name (bayes_agents.beliefs.registry).
@@ -140,7 +142,19 @@ class BayesPPO(RecurrentPPO):
                 kwargs[name] = resolve_schedule(name, kwargs[name])
             elif len(args) > position:
                 args[position] = resolve_schedule(name, args[position])
+        # SB3's PPO takes a float entropy coefficient: a schedule is kept aside and read by train().
+        ent_coef = resolve_schedule("ent_coef", kwargs.get("ent_coef", 0.0))
+        self.ent_coef_schedule: Callable[[float], float] | None = ent_coef if callable(ent_coef) else None
+        if self.ent_coef_schedule is not None:
+            kwargs["ent_coef"] = float(self.ent_coef_schedule(1.0))
         super().__init__(*args, **kwargs)
+
+    def current_ent_coef(self) -> float:
+        """The entropy coefficient of the coming update: ``ent_coef``, or its schedule at the fraction
+        of the ``learn`` budget left."""
+        if getattr(self, "ent_coef_schedule", None) is None:  # models saved before schedules
+            return float(self.ent_coef)
+        return float(self.ent_coef_schedule(self._current_progress_remaining))
 
     # The signature that introspection (e.g. the config keys of bayes_agents.experiment) sees:
     # RecurrentPPO's parameters plus the keyword above.
@@ -274,6 +288,7 @@ class BayesPPO(RecurrentPPO):
         self._update_learning_rate(policy.optimizer)
         policy.belief.before_policy_update(self)
         clip_range = self.clip_range(self._current_progress_remaining)
+        ent_coef = self.current_ent_coef()
         clip_range_vf = None
         if self.clip_range_vf is not None:
             clip_range_vf = self.clip_range_vf(self._current_progress_remaining)
@@ -330,7 +345,7 @@ class BayesPPO(RecurrentPPO):
                     entropy_loss = -torch.mean(-log_prob)
                 else:
                     entropy_loss = -torch.mean(entropy.index_select(0, valid))
-                ppo_loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+                ppo_loss = policy_loss + ent_coef * entropy_loss + self.vf_coef * value_loss
                 aux_loss = policy._masked_aux_loss(output, mask)
 
                 # Statistics as detached tensors: one device sync per update, not per minibatch. As in
@@ -376,6 +391,7 @@ class BayesPPO(RecurrentPPO):
             record("train/std", torch.exp(policy.log_std).mean().item())
         record("train/n_updates", self._n_updates, exclude="tensorboard")
         record("train/clip_range", clip_range)
+        record("train/ent_coef", ent_coef)
         if clip_range_vf is not None:
             record("train/clip_range_vf", clip_range_vf)
         if aux_losses:

@@ -259,6 +259,31 @@ def test_schedule_strings_decay_linearly_and_bad_ones_raise() -> None:
         assert model.policy.optimizer.param_groups[0]["lr"] == 0.0
 
 
+def test_entropy_coefficient_schedule_is_read_at_each_update(monkeypatch) -> None:
+    """``ent_coef="lin_v"``: each update's loss uses ``v`` times the budget left (checked on the
+    coefficient the loss multiplies: a zero entropy term at the last update), and bad strings raise."""
+    from bayes_agents.experiment import ConfigError, check_values, resolve_config
+
+    venv = bayes_envs.make_vec("BayesGrid-v0", 2, seed=0)
+    small = dict(hidden_size=8, latent_dim=4, embed_sizes=(8,), net_arch=[8])
+    model = BayesPPO(RL2Policy, venv, n_steps=60, batch_size=60, ent_coef="lin_0.4", policy_kwargs=small)
+    assert model.ent_coef == pytest.approx(0.4) and model.current_ent_coef() == pytest.approx(0.4)
+    used = []
+    original = BayesPPO.current_ent_coef
+    monkeypatch.setattr(BayesPPO, "current_ent_coef", lambda self: used.append(original(self)) or used[-1])
+    model.learn(360)  # three updates, at 2/3, 1/3 and 0 of the budget left
+    assert used == pytest.approx([0.4 * 2 / 3, 0.4 / 3, 0.0])
+    assert BayesPPO(RL2Policy, venv, n_steps=60, ent_coef=0.01, policy_kwargs=small).current_ent_coef() == 0.01
+    with pytest.raises(ValueError, match="ent_coef"):
+        BayesPPO(RL2Policy, venv, n_steps=60, ent_coef="lin_x", policy_kwargs=small)
+    config = resolve_config("BayesGrid-v0", "rl2", overrides={"ppo": {"ent_coef": "lin_0.05"}})
+    check_values(config)
+    for bad in ("lin_0", "lin_-1", "exp_0.1"):
+        config["ppo"]["ent_coef"] = bad
+        with pytest.raises(ConfigError, match="ppo.ent_coef"):
+            check_values(config)
+
+
 def test_predict_rejects_observations_outside_the_trained_space():
     """A 7×7 grid's coordinates have the 5×5 grid's shape: only a bounds check catches them."""
     import gymnasium as gym

@@ -328,8 +328,9 @@ def _check_float(key: str, value: Any, low: float, high: float = math.inf, *, lo
         raise ConfigError(f"{key} must be {allowed}, got {value!r}")
 
 
-#: PPO keys that also take a schedule string: ``"lin_<v>"``, a linear decay from ``v`` to 0.
-_SCHEDULE_KEYS = ("learning_rate", "clip_range", "clip_range_vf")
+#: PPO keys that also take a schedule string: ``"lin_<v>"``, a linear decay from ``v`` to 0
+#: (``ent_coef``: :class:`~bayes_agents.BayesPPO` only).
+_SCHEDULE_KEYS = ("learning_rate", "clip_range", "clip_range_vf", "ent_coef")
 
 
 def _check_schedule(key: str, value: str, low: float, high: float, *, low_open: bool) -> None:
@@ -452,7 +453,7 @@ def check_values(config: dict[str, Any]) -> None:
         if kind == "int":
             check_int(f"ppo.{key}", ppo[key], int(low))
         elif key in _SCHEDULE_KEYS and isinstance(ppo[key], str):
-            _check_schedule(f"ppo.{key}", ppo[key], low, high, low_open=low_open)
+            _check_schedule(f"ppo.{key}", ppo[key], low, high, low_open=True)  # decays from v > 0
         else:
             _check_float(f"ppo.{key}", ppo[key], low, high, low_open=low_open)
     for key in ("normalize_advantage", "use_sde"):
