@@ -552,3 +552,17 @@ def test_varibad_run_records_and_plots_the_per_cell_belief(tmp_path: Path) -> No
     for ax, step in zip(panels, steps, strict=True):
         (image,) = ax.get_images()
         np.testing.assert_allclose(np.asarray(image.get_array()), cells[step].T)
+
+
+def test_train_with_an_entropy_schedule_evaluates_and_logs_it(tmp_path: Path) -> None:
+    """``ppo.ent_coef=lin_<v>``: the run trains, passes the model/config check of its final
+    meta-test and logs the coefficient of each update (v × the budget left)."""
+    run = tmp_path / "run"
+    status = main(
+        ["train", ENV, "--method", "rl2", "-t", "120", "--out", str(run), *set_args("ppo.ent_coef=lin_0.05")]
+    )
+    assert status == 0 and (run / "evaluation.json").is_file()
+    metrics = experiment.read_jsonl(run / "metrics.jsonl")
+    # SB3 writes an update's statistics with the next rollout's: the first update's, at half the budget.
+    logged = [record["train/ent_coef"] for record in metrics if "train/ent_coef" in record]
+    assert logged == pytest.approx([0.05 * 0.5])

@@ -66,6 +66,8 @@ def model_differences(model: BayesPPO, config: dict[str, Any]) -> list[str]:
         venv.close()
     for key, value in config["ppo"].items():
         actual = getattr(model, key, None)
+        if key == "ent_coef" and getattr(model, "ent_coef_schedule", None) is not None:
+            actual = model.ent_coef_schedule  # BayesPPO keeps the number at the start of the schedule
         if actual is None or callable(actual):  # schedules are rebuilt from the value
             continue
         if jsonable(actual) != jsonable(value):
