@@ -273,14 +273,15 @@ def test_entropy_coefficient_schedule_is_read_at_each_update(monkeypatch) -> Non
     monkeypatch.setattr(BayesPPO, "current_ent_coef", lambda self: used.append(original(self)) or used[-1])
     model.learn(360)  # three updates, at 2/3, 1/3 and 0 of the budget left
     assert used == pytest.approx([0.4 * 2 / 3, 0.4 / 3, 0.0])
-    assert BayesPPO(RL2Policy, venv, n_steps=60, ent_coef=0.01, policy_kwargs=small).current_ent_coef() == 0.01
+    constant = BayesPPO(RL2Policy, venv, n_steps=60, ent_coef=0.01, policy_kwargs=small)
+    assert constant.current_ent_coef() == 0.01
     with pytest.raises(ValueError, match="ent_coef"):
         BayesPPO(RL2Policy, venv, n_steps=60, ent_coef="lin_x", policy_kwargs=small)
     config = resolve_config("BayesGrid-v0", "rl2", overrides={"ppo": {"ent_coef": "lin_0.05"}})
     check_values(config)
     for bad in ("lin_0", "lin_-1", "exp_0.1"):
         config["ppo"]["ent_coef"] = bad
-        with pytest.raises(ConfigError, match="ppo.ent_coef"):
+        with pytest.raises(ConfigError, match=r"ppo\.ent_coef"):
             check_values(config)
 
 
