@@ -189,7 +189,7 @@ class BeliefExtractor(BaseFeaturesExtractor):
             them) and each row's position among them ``[N]``.
         """
         keep, source = prefix_sources(inputs, lengths)
-        kept_inputs = inputs[: int(lengths[keep].max()), keep]
+        kept_inputs = inputs[: int(lengths[keep].max())].index_select(1, keep)
         starts = torch.zeros(kept_inputs.shape[:2], dtype=torch.bool, device=inputs.device)
         starts[0] = True  # valid entries come first, so one reset at entry 0 covers every row
         return run(kept_inputs, self.belief.initial_state(len(keep), device=inputs.device), starts), source
@@ -220,7 +220,18 @@ class BeliefExtractor(BaseFeaturesExtractor):
         if same_weights and cache.lengths.shape[0] == batch:
             continues = cache.continued_rows(inputs, lengths)
         # Rows that continue their history, or start one (a single entry), take one recurrent step.
-        stepped = continues | (lengths == 1)
+        starts = lengths == 1
+        stepped = continues | starts
+        if bool(stepped.all()):  # the steady state of a rollout: one step for the whole batch
+            rows = torch.arange(batch, device=device)
+            state = self.belief.initial_state(batch, device=device)
+            if bool(continues.any()):  # (then the kept batch is this one)
+                state = torch.where(continues[:, None], cache.states, state)
+            current = inputs[lengths - 1, rows].unsqueeze(0)
+            output, state = self.belief.sequence(current, state, starts.unsqueeze(0))
+            weights = cache.weights if same_weights else _ActingCache.snapshot(self.belief)
+            self._acting_cache = _ActingCache(inputs.clone(), lengths.clone(), state, weights)
+            return output.apply(lambda value: value[0])
         groups: list[tuple[Tensor, BeliefOutput, Tensor]] = []
         if bool(stepped.any()):
             rows = stepped.nonzero()[:, 0]
@@ -316,19 +327,20 @@ def prefix_sources(inputs: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
     entry_keys = torch.bmm(inputs.double(), weights.to(device, torch.float64).unsqueeze(-1))[..., 0]  # [T, N]
     prefix_keys = (entry_keys * valid).cumsum(dim=0)
     rows = torch.arange(batch, device=device)
-    own = prefix_keys[lengths - 1, rows]  # [N]: the key of each row's whole history
+    last = lengths - 1
+    own = prefix_keys.gather(0, last[None])[0]  # [N]: the key of each row's whole history
     # The longest candidate (the first among equals) holds every shorter prefix of its trial.
     priority = lengths * batch + (batch - 1 - rows)
     holder = torch.empty_like(rows)
     for block in rows.split(_PREFIX_BLOCK):  # [block, N] comparisons at a time: bounded memory
         # Row m can hold row n if it is at least as long and its prefix of n's length has n's key.
-        at_n = prefix_keys[(lengths[block] - 1)[:, None], rows[None, :]]
+        at_n = prefix_keys.index_select(0, last[block])  # [block, N]: every row's key at n's length
         scale = own[block].abs()[:, None].clamp(min=1.0)
         candidate = (at_n - own[block, None]).abs() <= 1e-9 * scale
         candidate &= lengths[None, :] >= lengths[block, None]
         holder[block] = torch.where(candidate, priority[None, :], -1).argmax(dim=1)
     # Verify: row n's entries equal the holder's first lengths[n] entries.
-    same = entries_equal(inputs, inputs[:, holder]) | ~valid  # [T, N]
+    same = entries_equal(inputs, inputs.index_select(1, holder)) | ~valid  # [T, N]
     holder = torch.where(same.all(dim=0), holder, rows)
     keep = torch.unique(holder)
     source = torch.searchsorted(keep, holder)

@@ -189,6 +189,34 @@ def test_acting_continues_each_row_by_one_step_and_equals_the_full_pass(method, 
         observations, *_ = venv.step(rng.integers(5, size=3))
 
 
+@pytest.mark.parametrize("method", sorted(EXTRACTORS))
+def test_acting_mixes_continued_rows_and_new_trials_in_one_step(method, monkeypatch) -> None:
+    """Envs out of phase: in one call a row continues its trial while another starts one; the batch
+    still takes a single one-step pass, and the features equal the full pass."""
+    torch.manual_seed(0)
+    env = TrialHistoryWrapper(gym.make("BayesGrid-v0"))
+    extractor = EXTRACTORS[method](env.observation_space, **GRID_KWARGS[method])
+    _, first_trial = grid_trial(12, window=None, seed=2)
+    _, second_trial = grid_trial(12, window=None, seed=3)
+    # Row 0 continues the first trial from its step 4 on; row 1 starts the second trial at call 3.
+    rows = [first_trial[3:9], [*first_trial[:3], *second_trial[:3]]]
+    lengths_run: list[int] = []
+    sequence = extractor.belief.sequence
+    monkeypatch.setattr(
+        extractor.belief,
+        "sequence",
+        lambda inputs, *rest: lengths_run.append(inputs.shape[0]) or sequence(inputs, *rest),
+    )
+    for step in range(6):
+        batch = torch_obs([rows[0][step], rows[1][step]])
+        lengths_run.clear()
+        with torch.no_grad():
+            features = extractor(batch)
+        if step > 0:  # after the first call every row continues or starts: one step for both
+            assert lengths_run == [1], (step, lengths_run)
+        torch.testing.assert_close(features, _reference_features(extractor, batch), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("method", ["laplace", "rl2"])
 def test_rows_of_a_many_length_batch_are_recomputed_at_the_next_call(method) -> None:
     """A no-gradient batch of many history lengths (a replay batch) runs in one pass without keeping
