@@ -236,7 +236,9 @@ _METHOD_ENV: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     # at the prior for the first ~1M env steps (see bayes_agents/beliefs/varibad.py), and a CPU budget
     # of a few M steps is ~3% of the reference's 1e8 frames. With these, VariBAD at 3M env steps ran
     # the task's way in every HalfCheetahDir test trial on seeds 0-1 and beat stock PPO on
-    # HalfCheetahVel (learning_mujoco.json); the reference schedule was not run at that budget. Not
+    # HalfCheetahVel (learning_mujoco.json); the reference schedule on HalfCheetahVel at that budget
+    # scored the same within noise (trial -362.2 vs -368.5, 2 seeds; sweeps/cheetah-vel-varibad-vae.json,
+    # docs/results.md), 30% faster, so the schedule is a speed option, not a fix. Not
     # reproduced: tbptt_stepsize 50 and precollect_len 5000 (the encoder back-propagates through whole
     # trials; no pre-collection).
     **{
