@@ -28,6 +28,9 @@ from bayes_envs.core import MetaEnv, TrialBatch, check_int
 #: Meta-World's rewards lie in [0, 10].
 REWARD_RANGE = (0.0, 10.0)
 KINDS = ("ML1", "ML10", "ML45")
+#: Observation entries of the objects' positions and quaternions (Sawyer layout: hand 0:3, gripper
+#: 3, two padded objects 4:18, the previous frame's copy of these 18:36, goal 36:39).
+OBJECT_ENTRIES = np.r_[4:18, 22:36]
 
 _BENCHMARKS: dict[tuple[str, str | None, int], Any] = {}
 
@@ -95,6 +98,7 @@ class MetaWorldBatch(TrialBatch):
         env_cache_size: int = 10,
         split: str = "train",
         rl2_inputs: bool = True,
+        hide_objects: bool = False,
     ) -> None:
         super().__init__(
             batch_size,
@@ -105,6 +109,9 @@ class MetaWorldBatch(TrialBatch):
         )
         self.max_path_length = self.episode_length
         self.env_cache_size = check_int("env_cache_size", env_cache_size, 1)
+        if not isinstance(hide_objects, (bool, np.bool_)):
+            raise TypeError(f"hide_objects must be a bool, got {hide_objects!r}")
+        self.hide_objects = bool(hide_objects)
         self.benchmark_seed = check_int("benchmark_seed", benchmark_seed, 0)
         self.env_name = env_name
         self.benchmark = get_benchmark(self.kind, env_name, self.benchmark_seed)
@@ -197,7 +204,11 @@ class MetaWorldBatch(TrialBatch):
         self._episode_success[mask] = False
 
     def _observe(self) -> np.ndarray:
-        return self._observations
+        if not self.hide_objects:
+            return self._observations
+        observations = self._observations.copy()
+        observations[:, OBJECT_ENTRIES] = 0.0
+        return observations
 
     def _transition(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         b = self.batch_size
@@ -258,7 +269,11 @@ class MetaWorldML1Env(_MetaWorldEnv):
     * **Trial**: ``episodes_per_trial`` (2) inner episodes of ``max_path_length`` (500) steps, each
       from the task's (deterministic) start state.
     * **Reward**: Meta-World's (v2 reward functions, in [0, 10]).
-    * **Observation**: the 39-dim Sawyer observation (goal entries zero), float32.
+    * **Observation**: the 39-dim Sawyer observation (goal entries zero), float32. Meta-World draws
+      each task's object start position together with its goal, so the object entries name a train
+      task from the first step (``benchmarks/metaworld_task_leak.py``): ``hide_objects=True`` zeroes
+      them (entries 4:18 and 22:36), which leaves reach-v3 solvable (its object is a distractor) and
+      the goal to be found from rewards only. Classes that manipulate an object need them.
     * **Info**: ``task_class`` (e.g. ``"reach-v3"``), ``step_success`` (Meta-World's ``success`` of
       the step) and ``success``: 1 if any step of the current inner episode succeeded, so at
       ``inner_done`` it is the inner episode's success.
@@ -283,6 +298,7 @@ class MetaWorldML10Env(_MetaWorldEnv):
         episodes_per_trial: int = 2,
         env_cache_size: int = 10,
         split: str = "train",
+        hide_objects: bool = False,
     ) -> None:
         super().__init__(
             render_mode=render_mode,
@@ -292,6 +308,7 @@ class MetaWorldML10Env(_MetaWorldEnv):
             episodes_per_trial=episodes_per_trial,
             env_cache_size=env_cache_size,
             split=split,
+            hide_objects=hide_objects,
         )
 
 

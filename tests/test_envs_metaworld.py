@@ -69,6 +69,30 @@ def test_goal_is_hidden_and_inner_episodes_restart_from_the_task_start(reach: gy
             assert obs["new_episode"][0] == 1.0
 
 
+def test_hide_objects_zeroes_only_the_object_entries_and_leaves_the_dynamics(reach: gym.Env) -> None:
+    from bayes_envs.meta_world import OBJECT_ENTRIES
+
+    hidden = gym.make("MetaWorld-ML1-v0", env_name="reach-v3", max_path_length=SHORT, hide_objects=True)
+    task = MetaWorldTask("reach-v3", "train", 5)
+    plain_obs, _ = reach.reset(seed=0, options={"task": task})
+    hidden_obs, _ = hidden.reset(seed=0, options={"task": task})
+    # The plain start observation shows the task's object position (its rand_vec's first entries).
+    np.testing.assert_allclose(
+        plain_obs["obs"][4:6], reach.unwrapped.batch.task_parameters(task)[:2], atol=1e-3
+    )
+    rng = np.random.default_rng(1)
+    for _ in range(SHORT + 5):
+        kept = np.setdiff1d(np.arange(39), OBJECT_ENTRIES)
+        np.testing.assert_array_equal(hidden_obs["obs"][OBJECT_ENTRIES], 0.0)
+        np.testing.assert_array_equal(hidden_obs["obs"][kept], plain_obs["obs"][kept])
+        action = rng.uniform(-1, 1, 4).astype(np.float32)
+        plain_obs, plain_reward, *_ = reach.step(action)
+        hidden_obs, hidden_reward, *_ = hidden.step(action)
+        assert hidden_reward == plain_reward
+    with pytest.raises(TypeError, match="hide_objects"):
+        gym.make("MetaWorld-ML1-v0", env_name="reach-v3", hide_objects="yes")
+
+
 class ScriptedReachOracle(ReferencePolicy):
     """Meta-World's scripted reach policy, handed the hidden goal: succeeds in every inner episode."""
 
@@ -167,9 +191,9 @@ def test_seeding_reproduces_tasks(reach: gym.Env) -> None:
 def test_gymnasium_env_checker_ml1() -> None:
     from gymnasium.utils.env_checker import check_env
 
-    check_env(
-        gym.make("MetaWorld-ML1-v0", env_name="push-v3", max_path_length=5).unwrapped, skip_render_check=True
-    )
+    for hide_objects in (False, True):
+        env = gym.make("MetaWorld-ML1-v0", env_name="push-v3", max_path_length=5, hide_objects=hide_objects)
+        check_env(env.unwrapped, skip_render_check=True)
 
 
 def test_ml10_classes_are_disjoint_and_share_one_observation_space() -> None:
