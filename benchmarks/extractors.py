@@ -38,6 +38,7 @@ from typing import Any
 
 import gymnasium as gym
 import torch
+from learning import git_commit
 from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.env_util import make_vec_env
 
@@ -212,9 +213,17 @@ def main() -> None:
     for name, row in targets.items():
         print(f"{name:<{width}}{row['value']:>9.2f}{row['target']:>10}{'yes' if row['met'] else 'NO':>6}")
     settings = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
-    payload = {"benchmark": "extractors", "settings": settings, "results": results, "ratios": targets}
+    payload = {
+        "benchmark": "extractors",
+        "git": git_commit(),
+        "settings": settings,
+        "results": results,
+        "ratios": targets,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp = args.out.with_suffix(".tmp")  # atomic: an interrupted run leaves the old results intact
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp.replace(args.out)
     print(f"wrote {args.out}")
 
 
