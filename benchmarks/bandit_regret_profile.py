@@ -7,7 +7,12 @@ trial's last stretch (``--late``, pulls 30 → 50 by default), with the same for
 (greedy posterior mean, Thompson sampling, ...). A run close to a reference early and far from it
 late loses in exploitation, not in exploration.
 
-    python benchmarks/bandit_regret_profile.py RUN_DIR [RUN_DIR ...] [--out FILE]
+With ``--pulls N``, each run's agent and the greedy posterior mean are also rolled out on the
+run's first ``N`` test tasks, recording what they pull over the late stretch: the share of pulls
+on the task's best arm, the share that switch arm from the previous pull, and the share on an arm
+other than the one pulled most so far in the trial.
+
+    python benchmarks/bandit_regret_profile.py RUN_DIR [RUN_DIR ...] [--pulls N] [--out FILE]
 
 Writes ``benchmarks/results/bandit_regret_profile.json`` (``--out``) and prints a table.
 """
@@ -21,6 +26,10 @@ from typing import Any
 
 import numpy as np
 from learning import git_commit, repo_relative
+
+from bayes_envs.evaluation import evaluate
+from bayes_envs.references.base import ReferencePolicy
+from bayes_envs.references.registry import reference_policies
 
 RESULTS = Path(__file__).parent / "results"
 PULLS = (1, 5, 10, 20, 30, 40, 50)
@@ -37,12 +46,79 @@ def profile(cumulative_regret: list[float], pulls: tuple[int, ...], late: tuple[
     }
 
 
+class _RecordingAgent:
+    """Forwards SB3's recurrent ``predict`` and keeps every batch of actions ``[B]``."""
+
+    def __init__(self, model: Any) -> None:
+        self.model, self.actions = model, []
+
+    def predict(
+        self, observation: Any, state: Any = None, episode_start: Any = None, deterministic: bool = False
+    ) -> tuple[Any, Any]:
+        actions, state = self.model.predict(observation, state, episode_start, deterministic)
+        self.actions.append(np.asarray(actions).copy())
+        return actions, state
+
+    def get_vec_normalize_env(self) -> Any:
+        return self.model.get_vec_normalize_env()
+
+
+class _RecordingReference(ReferencePolicy):
+    def __init__(self, reference: ReferencePolicy) -> None:
+        self.reference, self.actions = reference, []
+
+    def act(self, observation: Any, trial_start: np.ndarray, tasks: Any) -> np.ndarray:
+        actions = self.reference.act(observation, trial_start, tasks)
+        self.actions.append(np.asarray(actions).copy())
+        return actions
+
+
+def late_pulls(actions: np.ndarray, best_arms: np.ndarray, late: tuple[int, int]) -> dict[str, float]:
+    """Shares of the late pulls (1-based pulls ``late[0]+1 .. late[1]``) of ``actions`` ``[T, N]``."""
+    n_arms = int(max(actions.max(), best_arms.max())) + 1
+    counts = np.zeros((actions.shape[1], n_arms))
+    on_best, switched, off_most = [], [], []
+    for t, pulled in enumerate(actions):
+        if late[0] <= t < late[1]:
+            on_best.append(pulled == best_arms)
+            switched.append(pulled != actions[t - 1])
+            off_most.append(pulled != counts.argmax(1))
+        counts[np.arange(len(pulled)), pulled] += 1
+    return {
+        "on_best_arm": float(np.mean(on_best)),
+        "switch_arm": float(np.mean(switched)),
+        "off_most_pulled_arm": float(np.mean(off_most)),
+    }
+
+
+def rollout_pulls(run_dir: Path, n_tasks: int, late: tuple[int, int]) -> dict[str, Any]:
+    """What the run's agent and the greedy posterior mean pull late, on the run's test tasks."""
+    from bayes_agents.experiment.evaluation import load_model
+    from bayes_agents.experiment.runfiles import read_config
+
+    config = read_config(run_dir)
+    seed = config["eval_seed"]
+    agent = _RecordingAgent(load_model(run_dir))
+    result = evaluate(agent, "BayesBandit-v0", n_tasks=n_tasks, seed=seed, **config["env"])
+    best_arms = np.array([np.argmax(task.probs) for task in result.tasks])
+    greedy = _RecordingReference(reference_policies("BayesBandit-v0", config["env"])["greedy posterior mean"])
+    evaluate(greedy, "BayesBandit-v0", n_tasks=n_tasks, seed=seed, **config["env"])
+    return {
+        "n_tasks": n_tasks,
+        # The run's own final evaluation when n_tasks is its final_eval_tasks: a check of the rollout.
+        "agent_final_regret": float(np.nanmean(result.cumulative_regret[:, -1])),
+        "agent": late_pulls(np.stack(agent.actions), best_arms, late),
+        "greedy posterior mean": late_pulls(np.stack(greedy.actions), best_arms, late),
+    }
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("run_dirs", nargs="+", type=Path)
     parser.add_argument("--late", nargs=2, type=int, default=(30, 50), metavar=("START", "END"))
+    parser.add_argument("--pulls", type=int, default=0, metavar="N", help="roll out N test tasks per run")
     parser.add_argument("--out", type=Path, default=RESULTS / "bandit_regret_profile.json")
     args = parser.parse_args(argv)
     late = tuple(args.late)
@@ -60,13 +136,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "final_regret": evaluation["agent"]["final_regret_mean"],
             **profile(evaluation["agent"]["cumulative_regret_mean"], PULLS, late),
         }
+        if args.pulls:
+            runs[repo_relative(run_dir.resolve())]["late_pulls"] = rollout_pulls(run_dir, args.pulls, late)
         for name, reference in evaluation["references"].items():
             # The references are evaluated on the run's fixed tasks: the same for every run of one
             # eval_seed and task count, so the first run's are kept.
             references.setdefault(name, profile(reference["cumulative_regret_mean"], PULLS, late))
     result = {
         "benchmark": "bandit_regret_profile",
-        "command": "python benchmarks/bandit_regret_profile.py " + " ".join(runs),
+        "command": "python benchmarks/bandit_regret_profile.py "
+        + (f"--pulls {args.pulls} " if args.pulls else "")
+        + " ".join(runs),
         "git": git_commit(),
         "late": list(late),
         "runs": runs,
@@ -77,6 +157,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name, row in [*runs.items(), *((f"{k} (reference)", v) for k, v in references.items())]:
         cells = " ".join(f"{row['at_pull'].get(str(t), float('nan')):6.2f}" for t in PULLS)
         print(f"{name[-63:]:<64}{cells}  {row['late_regret_per_pull']:.3f}")
+    if args.pulls:
+        print(f"\nlate pulls ({late[0] + 1}..{late[1]}): on the best arm / switching / off the most pulled")
+        for name, row in runs.items():
+            for who, shares in row["late_pulls"].items():
+                if not isinstance(shares, dict):
+                    continue
+                keys = ("on_best_arm", "switch_arm", "off_most_pulled_arm")
+                values = " / ".join(f"{shares[key]:.3f}" for key in keys)
+                print(f"{name[-50:]:<51}{who:<24}{values}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=1) + "\n")
