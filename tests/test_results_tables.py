@@ -21,6 +21,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 if str(BENCHMARKS) not in sys.path:
     sys.path.append(str(BENCHMARKS))
 
+import bandit_regret_profile  # noqa: E402
 import grid_episode2  # noqa: E402
 import learning  # noqa: E402
 import main_job  # noqa: E402
@@ -550,3 +551,21 @@ def test_grid_episode2_splits_tasks_by_what_episode_1_found() -> None:
     assert found["episode_2"] == pytest.approx(episode_returns[0, 1])
     assert last["episode_2"] == pytest.approx(length * cost)
     assert missed["episode_3"] == pytest.approx(episode_returns[2, 2])
+
+
+def test_bandit_regret_profile_reads_cumulative_regret_and_late_pulls() -> None:
+    """Cumulative regret at pulls and the late per-pull rate; late-pull shares on hand-built actions."""
+    cumulative = np.cumsum(np.r_[np.full(30, 0.1), np.full(20, 0.05)])
+    row = bandit_regret_profile.profile(cumulative.tolist(), (1, 30, 50), (30, 50))
+    assert row["at_pull"] == pytest.approx({"1": 0.1, "30": 3.0, "50": 4.0})
+    assert row["late_regret_per_pull"] == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="--late"):
+        bandit_regret_profile.profile(cumulative.tolist(), (1,), (40, 60))
+    # Task 0 pulls arm 1 (its best) throughout; task 1 pulls arm 0 for 6 pulls, then alternates 2, 0.
+    actions = np.zeros((10, 2), int)
+    actions[:, 0] = 1
+    actions[6:, 1] = [2, 0, 2, 0]
+    shares = bandit_regret_profile.late_pulls(actions, best_arms=np.array([1, 2]), late=(6, 10))
+    assert shares["on_best_arm"] == pytest.approx((4 + 2) / 8)
+    assert shares["switch_arm"] == pytest.approx(4 / 8)  # every late pull of task 1 switches
+    assert shares["off_most_pulled_arm"] == pytest.approx(2 / 8)  # its pulls of arm 2 (arm 0 leads)
