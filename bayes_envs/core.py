@@ -37,6 +37,13 @@ def check_int(name: str, value: Any, minimum: int) -> int:
     return int(value)
 
 
+def check_bool(name: str, value: Any) -> bool:
+    """Return ``value`` if it is a bool, or raise ``TypeError`` naming ``name``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return value
+
+
 def check_positive_float(name: str, value: Any) -> float:
     """Return ``value`` as a finite float > 0, or raise naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
@@ -129,9 +136,7 @@ class TrialBatch(ABC):
         self.episode_length = check_int("episode_length", episode_length, 1)
         self.episodes_per_trial = check_int("episodes_per_trial", episodes_per_trial, 1)
         self.split = check_split(split)
-        if not isinstance(rl2_inputs, bool):
-            raise TypeError(f"rl2_inputs must be a bool, got {rl2_inputs!r}")
-        self.rl2_inputs = rl2_inputs
+        self.rl2_inputs = check_bool("rl2_inputs", rl2_inputs)
         b = self.batch_size
         self.tasks: list[Any] = [None] * b
         self.trial_step = np.zeros(b, np.int64)

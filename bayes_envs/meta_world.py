@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 from gymnasium import spaces
 
-from bayes_envs.core import MetaEnv, TrialBatch, check_int
+from bayes_envs.core import MetaEnv, TrialBatch, check_bool, check_int
 
 #: Meta-World's rewards lie in [0, 10].
 REWARD_RANGE = (0.0, 10.0)
@@ -109,9 +109,7 @@ class MetaWorldBatch(TrialBatch):
         )
         self.max_path_length = self.episode_length
         self.env_cache_size = check_int("env_cache_size", env_cache_size, 1)
-        if not isinstance(hide_objects, (bool, np.bool_)):
-            raise TypeError(f"hide_objects must be a bool, got {hide_objects!r}")
-        self.hide_objects = bool(hide_objects)
+        self.hide_objects = check_bool("hide_objects", hide_objects)
         self.benchmark_seed = check_int("benchmark_seed", benchmark_seed, 0)
         self.env_name = env_name
         self.benchmark = get_benchmark(self.kind, env_name, self.benchmark_seed)

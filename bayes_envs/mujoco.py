@@ -35,6 +35,7 @@ from gymnasium import spaces
 from bayes_envs.core import (
     MetaEnv,
     TrialBatch,
+    check_bool,
     check_finite_float,
     check_int,
     check_positive_float,
@@ -158,11 +159,7 @@ class LocomotionBatch(TrialBatch):
         )
         self.ctrl_cost_weight = self._check_weight("ctrl_cost_weight", ctrl_cost_weight)
         self.reset_noise_scale = self._check_weight("reset_noise_scale", reset_noise_scale)
-        if not isinstance(exclude_current_positions_from_observation, bool):
-            raise TypeError(
-                "exclude_current_positions_from_observation must be a bool, "
-                f"got {exclude_current_positions_from_observation!r}"
-            )
+        check_bool("exclude_current_positions_from_observation", exclude_current_positions_from_observation)
         self.envs = [
             self.robot_class(
                 reset_noise_scale=self.reset_noise_scale,
@@ -395,9 +392,7 @@ class _AntBatch(LocomotionBatch):
         self.contact_force_range = self._check_range("contact_force_range", contact_force_range)
         self.healthy_reward = check_finite_float("healthy_reward", healthy_reward)
         self.healthy_z_range = self._check_range("healthy_z_range", healthy_z_range)
-        if not isinstance(terminate_when_unhealthy, bool):
-            raise TypeError(f"terminate_when_unhealthy must be a bool, got {terminate_when_unhealthy!r}")
-        self.terminate_when_unhealthy = terminate_when_unhealthy
+        self.terminate_when_unhealthy = check_bool("terminate_when_unhealthy", terminate_when_unhealthy)
         super().__init__(
             batch_size,
             episode_length=episode_length,

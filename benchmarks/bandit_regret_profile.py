@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from learning import git_commit, repo_relative
 
+from bayes_agents.experiment import atomic_write_text, load_model, read_config
 from bayes_envs.evaluation import evaluate
 from bayes_envs.references.base import ReferencePolicy
 from bayes_envs.references.registry import reference_policies
@@ -93,9 +94,6 @@ def late_pulls(actions: np.ndarray, best_arms: np.ndarray, late: tuple[int, int]
 
 def rollout_pulls(run_dir: Path, n_tasks: int, late: tuple[int, int]) -> dict[str, Any]:
     """What the run's agent and the greedy posterior mean pull late, on the run's test tasks."""
-    from bayes_agents.experiment.evaluation import load_model
-    from bayes_agents.experiment.runfiles import read_config
-
     config = read_config(run_dir)
     seed = config["eval_seed"]
     agent = _RecordingAgent(load_model(run_dir))
@@ -167,9 +165,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 values = " / ".join(f"{shares[key]:.3f}" for key in keys)
                 print(f"{name[-50:]:<51}{who:<24}{values}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(args.out)
+    atomic_write_text(args.out, json.dumps(result, indent=1) + "\n")
     return result
 
 

@@ -45,6 +45,7 @@ from stable_baselines3.common.env_util import make_vec_env
 import bayes_envs
 from bayes_agents import BayesPPO
 from bayes_agents.callbacks import BeliefAuxLossCallback
+from bayes_agents.experiment import atomic_write_text
 from bayes_agents.extractors import EXTRACTORS
 from bayes_agents.methods import extractor_defaults, get_method, method_defaults
 from bayes_agents.ppo import resolve_schedules
@@ -221,9 +222,7 @@ def main() -> None:
         "ratios": targets,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")  # atomic: an interrupted run leaves the old results intact
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    tmp.replace(args.out)
+    atomic_write_text(args.out, json.dumps(payload, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 

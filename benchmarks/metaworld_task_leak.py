@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from learning import git_commit
 
+from bayes_agents.experiment import atomic_write_text
 from bayes_envs.meta_world import get_benchmark
 
 RESULTS = Path(__file__).parent / "results"
@@ -80,10 +81,8 @@ def analyse(env_name: str, benchmark_seed: int) -> dict[str, Any]:
     for split, obs, goals in (("train", train_obs, train_goals), ("test", test_obs, test_goals)):
         start_gaps = pairwise(obs, obs)
         np.fill_diagonal(start_gaps, np.inf)
-        nearest_train = pairwise(obs, train_obs).argmin(1)
-        if split == "train":
-            # A train task's own start state is its nearest: the lookup is the identity.
-            nearest_train = np.arange(len(obs))
+        # A train task's own start state is its nearest: on the train split the lookup is the identity.
+        nearest_train = np.arange(len(obs)) if split == "train" else pairwise(obs, train_obs).argmin(1)
         lookup_error = np.linalg.norm(train_goals[nearest_train] - goals, axis=1)
         objects = obs[:, OBJECT_SLICE]
         varying = objects.std(0) > 1e-9
@@ -148,9 +147,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"{row['object_goal_correlation_max_abs']:.2f} |"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(args.out)
+    atomic_write_text(args.out, json.dumps(result, indent=1) + "\n")
     return result
 
 
