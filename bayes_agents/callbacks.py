@@ -214,7 +214,8 @@ class BeliefAuxLossCallback(BaseCallback):
                 inputs.view(n_envs, -1, inputs.shape[-1]), trial_starts.view(n_envs, -1), next_starts
             )
         if update:
-            for key, value in belief.update_trial_model().items():
+            progress_remaining = getattr(self.model, "_current_progress_remaining", 1.0)
+            for key, value in belief.update_trial_model(progress_remaining).items():
                 self.logger.record(f"belief/vae_{key}", float(value))
 
 

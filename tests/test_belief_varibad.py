@@ -344,6 +344,9 @@ def test_rl_loss_reaches_the_encoder_only_with_backprop_rl_loss() -> None:
         {"state_decoder_sizes": (-1,)},
         {"kl_weight": float("inf")},
         {"vae_lr": float("nan")},
+        {"vae_lr": "lin_2"},
+        {"vae_lr": "exp_1e-3"},
+        {"vae_update_timing": "during"},
         {"reward_threshold": float("nan")},
     ],
 )
@@ -361,6 +364,8 @@ def test_bad_keywords_raise_value_error(kwargs) -> None:
         {"reward_decoder": None},
         {"reward_decoder_inputs": "state"},
         {"reward_decoder_sizes": 32},
+        {"vae_lr": 1j},
+        {"vae_update_timing": None},
     ],
 )
 def test_wrong_types_raise_type_error(kwargs) -> None:
@@ -463,6 +468,51 @@ def test_bayes_ppo_updates_the_policy_input_statistics_after_each_vae_round() ->
     # Two rollouts of 4 envs × one 60-step trial each, every step counted once.
     assert float(normalizer.count) == 2 * 4 * 60
     assert not torch.equal(normalizer.var, torch.ones_like(normalizer.var))
+
+
+@pytest.mark.parametrize("timing", ["after", "before"])
+def test_vae_update_timing(timing) -> None:
+    """``vae_update_timing`` puts the VAE round (and the policy-input statistics it updates) after the
+    PPO update or before it, then before the update's one belief pass, whose posteriors are thus those
+    of the stepped encoder; the round trains on the trials of the rollout the update uses."""
+    venv = bayes_envs.make_vec("BayesGrid-v0", 2, seed=0)
+    kwargs = {**GRID_KWARGS, "vae_updates_per_ppo_update": 2, "vae_update_timing": timing}
+    model = BayesPPO(VariBADPolicy, venv, policy_kwargs=kwargs, n_steps=60, batch_size=120, n_epochs=2)
+    belief, events = model.policy.belief, []
+    vae_update, belief_pass = belief.vae_update, model._rollout_belief_output
+    step = model.policy.optimizer.step
+    belief.vae_update = lambda **kw: events.append(("vae", belief.buffered_trials)) or vae_update(**kw)
+    model._rollout_belief_output = lambda: events.append("belief pass") or belief_pass()
+    model.policy.optimizer.step = lambda *args, **kw: events.append("ppo step") or step(*args, **kw)
+    model.learn(120)  # one rollout (one 60-step trial per env), one update of 2 epochs × 1 minibatch
+    vae = [("vae", 2)]  # both trials of the rollout are buffered before the round
+    expected = [*vae, "belief pass", "ppo step", "ppo step"]
+    assert events == (expected if timing == "before" else [*expected[1:], *vae])
+    assert float(belief.policy_input_normalizer.count) == 2 * 60
+
+
+def test_vae_lr_decays_linearly_over_the_budget() -> None:
+    """``vae_lr="lin_<v>"``: each VAE round runs at ``v`` times the fraction of the budget left when
+    it starts (as BayesPPO's ``lin_`` schedules), through BayesPPO's hook and ``update_trial_model``."""
+    venv = bayes_envs.make_vec("BayesGrid-v0", 2, seed=0)
+    kwargs = {**GRID_KWARGS, "vae_updates_per_ppo_update": 1, "vae_lr": "lin_1e-2"}
+    model = BayesPPO(VariBADPolicy, venv, policy_kwargs=kwargs, n_steps=60, batch_size=120, n_epochs=1)
+    belief, rates = model.policy.belief, []
+    vae_update = belief.vae_update
+
+    def recorded(**kw):
+        stats = vae_update(**kw)
+        rates.append(belief.vae_optimizer().param_groups[0]["lr"])
+        return stats
+
+    belief.vae_update = recorded
+    model.learn(480)  # four updates, at 3/4, 1/2, 1/4 and 0 of the budget left
+    np.testing.assert_allclose(rates, [7.5e-3, 5e-3, 2.5e-3, 0.0])
+    belief.update_trial_model(progress_remaining=0.4)
+    assert rates[-1] == pytest.approx(4e-3)
+    assert belief.vae_lr == "lin_1e-2"  # the config value is kept (saved with the policy)
+    constant = make_belief(**GRID_KWARGS, vae_lr=2e-3)
+    assert constant._vae_rate.at(0.1) == 2e-3
 
 
 def test_policy_reward_beliefs_append_the_decoder_probabilities_at_the_mean() -> None:

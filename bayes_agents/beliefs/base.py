@@ -38,6 +38,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from ..schedules import resolve_schedule
+
 
 @dataclass
 class BeliefOutput:
@@ -356,9 +358,11 @@ class Belief(nn.Module, ABC):
         """
         return 0
 
-    def update_trial_model(self) -> dict[str, float]:
+    def update_trial_model(self, progress_remaining: float = 1.0) -> dict[str, float]:
         """Train the belief's own model on the trials of :meth:`add_trials` (one round, as after a
-        PPO update); returns the statistics to log by name. Nothing (``{}``) by default."""
+        PPO update) at the point ``progress_remaining`` of the training budget (1 → 0, for a
+        decaying learning rate); returns the statistics to log by name. Nothing (``{}``) by
+        default."""
         return {}
 
     def reward_probabilities(self, latent: Tensor) -> Tensor | None:
@@ -650,6 +654,39 @@ def check_bools(flags: dict[str, object]) -> None:
     for name, flag in flags.items():
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool (True or False), got {flag!r}")
+
+
+#: When a belief that trains a model of its own (VariBAD's VAE, GLiBRL's basis) takes its steps on a
+#: rollout: ``"after"`` the PPO update (the update then trains the policy on the previous model's
+#: features) or ``"before"`` it (on the features the next rollout acts on).
+MODEL_UPDATE_TIMINGS = ("after", "before")
+
+
+class ModelLearningRate:
+    """The learning rate of a belief's own optimizer: a number in ``(0, 1]``, or ``"lin_<v>"`` (``v`` in
+    ``(0, 1]``) for a linear decay from ``v`` to 0 over the budget of ``BayesPPO.learn``, the notation
+    of the PPO schedules (:func:`~bayes_agents.schedules.resolve_schedule`). ``ValueError``/``TypeError``
+    naming ``name`` otherwise. A class, so that a belief holding it pickles."""
+
+    def __init__(self, name: str, value: float | str) -> None:
+        self.value = value
+        self.schedule = resolve_schedule(name, value) if isinstance(value, str) else None
+        check_real(name, value if self.schedule is None else self.schedule.start, 0.0, 1.0, low_open=True)
+
+    def at(self, progress_remaining: float) -> float:
+        """The rate at ``progress_remaining`` (1 → 0; SB3's progress goes below 0 in a last rollout that
+        overshoots the budget, where a decaying rate stops at 0)."""
+        check_real("progress_remaining", progress_remaining, high=1.0)
+        if self.schedule is None:
+            return float(self.value)
+        return self.schedule(max(progress_remaining, 0.0))
+
+    def apply(self, optimizer: torch.optim.Optimizer, progress_remaining: float) -> float:
+        """Set every parameter group of ``optimizer`` to the rate at ``progress_remaining``; returns it."""
+        rate = self.at(progress_remaining)
+        for group in optimizer.param_groups:
+            group["lr"] = rate
+        return rate
 
 
 def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> str:

@@ -115,12 +115,13 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ..schedules import resolve_schedule
 from .base import (
     MAX_SCALE,
+    MODEL_UPDATE_TIMINGS,
     Belief,
     BeliefOutput,
     InputLayout,
+    ModelLearningRate,
     SigmoidTanh,
     StateLayout,
     check_bools,
@@ -314,15 +315,7 @@ class GLiBRLBelief(Belief):
         self.action_predictions = action_predictions
         check_int("basis_updates_per_ppo_update", basis_updates_per_ppo_update, minimum=0)
         self.basis_updates_per_ppo_update = basis_updates_per_ppo_update
-        schedule = resolve_schedule("basis_lr", basis_lr) if isinstance(basis_lr, str) else None
-        self._basis_lr_schedule = schedule
-        check_real(
-            "basis_lr",
-            basis_lr if schedule is None else schedule.start,
-            0.0,
-            1.0,
-            low_open=True,
-        )
+        self._basis_rate = ModelLearningRate("basis_lr", basis_lr)
         self.basis_lr = basis_lr
         if not model_loss_in_policy_update and basis_updates_per_ppo_update == 0 and model_loss_weight > 0:
             raise ValueError(
@@ -330,8 +323,9 @@ class GLiBRLBelief(Belief):
                 "steps of its own around each PPO update: set basis_updates_per_ppo_update >= 1"
             )
         self.model_loss_in_policy_update = model_loss_in_policy_update
-        timings = ("after", "before")
-        self.basis_update_timing = check_choice("basis_update_timing", basis_update_timing, timings)
+        self.basis_update_timing = check_choice(
+            "basis_update_timing", basis_update_timing, MODEL_UPDATE_TIMINGS
+        )
         self._basis_optimizer: torch.optim.Optimizer | None = None
 
         obs_dim = input_layout.obs_dim
@@ -861,14 +855,10 @@ class GLiBRLBelief(Belief):
         :return: the mean loss before the steps.
         """
         check_positive_int("n_updates", n_updates)
-        schedule = self._basis_lr_schedule
-        check_real("progress_remaining", progress_remaining, -MAX_SCALE, 1.0)
-        # SB3's progress goes below 0 in a last rollout that overshoots the budget: the rate stops at 0.
-        lr = self.basis_lr if schedule is None else schedule(max(progress_remaining, 0.0))
+        rate = self._basis_rate.at(progress_remaining)
         if self._basis_optimizer is None:
-            self._basis_optimizer = model_adam(self.basis.parameters(), lr)
-        for group in self._basis_optimizer.param_groups:
-            group["lr"] = lr
+            self._basis_optimizer = model_adam(self.basis.parameters(), rate)
+        self._basis_rate.apply(self._basis_optimizer, progress_remaining)
         losses = []
         with torch.enable_grad():
             for _ in range(n_updates):

@@ -76,9 +76,11 @@ from torch import Tensor, nn
 
 from .base import (
     MAX_SCALE,
+    MODEL_UPDATE_TIMINGS,
     Belief,
     BeliefOutput,
     InputLayout,
+    ModelLearningRate,
     RunningNormalizer,
     StateLayout,
     check_bools,
@@ -159,8 +161,12 @@ class VariBADBelief(Belief):
     :param state_decoder: also decode ``s'`` (unit-variance Gaussian on ``[s, a, m]``).
     :param state_decoder_sizes: hidden widths of the state decoder.
     :param kl_weight: weight of ``KL(q_t ‖ q_{t−1})`` in the ELBO (ref 0.01).
-    :param vae_lr: Adam learning rate of the VAE (ref 1e-3).
-    :param vae_updates_per_ppo_update: VAE steps after each PPO update (ref 3).
+    :param vae_lr: Adam learning rate of the VAE (ref 1e-3), in ``(0, 1]``: a number, or ``"lin_<v>"``
+        for a linear decay from ``v`` to 0 over the budget of ``BayesPPO.learn``.
+    :param vae_updates_per_ppo_update: VAE steps per PPO update (ref 3).
+    :param vae_update_timing: ``"after"`` (default, as the reference) or ``"before"`` each PPO update:
+        when the VAE steps are taken (on the trials of the same rollout either way). Before it, the
+        update trains the policy on the posteriors of the encoder the next rollout acts with.
     :param vae_batch_trials: trials per VAE step.
     :param buffer_trials: how many of the latest complete trials the VAE buffer keeps.
     :param elbo_times: prefix times per trial in the ELBO (``None``: all).
@@ -191,8 +197,9 @@ class VariBADBelief(Belief):
         state_decoder: bool = False,
         state_decoder_sizes: Sequence[int] = (32, 32),
         kl_weight: float = 0.01,
-        vae_lr: float = 1e-3,
+        vae_lr: float | str = 1e-3,
         vae_updates_per_ppo_update: int = 3,
+        vae_update_timing: str = "after",
         vae_batch_trials: int = 25,
         buffer_trials: int = 1000,
         elbo_times: int | None = None,
@@ -256,7 +263,9 @@ class VariBADBelief(Belief):
         self.reward_threshold = check_real("reward_threshold", reward_threshold)
         self.use_state_decoder = state_decoder
         self.kl_weight = check_real("kl_weight", kl_weight, 0.0, MAX_SCALE)
-        self.vae_lr = check_real("vae_lr", vae_lr, 0.0, 1.0, low_open=True)
+        self._vae_rate = ModelLearningRate("vae_lr", vae_lr)
+        self.vae_lr = vae_lr
+        self.vae_update_timing = check_choice("vae_update_timing", vae_update_timing, MODEL_UPDATE_TIMINGS)
         self.vae_updates_per_ppo_update = vae_updates_per_ppo_update
         self.vae_batch_trials = vae_batch_trials
         self.buffer_trials = buffer_trials
@@ -681,21 +690,28 @@ class VariBADBelief(Belief):
         return padded.to(device), lengths.to(device)
 
     def vae_optimizer(self) -> torch.optim.Optimizer:
-        """The VAE's own Adam optimizer over encoder and decoders (created on first use)."""
+        """The VAE's own Adam optimizer over encoder and decoders (created on first use, at the
+        ``vae_lr`` of the start of training)."""
         if self._vae_optimizer is None:
-            self._vae_optimizer = model_adam(self.parameters(), self.vae_lr)
+            self._vae_optimizer = model_adam(self.parameters(), self._vae_rate.at(1.0))
         return self._vae_optimizer
 
     def vae_update(
-        self, n_updates: int | None = None, generator: torch.Generator | None = None
+        self,
+        n_updates: int | None = None,
+        generator: torch.Generator | None = None,
+        progress_remaining: float = 1.0,
     ) -> dict[str, float]:
         """``n_updates`` (default ``vae_updates_per_ppo_update``) Adam steps of the negative ELBO on
-        batches of buffered trials; returns the mean ``elbo``, ``reconstruction``, ``kl`` of the steps
-        (before each step) and the time per step in seconds (empty dict if the buffer is empty)."""
+        batches of buffered trials, at the ``vae_lr`` of ``progress_remaining`` (the fraction of the
+        training budget left, 1 → 0; it matters for a ``"lin_<v>"`` rate); returns the mean ``elbo``,
+        ``reconstruction``, ``kl`` of the steps (before each step) and the time per step in seconds
+        (empty dict if the buffer is empty)."""
         n_updates = self.vae_updates_per_ppo_update if n_updates is None else n_updates
         if not self._trial_buffer:
             return {}
         optimizer = self.vae_optimizer()
+        self._vae_rate.apply(optimizer, progress_remaining)
         began = time.perf_counter()
         totals = []  # per step [elbo, reconstruction, kl] (tensors: one host transfer at the end)
         with torch.enable_grad():
@@ -723,20 +739,32 @@ class VariBADBelief(Belief):
         stats["seconds_per_update"] = (time.perf_counter() - began) / n_updates
         return stats
 
-    def update_trial_model(self) -> dict[str, float]:
+    def update_trial_model(self, progress_remaining: float = 1.0) -> dict[str, float]:
         """One round of VAE training on the buffered trials (:meth:`vae_update`); see
         :meth:`~.base.Belief.update_trial_model`."""
-        return self.vae_update()
+        return self.vae_update(progress_remaining=progress_remaining)
+
+    def before_policy_update(self, model: Any) -> None:
+        """BayesPPO hook: :meth:`after_policy_update`'s VAE round when ``vae_update_timing`` is
+        ``"before"``."""
+        if self.vae_update_timing == "before":
+            self._train_on_rollout(model)
 
     def after_policy_update(self, model: Any) -> None:
-        """BayesPPO hook: buffer the trials of ``model.rollout_buffer`` and train the VAE; logs
-        ``vae/elbo``, ``vae/reconstruction``, ``vae/kl``, ``vae/buffer_trials`` and
-        ``vae/seconds_per_update`` to ``model.logger``."""
+        """BayesPPO hook: buffer the trials of ``model.rollout_buffer`` and train the VAE at the rate of
+        the model's progress (``model._current_progress_remaining``), unless ``vae_update_timing`` is
+        ``"before"`` (then :meth:`before_policy_update` does it); logs ``vae/elbo``,
+        ``vae/reconstruction``, ``vae/kl``, ``vae/buffer_trials`` and ``vae/seconds_per_update`` to
+        ``model.logger``."""
+        if self.vae_update_timing == "after":
+            self._train_on_rollout(model)
+
+    def _train_on_rollout(self, model: Any) -> None:
         inputs, starts = rollout_inputs(model)
         self.add_trials(
             inputs.transpose(0, 1), starts.transpose(0, 1), getattr(model, "_last_episode_starts", None)
         )
-        stats = self.vae_update()
+        stats = self.vae_update(progress_remaining=model._current_progress_remaining)
         # After the VAE step, so that the statistics are those of the encoder the policy will see.
         self.update_policy_input_statistics(self._new_trials)
         self._new_trials = []
