@@ -167,6 +167,7 @@ _RUN: dict[str, dict[str, Any]] = {
         final_eval_tasks=420,
         norm_obs=False,
         norm_reward=True,
+        eval_deterministic=True,
     ),
     # 16 envs × 100 steps (32 trials) per update, rewards normalised (as on the grid), 1M steps.
     "BayesBandit-v0": dict(
@@ -176,10 +177,17 @@ _RUN: dict[str, dict[str, Any]] = {
         final_eval_tasks=1000,
         norm_obs=False,
         norm_reward=True,
+        eval_deterministic=True,
     ),
 }
 _RUN_FALLBACK: dict[str, Any] = dict(
-    n_envs=16, timesteps=1_000_000, eval_tasks=100, final_eval_tasks=500, norm_obs=False, norm_reward=False
+    n_envs=16,
+    timesteps=1_000_000,
+    eval_tasks=100,
+    final_eval_tasks=500,
+    norm_obs=False,
+    norm_reward=False,
+    eval_deterministic=True,
 )
 for _env_id in MUJOCO_IDS + METAWORLD_IDS:
     # Observation and reward normalisation (bayes_envs.RL2VecNormalize): the VariBAD reference
@@ -327,7 +335,7 @@ def belief_settings(env_id: str) -> dict[str, Any]:
 
 def run_settings(env_id: str) -> dict[str, Any]:
     """Run-level defaults (``n_envs``, ``timesteps``, ``eval_tasks``, ``final_eval_tasks``, ``norm_obs``,
-    ``norm_reward``) for ``env_id``.
+    ``norm_reward``, ``eval_deterministic``) for ``env_id``.
 
     Envs without an entry get generic values (any registered env can be trained by the CLI).
     """

@@ -193,11 +193,12 @@ def test_each_meta_test_is_printed_with_the_percent_of_bayes_optimal(
         120: np.array([[1.0, 7.0, 8.0, 9.0]] * 4 + [[1.0, 7.0, 8.0, 9.0 + 5]]),
     }
 
-    def evaluate(model, env_id, n_tasks, seed, **env):
-        return EvaluationResult(env_id, "rl2", seed, returns[model.num_timesteps], np.zeros((5, 60)))
+    def meta_test(model, config, n_tasks, seed):
+        result = returns[model.num_timesteps]
+        return EvaluationResult(config["env_id"], "rl2", seed, result, np.zeros((5, 60)))
 
     monkeypatch.setattr(references, "exact_references", exact_references)
-    monkeypatch.setattr(training, "evaluate", evaluate)
+    monkeypatch.setattr(training, "meta_test", meta_test)
     controller = training.RunController(tmp_path, tiny_config(), {}, None, show_progress=where != "silent")
     if where == "bar":
         controller.bar = _Bar()
@@ -566,3 +567,30 @@ def test_train_with_an_entropy_schedule_evaluates_and_logs_it(tmp_path: Path) ->
     # SB3 writes an update's statistics with the next rollout's: the first update's, at half the budget.
     logged = [record["train/ent_coef"] for record in metrics if "train/ent_coef" in record]
     assert logged == pytest.approx([0.05 * 0.5])
+
+
+def test_sampled_meta_tests_are_seeded_and_leave_the_training_streams_alone() -> None:
+    """``eval_deterministic=false``: a meta-test samples actions from torch's generator seeded with the
+    task seed. Two meta-tests agree with each other and with ``evaluate(deterministic=False)`` after
+    ``torch.manual_seed(seed)``, differ from the most-likely-action meta-test, and the global generator
+    is where it was before (a periodic meta-test does not change the training that follows)."""
+    from bayes_agents.experiment.evaluation import meta_test
+    from bayes_envs.evaluation import evaluate
+
+    assert tiny_config()["eval_deterministic"] is True  # the grid's default
+    config = tiny_config(eval_deterministic="false")
+    assert config["eval_deterministic"] is False
+    model = experiment.build_model(config)
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    first = meta_test(model, config, 21, 7)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    second = meta_test(model, config, 21, 7)
+    torch.manual_seed(7)
+    reference = evaluate(model, ENV, n_tasks=21, seed=7, deterministic=False)
+    for result in (first, second):
+        np.testing.assert_array_equal(result.step_rewards, reference.step_rewards)
+    greedy = meta_test(model, {**config, "eval_deterministic": True}, 21, 7)
+    assert not np.array_equal(greedy.step_rewards, reference.step_rewards, equal_nan=True)
+    with pytest.raises(experiment.ConfigError, match="eval_deterministic must be true or false"):
+        tiny_config(eval_deterministic="1")

@@ -42,6 +42,10 @@ RUN_KEYS: dict[str, str] = {
     "eval_tasks": "test tasks of each periodic evaluation",
     "final_eval_tasks": "test tasks of the final evaluation (bayes-rl evaluate)",
     "eval_seed": "seed of the fixed test tasks (task i: an env seeded eval_seed + i)",
+    "eval_deterministic": (
+        "evaluations act with the policy's most likely action; false: they sample actions as in "
+        "training (torch's generator seeded with eval_seed)"
+    ),
     "norm_obs": "normalise obs['obs'] by a running mean/variance (bayes_envs.RL2VecNormalize)",
     "norm_reward": "divide the rewards PPO learns from by the running std of the trial return",
     "norm_prev_reward": (
@@ -52,7 +56,12 @@ RUN_KEYS: dict[str, str] = {
 #: Run keys that configs written before they existed lack, and the value those runs used.
 #: (``norm_prev_reward`` None: as ``norm_reward``, what RL2VecNormalize did before the key existed;
 #: :func:`with_added_keys` resolves it.)
-_ADDED_RUN_KEYS = {"norm_obs": False, "norm_reward": False, "norm_prev_reward": None}
+_ADDED_RUN_KEYS = {
+    "norm_obs": False,
+    "norm_reward": False,
+    "norm_prev_reward": None,
+    "eval_deterministic": True,
+}
 SECTIONS = ("env", "ppo", "policy")
 #: Keys that may differ between a checkpoint's config and the config of a ``--resume``.
 RESUMABLE_CHANGES = frozenset({"timesteps", "device", "checkpoint_every"})
@@ -436,7 +445,7 @@ def check_values(config: dict[str, Any]) -> None:
         check_int(key, config[key], 0)
     for key in ("timesteps", "n_envs", "checkpoint_every", "eval_tasks", "final_eval_tasks"):
         check_int(key, config[key], 1)
-    for key in ("norm_obs", "norm_reward"):
+    for key in ("norm_obs", "norm_reward", "eval_deterministic"):
         if not isinstance(config.get(key, False), bool):
             raise ConfigError(f"{key} must be true or false, got {config[key]!r}")
     if not isinstance(config.get("norm_prev_reward"), (bool, type(None))):
@@ -502,6 +511,7 @@ def resolve_config(
         "eval_tasks": run["eval_tasks"],
         "final_eval_tasks": run["final_eval_tasks"],
         "eval_seed": 10_000,
+        "eval_deterministic": run["eval_deterministic"],
         "norm_obs": run["norm_obs"],
         "norm_reward": run["norm_reward"],
         "norm_prev_reward": None,

@@ -149,6 +149,20 @@ def load_model(run_dir: str | os.PathLike[str], device: str = "cpu", *, check: b
     return model
 
 
+def meta_test(model: Any, config: dict[str, Any], n_tasks: int, seed: int) -> EvaluationResult:
+    """:func:`bayes_envs.evaluation.evaluate` of ``model`` on the run's env as its ``config`` says:
+    the policy's most likely actions, or with ``eval_deterministic`` false actions sampled as in
+    training, from torch's generator seeded with ``seed`` (so a meta-test is reproducible); the
+    global random streams are restored afterwards (training continues as if it had not run)."""
+    deterministic = config.get("eval_deterministic", True)  # configs written before the key: True
+    with preserved_rng_state():
+        if not deterministic:
+            torch.manual_seed(seed)
+        return evaluate(
+            model, config["env_id"], n_tasks=n_tasks, seed=seed, deterministic=deterministic, **config["env"]
+        )
+
+
 def belief_cells_over_trial(model: BayesPPO, env_id: str, seed: int, env_kwargs: dict[str, Any]):
     """The decoder's per-cell reward belief ``p(reward at cell | μ_t)`` at each step of one trial
     (the first test task), ``[T, size, size]`` as nested lists, for beliefs that decode one over
@@ -237,7 +251,7 @@ def evaluate_run(
     env_id, env_kwargs = config["env_id"], config["env"]
     model = load_model(run_dir, device=config["device"] if config["device"] != "auto" else "cpu")
     start = time.perf_counter()
-    agent: EvaluationResult = evaluate(model, env_id, n_tasks=n_tasks, seed=seed, **env_kwargs)
+    agent = meta_test(model, config, n_tasks, seed)
     agent_summary = agent.summary()
     agent_summary["policy"] = f"{config['method']} (trained, {model.num_timesteps:,} steps)"
     report: dict[str, Any] = {

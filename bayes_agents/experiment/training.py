@@ -41,6 +41,7 @@ from bayes_agents.experiment.config import (
     config_differences,
     jsonable,
 )
+from bayes_agents.experiment.evaluation import meta_test
 from bayes_agents.experiment.runfiles import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -56,7 +57,6 @@ from bayes_agents.experiment.runfiles import (
 )
 from bayes_agents.ppo import BayesPPO
 from bayes_envs import references
-from bayes_envs.evaluation import evaluate
 
 
 def set_torch_threads(threads: int | None = None) -> int:
@@ -241,14 +241,8 @@ class RunController(BaseCallback):
         """Meta-test the model on the run's fixed test tasks: log it, append it to evaluations.jsonl
         (with ``percent_of_bayes_optimal`` where the env has an exact Bayes-optimal return) and print
         its :func:`meta_test_line` (above the progress bar; nothing without progress output)."""
-        with preserved_rng_state():
-            summary = evaluate(
-                self.model,
-                self.config["env_id"],
-                n_tasks=self.config["eval_tasks"],
-                seed=self.config["eval_seed"],
-                **self.config["env"],
-            ).summary()
+        config = self.config
+        summary = meta_test(self.model, config, config["eval_tasks"], config["eval_seed"]).summary()
         self.logger.record("eval/trial_return", summary["trial_return_mean"])
         for episode, value in enumerate(summary["episode_return_mean"], start=1):
             self.logger.record(f"eval/inner_return_{episode}", value)
