@@ -12,7 +12,11 @@ run's first ``N`` test tasks, recording what they pull over the late stretch: th
 on the task's best arm, the share that switch arm from the previous pull, and the share on an arm
 other than the one pulled most so far in the trial.
 
-    python benchmarks/bandit_regret_profile.py RUN_DIR [RUN_DIR ...] [--pulls N] [--out FILE]
+With ``--modes``, each run's agent is meta-tested again on its final evaluation's tasks twice: with
+its most likely actions and with actions sampled as in training (``eval_deterministic`` true and
+false; the sampling seeded by the task seed), its regret at the last pull recorded for each.
+
+    python benchmarks/bandit_regret_profile.py RUN_DIR [RUN_DIR ...] [--pulls N] [--modes] [--out FILE]
 
 Writes ``benchmarks/results/bandit_regret_profile.json`` (``--out``) and prints a table.
 """
@@ -28,6 +32,7 @@ import numpy as np
 from learning import git_commit, repo_relative
 
 from bayes_agents.experiment import atomic_write_text, load_model, read_config
+from bayes_agents.experiment.evaluation import meta_test
 from bayes_envs.evaluation import evaluate
 from bayes_envs.references.base import ReferencePolicy
 from bayes_envs.references.registry import reference_policies
@@ -110,6 +115,19 @@ def rollout_pulls(run_dir: Path, n_tasks: int, late: tuple[int, int]) -> dict[st
     }
 
 
+def action_modes(run_dir: Path) -> dict[str, float]:
+    """The run's regret at the last pull on its final evaluation's tasks, acting with the most likely
+    actions (``deterministic``) and with sampled ones (``sampled``)."""
+    config = read_config(run_dir)
+    model = load_model(run_dir)
+    regret = {}
+    for mode, deterministic in (("deterministic", True), ("sampled", False)):
+        mode_config = {**config, "eval_deterministic": deterministic}
+        result = meta_test(model, mode_config, config["final_eval_tasks"], config["eval_seed"])
+        regret[mode] = float(np.nanmean(result.cumulative_regret[:, -1]))
+    return regret
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -117,6 +135,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("run_dirs", nargs="+", type=Path)
     parser.add_argument("--late", nargs=2, type=int, default=(30, 50), metavar=("START", "END"))
     parser.add_argument("--pulls", type=int, default=0, metavar="N", help="roll out N test tasks per run")
+    parser.add_argument("--modes", action="store_true", help="regret with most likely and sampled actions")
     parser.add_argument("--out", type=Path, default=RESULTS / "bandit_regret_profile.json")
     args = parser.parse_args(argv)
     late = tuple(args.late)
@@ -136,6 +155,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
         if args.pulls:
             runs[repo_relative(run_dir.resolve())]["late_pulls"] = rollout_pulls(run_dir, args.pulls, late)
+        if args.modes:
+            runs[repo_relative(run_dir.resolve())]["final_regret_by_action_mode"] = action_modes(run_dir)
         for name, reference in evaluation["references"].items():
             # The references are evaluated on the run's fixed tasks: the same for every run of one
             # eval_seed and task count, so the first run's are kept.
@@ -144,6 +165,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "benchmark": "bandit_regret_profile",
         "command": "python benchmarks/bandit_regret_profile.py "
         + (f"--pulls {args.pulls} " if args.pulls else "")
+        + ("--modes " if args.modes else "")
         + " ".join(runs),
         "git": git_commit(),
         "late": list(late),
@@ -164,6 +186,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 keys = ("on_best_arm", "switch_arm", "off_most_pulled_arm")
                 values = " / ".join(f"{shares[key]:.3f}" for key in keys)
                 print(f"{name[-50:]:<51}{who:<24}{values}")
+    if args.modes:
+        print("\nregret at the last pull: most likely actions / sampled actions")
+        for name, row in runs.items():
+            modes = row["final_regret_by_action_mode"]
+            print(f"{name[-63:]:<64}{modes['deterministic']:6.2f} / {modes['sampled']:6.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps(result, indent=1) + "\n")
     return result
