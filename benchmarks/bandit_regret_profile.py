@@ -147,16 +147,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         evaluation = json.loads(path.read_text())
         if evaluation["agent"].get("env_id") != "BayesBandit-v0":
             raise ValueError(f"run_dirs: {run_dir} is not a BayesBandit-v0 run")
-        runs[repo_relative(run_dir.resolve())] = {
+        row = runs[repo_relative(run_dir.resolve())] = {
             "seed": evaluation["config"]["seed"],
             "config": {key: evaluation["config"][key] for key in ("ppo", "policy", "norm_prev_reward")},
             "final_regret": evaluation["agent"]["final_regret_mean"],
             **profile(evaluation["agent"]["cumulative_regret_mean"], PULLS, late),
         }
         if args.pulls:
-            runs[repo_relative(run_dir.resolve())]["late_pulls"] = rollout_pulls(run_dir, args.pulls, late)
+            row["late_pulls"] = rollout_pulls(run_dir, args.pulls, late)
         if args.modes:
-            runs[repo_relative(run_dir.resolve())]["final_regret_by_action_mode"] = action_modes(run_dir)
+            row["final_regret_by_action_mode"] = action_modes(run_dir)
         for name, reference in evaluation["references"].items():
             # The references are evaluated on the run's fixed tasks: the same for every run of one
             # eval_seed and task count, so the first run's are kept.

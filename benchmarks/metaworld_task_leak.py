@@ -98,9 +98,7 @@ def analyse(env_name: str, benchmark_seed: int) -> dict[str, Any]:
                 (np.linalg.norm(goals - constant, axis=1) <= SUCCESS_RADIUS).mean()
             ),
             "any_train_goal_within_radius": float(
-                (pairwise(goals, train_goals).min(1) <= SUCCESS_RADIUS).mean()
-                if split == "test"
-                else 1.0
+                (pairwise(goals, train_goals).min(1) <= SUCCESS_RADIUS).mean() if split == "test" else 1.0
             ),
             "object_goal_correlation_max_abs": float(np.abs(correlation).max()),
         }

@@ -855,9 +855,8 @@ class GLiBRLBelief(Belief):
         :return: the mean loss before the steps.
         """
         check_positive_int("n_updates", n_updates)
-        rate = self._basis_rate.at(progress_remaining)
         if self._basis_optimizer is None:
-            self._basis_optimizer = model_adam(self.basis.parameters(), rate)
+            self._basis_optimizer = model_adam(self.basis.parameters(), self._basis_rate.at(1.0))
         self._basis_rate.apply(self._basis_optimizer, progress_remaining)
         losses = []
         with torch.enable_grad():
