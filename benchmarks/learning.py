@@ -505,6 +505,9 @@ def run_benchmark(benchmark: Benchmark, doc: str, argv: list[str] | None = None)
             )
             runs.update(derived)
             outcomes_by_env[env_id] += _outcomes(env_id, derived)
+    # The state of the code that trained and evaluated, taken before this script rewrites its own
+    # tracked plots (which would otherwise always read as local changes).
+    git = git_commit()
     if benchmark.plots:
         from bayes_agents import plotting
 
@@ -531,7 +534,7 @@ def run_benchmark(benchmark: Benchmark, doc: str, argv: list[str] | None = None)
         "metric": spec.metric,
         "higher_is_better": sweep.METRICS[spec.metric][1],
         "command": shlex.join(["python", *(benchmark.script or (f"benchmarks/{benchmark.name}.py",)), *argv]),
-        "git": git_commit(),
+        "git": git,
         "sweep_file": repo_relative(args.sweep),
         "runs_dir": repo_relative(spec.out),
         "settings": {
@@ -549,7 +552,7 @@ def run_benchmark(benchmark: Benchmark, doc: str, argv: list[str] | None = None)
         ],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    experiment.atomic_write_text(args.out, json.dumps(results, indent=1) + "\n")
     from results_tables import render_learning
 
     print(render_learning(results, repo_relative(args.out)))
