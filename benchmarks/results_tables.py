@@ -97,7 +97,24 @@ def _missing(command: str, file: str) -> str:
 def _caption(result: dict[str, Any], name: str) -> str:
     git = result.get("git") or {}
     commit = (git.get("commit") or "unknown")[:10] + (" with local changes" if git.get("dirty") else "")
-    return f"`{result['command']}` (commit {commit}; `{name}`):"
+    return f"`{result['command']}` (commit {commit}{_environment_note(result)}; `{name}`):"
+
+
+def _environment_note(result: dict[str, Any]) -> str:
+    """``", torch 2.13.0+cpu, numpy 2.4.6, SB3 2.9.2, AVX512"`` for results that record their
+    software environment (``learning.software_environment``), ``""`` for older files."""
+    environment = result.get("environment")
+    if not environment:
+        return ""
+    packages = environment.get("packages", {})
+    parts = [
+        f"{label} {packages[package]}"
+        for package, label in (("torch", "torch"), ("numpy", "numpy"), ("stable_baselines3", "SB3"))
+        if packages.get(package)
+    ]
+    if environment.get("torch_cpu_capability"):
+        parts.append(str(environment["torch_cpu_capability"]))
+    return "".join(f", {part}" for part in parts)
 
 
 def _mean(values: list[float]) -> float:

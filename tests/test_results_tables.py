@@ -569,3 +569,21 @@ def test_bandit_regret_profile_reads_cumulative_regret_and_late_pulls() -> None:
     assert shares["on_best_arm"] == pytest.approx((4 + 2) / 8)
     assert shares["switch_arm"] == pytest.approx(4 / 8)  # every late pull of task 1 switches
     assert shares["off_most_pulled_arm"] == pytest.approx(2 / 8)  # its pulls of arm 2 (arm 0 leads)
+
+
+def test_results_record_and_caption_their_software_environment() -> None:
+    import stable_baselines3
+    import torch
+
+    environment = learning.software_environment()
+    assert environment["packages"]["torch"] == torch.__version__
+    assert environment["packages"]["numpy"] == np.__version__
+    assert environment["packages"]["stable_baselines3"] == stable_baselines3.__version__
+    assert environment["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    result = {"command": "python benchmarks/x.py", "git": {"commit": "0123456789abcdef", "dirty": False}}
+    plain = "`python benchmarks/x.py` (commit 0123456789; `x.json`):"
+    assert results_tables._caption(result, "x.json") == plain
+    caption = results_tables._caption({**result, "environment": environment}, "x.json")
+    versions = f"torch {torch.__version__}, numpy {np.__version__}, SB3 {stable_baselines3.__version__}"
+    assert versions in caption
+    assert caption.endswith(f"{environment['torch_cpu_capability']}; `x.json`):")
