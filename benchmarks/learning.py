@@ -20,11 +20,9 @@ is what ``benchmarks/results_tables.py`` renders into the README and docs/result
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import itertools
 import json
 import multiprocessing
-import platform
 import shlex
 import subprocess
 import sys
@@ -35,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from scipy import stats
 
 from bayes_agents import experiment, laplace_from_rl2, sweep
@@ -454,28 +451,6 @@ def git_commit() -> dict[str, Any]:
     return {"commit": commit, "dirty": bool(status.strip())}
 
 
-#: Packages whose versions a result records: a run's numbers depend on their numerics and random
-#: streams (a seed's result need not carry over to other versions, or to a CPU with other kernels).
-RECORDED_PACKAGES = ("torch", "numpy", "gymnasium", "stable_baselines3", "sb3_contrib", "mujoco", "metaworld")
-
-
-def software_environment() -> dict[str, Any]:
-    """The Python, package versions (None when not installed) and torch's CPU kernel level
-    (``torch.backends.cpu.get_cpu_capability()``, e.g. ``"AVX512"``) that produced a result."""
-    versions: dict[str, str | None] = {}
-    for package in RECORDED_PACKAGES:
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
-    return {
-        "python": platform.python_version(),
-        "packages": versions,
-        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "machine": platform.machine(),
-    }
-
-
 def _iqm(row: dict[str, Any] | None) -> dict[str, Any] | None:
     return row and {key: row[key] for key in ("iqm", "iqm_ci", "mean", "mean_ci", "n_runs")}
 
@@ -560,7 +535,7 @@ def run_benchmark(benchmark: Benchmark, doc: str, argv: list[str] | None = None)
         "higher_is_better": sweep.METRICS[spec.metric][1],
         "command": shlex.join(["python", *(benchmark.script or (f"benchmarks/{benchmark.name}.py",)), *argv]),
         "git": git,
-        "environment": software_environment(),
+        "environment": experiment.software_environment(),
         "sweep_file": repo_relative(args.sweep),
         "runs_dir": repo_relative(spec.out),
         "settings": {

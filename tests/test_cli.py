@@ -92,6 +92,7 @@ def test_train_evaluate_plot_end_to_end(tmp_path: Path, capsys: pytest.CaptureFi
     assert [record["timesteps"] for record in evaluations] == [0, 120]
     report = json.loads((run / "evaluation.json").read_text())
     assert report["agent"]["n_tasks"] == 21 and report["num_timesteps"] == 180
+    assert report["environment"] == experiment.software_environment()  # the software that produced it
     assert report["belief_cells"] is None  # RL² decodes no belief over cells
     assert {"oracle (known goal)", "posterior sampling", "uniform random"} <= set(report["references"])
     assert report["exact"]["Bayes-optimal (exact)"] == pytest.approx(

@@ -575,7 +575,7 @@ def test_results_record_and_caption_their_software_environment() -> None:
     import stable_baselines3
     import torch
 
-    environment = learning.software_environment()
+    environment = learning.experiment.software_environment()
     assert environment["packages"]["torch"] == torch.__version__
     assert environment["packages"]["numpy"] == np.__version__
     assert environment["packages"]["stable_baselines3"] == stable_baselines3.__version__

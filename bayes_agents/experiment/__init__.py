@@ -90,6 +90,7 @@ from bayes_agents.experiment.runfiles import (
     read_json,
     read_jsonl,
     remove_stale_temporaries,
+    software_environment,
     stale_temporaries,
     truncate_jsonl,
 )
@@ -178,6 +179,7 @@ __all__ = [
     "save_checkpoint",
     "set_rng_state",
     "set_torch_threads",
+    "software_environment",
     "stale_temporaries",
     "train",
     "truncate_jsonl",

@@ -36,6 +36,7 @@ from bayes_agents.experiment.runfiles import (
     atomic_write_text,
     error_summary,
     read_config,
+    software_environment,
 )
 from bayes_agents.methods import get_method
 from bayes_agents.ppo import BayesPPO
@@ -258,6 +259,7 @@ def evaluate_run(
         "run_dir": str(run_dir),
         "config": config,
         "num_timesteps": int(model.num_timesteps),
+        "environment": software_environment(),
         "agent": agent_summary,
         "references": {},
         "exact": {},

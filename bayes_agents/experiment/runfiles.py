@@ -14,8 +14,10 @@ A *run directory* holds everything about one (env, method, seed) training run:
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import json
 import os
+import platform
 import sys
 import tempfile
 import warnings
@@ -52,6 +54,31 @@ class RunDirectoryError(RuntimeError):
 
 class RunFileWarning(UserWarning):
     """A run file was repaired on reading (e.g. a partial last line of a JSON-lines file dropped)."""
+
+
+#: Packages whose versions a run records: its numbers depend on their numerics and random streams (a
+#: seed's result need not carry over to other versions, or to a CPU with other kernels).
+RECORDED_PACKAGES = ("torch", "numpy", "gymnasium", "stable_baselines3", "sb3_contrib", "mujoco", "metaworld")
+
+
+def software_environment() -> dict[str, Any]:
+    """The Python, package versions (None when not installed), torch's CPU kernel level
+    (``torch.backends.cpu.get_cpu_capability()``, e.g. ``"AVX512"``) and machine that produced a
+    result; ``evaluation.json`` and the benchmarks' result files record it."""
+    import torch
+
+    versions: dict[str, str | None] = {}
+    for package in RECORDED_PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "python": platform.python_version(),
+        "packages": versions,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "machine": platform.machine(),
+    }
 
 
 def _file_mode() -> int:
