@@ -102,7 +102,7 @@ def _caption(result: dict[str, Any], name: str) -> str:
 
 def _environment_note(result: dict[str, Any]) -> str:
     """``", torch 2.13.0+cpu, numpy 2.4.6, SB3 2.9.2, AVX512"`` for results that record their
-    software environment (``learning.software_environment``), ``""`` for older files."""
+    software environment (``bayes_agents.experiment.software_environment``), ``""`` for older files."""
     environment = result.get("environment")
     if not environment:
         return ""

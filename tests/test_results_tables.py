@@ -575,7 +575,9 @@ def test_results_record_and_caption_their_software_environment() -> None:
     import stable_baselines3
     import torch
 
-    environment = learning.experiment.software_environment()
+    from bayes_agents.experiment import software_environment
+
+    environment = software_environment()
     assert environment["packages"]["torch"] == torch.__version__
     assert environment["packages"]["numpy"] == np.__version__
     assert environment["packages"]["stable_baselines3"] == stable_baselines3.__version__

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from stable_baselines3.common.logger import KVWriter, Logger, TensorBoardOutputFormat
 
 CONFIG_FILE = "config.json"
@@ -65,8 +66,6 @@ def software_environment() -> dict[str, Any]:
     """The Python, package versions (None when not installed), torch's CPU kernel level
     (``torch.backends.cpu.get_cpu_capability()``, e.g. ``"AVX512"``) and machine that produced a
     result; ``evaluation.json`` and the benchmarks' result files record it."""
-    import torch
-
     versions: dict[str, str | None] = {}
     for package in RECORDED_PACKAGES:
         try:
