@@ -150,6 +150,7 @@ class BeliefExtractor(BaseFeaturesExtractor):
         #: The (detached) belief of the last forward pass, leading dim ``[N]``.
         self.last_belief_output: BeliefOutput | None = None
         self._acting_cache: _ActingCache | None = None
+        self._last_pass: _LastPass | None = None
 
     def history_inputs(self, observations: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """The RL² inputs ``[T, N, input_dim]`` of the histories (time-major, trimmed to the longest
@@ -282,14 +283,18 @@ class BeliefExtractor(BaseFeaturesExtractor):
     def forward(self, observations: dict[str, Tensor]) -> Tensor:
         """``[N, obs_dim + policy_input_dim]``: the flattened current observation and the belief features.
 
-        Without gradients the belief comes from :meth:`acting_belief` (incremental, full posterior);
-        with gradients from :meth:`~bayes_agents.beliefs.Belief.policy_sequence` over each row's
-        history (only what the policy input reads)."""
+        With gradients the belief comes from :meth:`~bayes_agents.beliefs.Belief.policy_sequence`
+        over each row's history (only what the policy input reads); without, from the last pass with
+        gradients if the histories and belief weights are bit-equal to its (:class:`_LastPass`), else
+        from :meth:`acting_belief` (incremental, full posterior)."""
         if torch.is_grad_enabled():
             inputs, lengths = self.history_inputs(observations)
             # Steps of one trial (an on-policy minibatch) are read off one pass of the trial.
             sequence, source = self._pass_from_prior(inputs, lengths, self.belief.policy_sequence)
             output = sequence.apply(lambda value: value[lengths - 1, source])
+            self._last_pass = _LastPass(observations, output.apply(Tensor.detach), self.belief)
+        elif self._last_pass is not None and self._last_pass.holds(observations, self.belief):
+            output = self._last_pass.output  # SAC's critic passes over the actor's replay batch
         else:
             output = self.acting_belief(observations)
         self.last_belief_output = output.apply(Tensor.detach)
@@ -356,22 +361,19 @@ class _ActingCache:
         self.inputs, self.lengths, self.states, self.weights = inputs, lengths, states, weights
 
     @staticmethod
-    def _weights(belief: Belief) -> list[Tensor]:
+    def belief_weights(belief: Belief) -> list[Tensor]:
+        """The belief's parameters and buffers."""
         return [*belief.parameters(), *belief.buffers()]
 
     @classmethod
     def snapshot(cls, belief: Belief) -> list[Tensor]:
         """Copies of the belief's parameters and buffers."""
-        return [tensor.detach().clone() for tensor in cls._weights(belief)]
+        return [tensor.detach().clone() for tensor in cls.belief_weights(belief)]
 
     def same_weights(self, belief: Belief) -> bool:
         """Whether the belief still has the kept values (compared, not version-counted: SB3's Polyak
         updates write ``.data`` in place, which no version counter sees)."""
-        current = self._weights(belief)
-        return len(current) == len(self.weights) and all(
-            kept.shape == now.shape and torch.equal(kept, now.detach())
-            for kept, now in zip(self.weights, current, strict=True)
-        )
+        return _same_values(self.weights, self.belief_weights(belief))
 
     def continued_rows(self, inputs: Tensor, lengths: Tensor) -> Tensor:
         """``[N]`` bool: rows whose history is the kept one plus one entry, the kept entries equal."""
@@ -381,6 +383,34 @@ class _ActingCache:
         same = entries_equal(inputs[:common], self.inputs[:common])  # [common, N]
         within = torch.arange(common, device=inputs.device)[:, None] < self.lengths[None, :]
         return candidates & (same | ~within).all(dim=0)
+
+
+class _LastPass:
+    """The histories of :meth:`BeliefExtractor.forward`'s last pass with gradients, its (detached)
+    belief output and a copy of the belief's weights then. A pass without gradients over bit-equal
+    histories at bit-equal weights returns that output instead of running the belief again: SB3's
+    SAC/TD3 with ``share_features_extractor=True`` extract the same replay observations three times
+    per gradient step (the actor with gradients, then the critic twice without), and only the
+    actor's optimizer, after the last of them, moves the extractor."""
+
+    def __init__(self, observations: dict[str, Tensor], output: BeliefOutput, belief: Belief) -> None:
+        self.histories = [observations[key].detach().clone() for key in (*HISTORY_KEYS, HISTORY_MASK_KEY)]
+        self.output = output
+        self.weights = _ActingCache.snapshot(belief)
+
+    def holds(self, observations: dict[str, Tensor], belief: Belief) -> bool:
+        """Whether ``observations`` have this pass's histories and ``belief`` its weights, bit for bit."""
+        current = [observations[key] for key in (*HISTORY_KEYS, HISTORY_MASK_KEY)]
+        return _same_values(self.histories, current) and _same_values(
+            self.weights, _ActingCache.belief_weights(belief)
+        )
+
+
+def _same_values(kept: list[Tensor], current: list[Tensor]) -> bool:
+    return len(kept) == len(current) and all(
+        old.shape == new.shape and old.device == new.device and torch.equal(old, new.detach())
+        for old, new in zip(kept, current, strict=True)
+    )
 
 
 class HistoryPredictor:

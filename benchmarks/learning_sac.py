@@ -13,7 +13,12 @@ share of trials whose inner episode ran the task's direction (``task_direction_r
 forward progress). Finished runs are reused (``model.zip`` and ``train.json`` of the same config).
 
     python benchmarks/learning_sac.py [--methods rl2 none] [--seeds 0 1] [--timesteps 500000]
-        [--n-envs 8] [--window 8] [--workers 2] [--runs DIR] [--out FILE]
+        [--n-envs 8] [--window 8] [--share-features-extractor] [--workers 2] [--runs DIR] [--out FILE]
+
+``--share-features-extractor`` passes SB3's ``share_features_extractor=True``: one extractor for
+actor and critic, trained by the actor loss only (SB3 then runs the critic's features without
+gradients, and the extractor reuses the actor's pass for them), ~1.7x the env steps/s
+(``benchmarks/extractors.py``). Its runs live under ``method=M,shared``.
 
 Writes ``benchmarks/results/learning_sac.json`` and the curves ``learning_sac.png``; prints a table.
 """
@@ -49,10 +54,12 @@ TRAINED_FILES = ("model.zip", "train.json")
 EVAL_SEED = 10_000
 
 
-def label(method: str) -> str:
+def label(method: str, shared: bool = False) -> str:
     from bayes_agents.extractors import EXTRACTORS
 
-    return "SAC, no belief" if method == NO_BELIEF else f"SAC + {EXTRACTORS[method].__name__}"
+    if method == NO_BELIEF:
+        return "SAC, no belief"
+    return f"SAC + {EXTRACTORS[method].__name__}" + (" (shared extractor)" if shared else "")
 
 
 def build(config: dict[str, Any]) -> tuple[Any, Any]:
@@ -77,8 +84,14 @@ def build(config: dict[str, Any]) -> tuple[Any, Any]:
     policy_kwargs = {
         key: value for key, value in extractor_defaults(ENV_ID, method).items() if key != "net_arch"
     }
-    model = SAC("MultiInputPolicy", venv, policy_kwargs=policy_kwargs, **common)
-    return model, HistoryPredictor(model, name=label(method))
+    shared = bool(config.get("share_features_extractor"))
+    model = SAC(
+        "MultiInputPolicy",
+        venv,
+        policy_kwargs={**policy_kwargs, "share_features_extractor": shared},
+        **common,
+    )
+    return model, HistoryPredictor(model, name=label(method, shared))
 
 
 def meta_test(policy: Any, n_tasks: int, split: str) -> dict[str, Any]:
@@ -120,7 +133,8 @@ def train_job(job: dict[str, Any]) -> None:
                     self.next_eval += config["eval_every"]
                     summary = meta_test(policy, config["curve_tasks"], "test")
                     curve.append({"env_steps": int(self.num_timesteps), **_curve_point(summary)})
-                    print(f"  {label(config['method'])} seed {config['seed']}: {curve[-1]}", flush=True)
+                    name = label(config["method"], bool(config.get("share_features_extractor")))
+                    print(f"  {name} seed {config['seed']}: {curve[-1]}", flush=True)
                 return True
 
         callbacks: list[BaseCallback] = [Curve()]
@@ -158,15 +172,16 @@ def _curve_point(summary: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def summarise(runs: dict[str, dict[int, Path]]) -> dict[str, Any]:
+def summarise(runs: dict[str, dict[int, Path]], shared: bool = False) -> dict[str, Any]:
     """Per method: test/train trial return, return and direction rate per inner episode (mean, CI
     and worst seed over seeds), episode 2 − episode 1, training minutes and env steps/s, the curves."""
     methods = {}
     for method, seeds in runs.items():
         reports = {seed: experiment.read_json(path / "evaluation.json") for seed, path in seeds.items()}
         test = {seed: report["test"] for seed, report in reports.items()}
-        methods[label(method)] = {
+        methods[label(method, shared)] = {
             "method": method,
+            "share_features_extractor": shared and method != NO_BELIEF,
             "seeds": list(seeds),
             "run_dirs": [repo_relative(path) for path in seeds.values()],
             "env_steps": [reports[s]["num_timesteps"] for s in seeds],
@@ -230,6 +245,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--timesteps", type=int, default=500_000)
     parser.add_argument("--n-envs", type=int, default=8)
     parser.add_argument("--window", type=int, default=8)
+    parser.add_argument(
+        "--share-features-extractor",
+        action="store_true",
+        help="one extractor for actor and critic (SB3's share_features_extractor=True)",
+    )
     parser.add_argument("--eval-every", type=int, default=50_000)
     parser.add_argument("--curve-tasks", type=int, default=20)
     parser.add_argument(
@@ -254,8 +274,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     unknown = sorted(set(args.methods) - set(EXTRACTORS) - {NO_BELIEF})
     if unknown:
         parser.error(f"--methods: unknown {unknown}; choose from {[*EXTRACTORS, NO_BELIEF]}")
+    shared = args.share_features_extractor
     runs = {
-        m: {s: args.runs / ENV_ID / f"method={m}" / f"seed_{s}" for s in args.seeds} for m in args.methods
+        m: {
+            s: args.runs
+            / ENV_ID
+            / (f"method={m},shared" if shared and m != NO_BELIEF else f"method={m}")
+            / f"seed_{s}"
+            for s in args.seeds
+        }
+        for m in args.methods
     }
     jobs = []
     for method, seeds in runs.items():
@@ -267,6 +295,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "timesteps": args.timesteps,
                 "n_envs": args.n_envs,
                 "window": None if method == NO_BELIEF else args.window,
+                "share_features_extractor": None if method == NO_BELIEF else shared,
                 "buffer_size": min(args.timesteps, 1_000_000),
                 "eval_every": args.eval_every,
                 "curve_tasks": args.curve_tasks,
@@ -274,7 +303,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             }
             jobs.append({"config": config, "run_dir": str(run_dir)})
     run_in_processes(train_job, jobs, args.workers)
-    methods = summarise(runs)
+    methods = summarise(runs, shared)
     command = "python benchmarks/learning_sac.py " + " ".join(sys.argv[1:] if argv is None else argv)
     results = {
         "format": FORMAT,

@@ -245,6 +245,37 @@ def test_features_with_gradients_equal_the_full_pass_and_train_the_belief(method
     assert extractor.belief.cell.weight_hh.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("method", ["laplace", "rl2"])
+def test_a_pass_without_gradients_reuses_the_last_pass_only_at_equal_histories_and_weights(
+    method, monkeypatch
+) -> None:
+    """SAC with a shared extractor reads the actor's replay batch twice more without gradients: those
+    passes return the gradient pass's features; other histories or moved weights run the belief."""
+    env = TrialHistoryWrapper(gym.make("BayesGrid-v0"))
+    extractor = EXTRACTORS[method](env.observation_space, **GRID_KWARGS[method])
+    _, observations = grid_trial(30, window=None)
+    batch, other = torch_obs(observations), torch_obs(observations[:-1])
+    with_gradients = extractor(batch)
+    acted = []
+    monkeypatch.setattr(
+        extractor,
+        "acting_belief",
+        lambda obs: acted.append(1) or type(extractor).acting_belief(extractor, obs),
+    )
+    with torch.no_grad():
+        reused = extractor({key: value.clone() for key, value in batch.items()})  # equal, not the same
+        assert not acted
+        torch.testing.assert_close(reused, with_gradients.detach(), rtol=0, atol=0)
+        torch.testing.assert_close(reused, _reference_features(extractor, batch), rtol=1e-5, atol=1e-6)
+        extractor(other)  # other histories: a pass of their own
+        assert len(acted) == 1
+        next(extractor.belief.parameters()).add_(0.05)  # as an optimizer step or Polyak update would
+        moved = extractor(batch)
+        assert len(acted) == 2
+        torch.testing.assert_close(moved, _reference_features(extractor, batch), rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(moved, reused)
+
+
 def _trial_prefixes(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Histories [T, N, D] of 3 trials (all their prefixes, shuffled, one duplicated) and 2 unrelated
     rows whose first entries equal a trial's (as every grid trial's first input is the same)."""

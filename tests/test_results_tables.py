@@ -405,6 +405,28 @@ def test_learning_sac_trains_meta_tests_and_reuses_runs_end_to_end(tmp_path: Pat
     assert again["methods"]["SAC, no belief"]["trial_return"] == methods["SAC, no belief"]["trial_return"]
 
 
+def test_learning_sac_shares_the_extractor_on_request(tmp_path: Path) -> None:
+    """``--share-features-extractor``: one extractor for actor and critic, its own run directories and
+    label, and the flag recorded in the run's config and the summary."""
+    pytest.importorskip("mujoco")
+    import learning_sac
+    from stable_baselines3 import SAC
+
+    out = tmp_path / "learning_sac_shared.json"
+    argv = ["--methods", "rl2", "--seeds", "0", "--timesteps", "160", "--n-envs", "2", "--window", "4",
+            "--eval-every", "160", "--curve-tasks", "2", "--tasks", "2", "--workers", "1",
+            "--share-features-extractor", "--runs", str(tmp_path / "runs"), "--out", str(out)]  # fmt: skip
+    methods = learning_sac.main(argv)["methods"]
+    assert list(methods) == ["SAC + RL2Extractor (shared extractor)"]
+    row = methods["SAC + RL2Extractor (shared extractor)"]
+    assert row["share_features_extractor"] is True
+    run_dir = tmp_path / "runs" / learning_sac.ENV_ID / "method=rl2,shared" / "seed_0"
+    assert json.loads((run_dir / "train.json").read_text())["config"]["share_features_extractor"] is True
+    model = SAC.load(run_dir / "model.zip", device="cpu")
+    assert model.policy.share_features_extractor
+    assert model.policy.critic.features_extractor is model.policy.actor.features_extractor
+
+
 @pytest.mark.parametrize("env", ["grid", "bandit"])
 def test_learning_extractors_runs_recurrent_and_extractor_runs_end_to_end(env, tmp_path: Path) -> None:
     """A tiny sweep: the recurrent RL² run and PPO + RL2Extractor at the same settings land in one
