@@ -17,7 +17,9 @@ warm-up ``learn()`` (compare rates measured in one run: the machines are shared 
   env's plain observation (no belief) for reference; then RL² at the settings of
   ``benchmarks/learning_sac.py``: a window of 8, on one env and on 8 batched envs
   (``TrialHistoryVecWrapper``; SB3's ``train_freq`` counts steps of the VecEnv, so one gradient step
-  per 8 env steps), with plain SAC on 8 envs for reference.
+  per 8 env steps), with plain SAC on 8 envs for reference; and on 8 envs with SB3's
+  ``share_features_extractor=True`` (one extractor, trained by the actor loss; the critic's features
+  run without gradients and reuse the actor's pass), for RL² and Laplace-VRNN.
 
 Ratios with the throughput issue's targets: PPO + extractor (batched envs) ≥ 0.5× ``BayesPPO`` with
 the same belief; SAC + extractor ≥ 100 env steps/s.
@@ -124,13 +126,14 @@ def sac(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         )
     }
 
-    def with_extractor(method: str, env: Any) -> SAC:
+    def with_extractor(method: str, env: Any, shared: bool = False) -> SAC:
+        policy_kwargs = {  # SAC's own heads (256, 256), as in the plain SAC row
+            key: value for key, value in extractor_defaults(CHEETAH, method).items() if key != "net_arch"
+        }
         return SAC(
             "MultiInputPolicy",
             env,
-            policy_kwargs={  # SAC's own heads (256, 256), as in the plain SAC row
-                key: value for key, value in extractor_defaults(CHEETAH, method).items() if key != "net_arch"
-            },
+            policy_kwargs={**policy_kwargs, "share_features_extractor": shared},
             buffer_size=50_000,
             seed=0,
             device="cpu",
@@ -151,6 +154,14 @@ def sac(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     rows[f"SAC + RL2Extractor (window {SAC_SHORT_WINDOW}, {n_envs} envs)"] = rate(
         with_extractor("rl2", venv), timesteps * n_envs // 2, warmup * n_envs // 2
     )
+    for method in ("rl2", "laplace"):
+        venv = TrialHistoryVecWrapper(bayes_envs.make_vec(CHEETAH, n_envs, seed=0), window=SAC_SHORT_WINDOW)
+        callback = None if method == "rl2" else (lambda: BeliefAuxLossCallback(batch_size=64))
+        settings = f"window {SAC_SHORT_WINDOW}, {n_envs} envs, shared extractor"
+        name = f"SAC + {EXTRACTORS[method].__name__} ({settings})"
+        rows[name] = rate(
+            with_extractor(method, venv, shared=True), timesteps * n_envs // 2, warmup * n_envs // 2, callback
+        )
     plain = SAC(
         "MlpPolicy", bayes_envs.make_vec(CHEETAH, n_envs, seed=0, rl2_inputs=False), seed=0, device="cpu"
     )
