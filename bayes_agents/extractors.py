@@ -31,6 +31,9 @@ recurrent step: the extractor keeps the belief state after each row's history an
 continuation exactly (the history's earlier entries equal, bit for bit, the previous call's, and
 every parameter and buffer of the belief unchanged); other rows are run over their history from the
 prior. The outputs are the full pass's to rounding (a single recurrent step uses the cell kernel).
+A replay batch (SAC's next observations: histories of many lengths) runs, like a pass with
+gradients, only what the policy input needs, and a pass without gradients over the histories of
+the last pass with gradients, at the same weights, reuses it (SAC's critic with a shared extractor).
 """
 
 from __future__ import annotations
@@ -147,7 +150,9 @@ class BeliefExtractor(BaseFeaturesExtractor):
         self.freeze_belief = bool(freeze_belief)
         if self.freeze_belief:
             self.belief.requires_grad_(False)
-        #: The (detached) belief of the last forward pass, leading dim ``[N]``.
+        #: The (detached) belief of the last forward pass, leading dim ``[N]``: the whole posterior
+        #: when acting on envs; for a pass with gradients or over a replay batch (histories of many
+        #: lengths), only the fields the policy input reads (``Belief.policy_sequence``).
         self.last_belief_output: BeliefOutput | None = None
         self._acting_cache: _ActingCache | None = None
         self._last_pass: _LastPass | None = None
@@ -216,10 +221,15 @@ class BeliefExtractor(BaseFeaturesExtractor):
         inputs, lengths = self.history_inputs(observations)
         batch, device = lengths.shape[0], inputs.device
         cache = self._acting_cache
-        continues = torch.zeros(batch, dtype=torch.bool, device=device)
+        # Rows whose history is the kept one plus one entry: the same envs, one step on. They
+        # continue from the kept state if the weights are unchanged. (``slid``: the same envs, one
+        # step on, with a full window that dropped its first entry.)
+        extends = slid = continues = torch.zeros(batch, dtype=torch.bool, device=device)
         same_weights = cache is not None and cache.same_weights(self.belief)
-        if same_weights and cache.lengths.shape[0] == batch:
-            continues = cache.continued_rows(inputs, lengths)
+        if cache is not None and cache.lengths.shape[0] == batch:
+            extends, slid = cache.continued_rows(inputs, lengths), cache.slid_rows(inputs, lengths)
+            if same_weights:
+                continues = extends & cache.has_state
         # Rows that continue their history, or start one (a single entry), take one recurrent step.
         starts = lengths == 1
         stepped = continues | starts
@@ -231,7 +241,8 @@ class BeliefExtractor(BaseFeaturesExtractor):
             current = inputs[lengths - 1, rows].unsqueeze(0)
             output, state = self.belief.sequence(current, state, starts.unsqueeze(0))
             weights = cache.weights if same_weights else _ActingCache.snapshot(self.belief)
-            self._acting_cache = _ActingCache(inputs.clone(), lengths.clone(), state, weights)
+            has_state = torch.ones(batch, dtype=torch.bool, device=device)
+            self._acting_cache = _ActingCache(inputs.clone(), lengths.clone(), state, weights, has_state)
             return output.apply(lambda value: value[0])
         groups: list[tuple[Tensor, BeliefOutput, Tensor]] = []
         if bool(stepped.any()):
@@ -245,40 +256,57 @@ class BeliefExtractor(BaseFeaturesExtractor):
                 inputs[last, rows].unsqueeze(0), state, (lengths[rows] == 1).unsqueeze(0)
             )
             groups.append((rows, output.apply(lambda value: value[0]), state))
-        # The others run from the prior: per length when there are few lengths (an env batch after
-        # an update: trials run in step), keeping each row's final state; else (a replay batch) in one
-        # pass over the histories that hold them (prefix_sources), without the states after each
-        # row's history: those rows are not continued at the next call.
-        resumable = lengths.clone()
-        others = torch.unique(lengths[~stepped])
+        # The others run from the prior. The envs of the kept batch (rows that extend or slide the
+        # kept histories: an env batch after an update, or with a sliding window), or all rows at a
+        # first call, get the whole posterior: per length when there are few lengths (trials run in
+        # step), keeping each row's final state for the next call, else in one pass over the
+        # histories that hold them (prefix_sources). The other rows (a replay batch, or SAC's env
+        # batch after a replay batch and a gradient step) are not continued at the next call: one
+        # pass of only what the policy input reads (Laplace-VRNN: no precisions).
+        has_state = torch.ones(batch, dtype=torch.bool, device=device)
+        rerun = ~stepped & (extends | slid | (cache is None))
+        others = torch.unique(lengths[rerun])
         if len(others) <= _LENGTH_GROUPS:
             for length in others.tolist():
-                rows = ((lengths == length) & ~stepped).nonzero()[:, 0]
+                rows = ((lengths == length) & rerun).nonzero()[:, 0]
                 starts = torch.zeros(length, len(rows), dtype=torch.bool, device=device)
                 starts[0] = True
                 state = self.belief.initial_state(len(rows), device=device)
                 output, state = self.belief.sequence(inputs[:length, rows], state, starts)
                 groups.append((rows, output.apply(lambda value: value[-1]), state))
         else:
-            rows = (~stepped).nonzero()[:, 0]
-            row_lengths = lengths[rows]
-            output, source = self._pass_from_prior(inputs[:, rows], row_lengths, self._sequence_output)
+            groups.append(self._from_prior_without_states(inputs, lengths, rerun, self._sequence_output))
+            has_state &= ~rerun
+        replay = ~stepped & ~rerun
+        if bool(replay.any()):
             groups.append(
-                (
-                    rows,
-                    output.apply(lambda value: value[row_lengths - 1, source]),
-                    self.belief.initial_state(len(rows), device=device),  # not kept: see above
-                )
+                self._from_prior_without_states(inputs, lengths, replay, self.belief.policy_sequence)
             )
-            resumable[rows] = -1
+            has_state &= ~replay
         rows = torch.cat([group[0] for group in groups])
         order = torch.empty_like(rows)
         order[rows] = torch.arange(len(rows), device=device)
         output = type(groups[0][1]).cat([group[1] for group in groups]).apply(lambda value: value[order])
         states = torch.cat([group[2] for group in groups])[order]
         weights = cache.weights if same_weights else _ActingCache.snapshot(self.belief)
-        self._acting_cache = _ActingCache(inputs.clone(), resumable, states, weights)
+        self._acting_cache = _ActingCache(inputs.clone(), lengths.clone(), states, weights, has_state)
         return output
+
+    def _from_prior_without_states(
+        self,
+        inputs: Tensor,
+        lengths: Tensor,
+        chosen: Tensor,
+        run: Callable[[Tensor, Tensor, Tensor], BeliefOutput],
+    ) -> tuple[Tensor, BeliefOutput, Tensor]:
+        """The ``chosen`` rows ``[N]`` bool run from the prior in one pass (:meth:`_pass_from_prior`):
+        their indices, their output at their last entry, and prior states (the states after their
+        histories are not formed: these rows are not continued)."""
+        rows = chosen.nonzero()[:, 0]
+        row_lengths = lengths[rows]
+        output, source = self._pass_from_prior(inputs[:, rows], row_lengths, run)
+        state = self.belief.initial_state(len(rows), device=inputs.device)
+        return rows, output.apply(lambda value: value[row_lengths - 1, source]), state
 
     def forward(self, observations: dict[str, Tensor]) -> Tensor:
         """``[N, obs_dim + policy_input_dim]``: the flattened current observation and the belief features.
@@ -354,11 +382,15 @@ def prefix_sources(inputs: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
 
 class _ActingCache:
     """What :meth:`BeliefExtractor.acting_belief` keeps between calls: the histories' inputs
-    ``[T, N, D]`` and lengths ``[N]``, the belief state after each row's history ``[N, S]``, and a copy
-    of the belief's parameters and buffers (the states hold only for those values)."""
+    ``[T, N, D]`` and lengths ``[N]``, the belief state after each row's history ``[N, S]`` where
+    ``has_state`` ``[N]`` (rows run in one pass over many lengths have none), and a copy of the
+    belief's parameters and buffers (the states hold only for those values)."""
 
-    def __init__(self, inputs: Tensor, lengths: Tensor, states: Tensor, weights: list[Tensor]) -> None:
+    def __init__(
+        self, inputs: Tensor, lengths: Tensor, states: Tensor, weights: list[Tensor], has_state: Tensor
+    ) -> None:
         self.inputs, self.lengths, self.states, self.weights = inputs, lengths, states, weights
+        self.has_state = has_state
 
     @staticmethod
     def belief_weights(belief: Belief) -> list[Tensor]:
@@ -382,6 +414,15 @@ class _ActingCache:
         common = min(self.inputs.shape[0], inputs.shape[0])
         same = entries_equal(inputs[:common], self.inputs[:common])  # [common, N]
         within = torch.arange(common, device=inputs.device)[:, None] < self.lengths[None, :]
+        return candidates & (same | ~within).all(dim=0)
+
+    def slid_rows(self, inputs: Tensor, lengths: Tensor) -> Tensor:
+        """``[N]`` bool: rows of the kept length (> 1) whose history is the kept one without its first
+        entry plus one entry (a full window, one step on)."""
+        candidates = (lengths == self.lengths) & (lengths > 1)
+        common = min(self.inputs.shape[0] - 1, inputs.shape[0])
+        same = entries_equal(inputs[:common], self.inputs[1 : common + 1])  # [common, N]
+        within = torch.arange(common, device=inputs.device)[:, None] < (self.lengths - 1)[None, :]
         return candidates & (same | ~within).all(dim=0)
 
 

@@ -383,3 +383,15 @@ def test_optional_hooks_are_declared_on_the_base():
     flat = output.apply(lambda value: value[0])
     expected = belief.aux_loss(flat.apply(lambda value: value[mask]))
     torch.testing.assert_close(belief.aux_loss_rows(flat, mask), expected)
+
+
+def test_output_cat_keeps_the_fields_every_part_has() -> None:
+    """Concatenating a whole posterior with a policy-input-only output (the extractor's env rows and
+    replay rows) keeps the shared fields and leaves the others None."""
+    whole = BeliefOutput(mean=torch.zeros(2, 3), precision=torch.ones(2, 3), entropy=torch.zeros(2))
+    means_only = BeliefOutput(mean=torch.ones(1, 3))
+    joined = BeliefOutput.cat([whole, means_only])
+    torch.testing.assert_close(joined.mean, torch.cat([whole.mean, means_only.mean]))
+    assert joined.precision is None and joined.entropy is None
+    both = BeliefOutput.cat([whole, whole])
+    torch.testing.assert_close(both.precision, torch.ones(4, 3))

@@ -219,16 +219,22 @@ def test_acting_mixes_continued_rows_and_new_trials_in_one_step(method, monkeypa
 
 @pytest.mark.parametrize("method", ["laplace", "rl2"])
 def test_rows_of_a_many_length_batch_are_recomputed_at_the_next_call(method) -> None:
-    """A no-gradient batch of many history lengths (a replay batch) runs in one pass without keeping
-    row states; a next batch whose rows extend those histories by one entry is still exact."""
+    """A no-gradient batch of many history lengths runs in one pass without keeping row states; a
+    next batch whose rows extend those histories by one entry (the same envs) is still exact and gets
+    the whole posterior; a batch whose rows extend nothing (a replay batch) gets only what the policy
+    input reads (Laplace-VRNN: the means, no precisions)."""
     env = TrialHistoryWrapper(gym.make("BayesGrid-v0"))
     extractor = EXTRACTORS[method](env.observation_space, **GRID_KWARGS[method])
     _, observations = grid_trial(40, window=None)
     first, second = torch_obs(observations[:-1]), torch_obs(observations[1:])
-    for batch in (first, second):
+    shuffled = np.random.default_rng(0).permutation(len(observations) - 1)
+    replay = {key: value[torch.as_tensor(shuffled)] for key, value in second.items()}
+    for batch, whole_posterior in ((first, True), (second, True), (replay, False)):
         with torch.no_grad():
             features = extractor(batch)
         torch.testing.assert_close(features, _reference_features(extractor, batch), rtol=1e-5, atol=1e-5)
+        if method == "laplace":
+            assert (extractor.last_belief_output.precision is not None) == whole_posterior
 
 
 @pytest.mark.parametrize("method", ["laplace", "rl2"])

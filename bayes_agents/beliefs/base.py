@@ -78,12 +78,13 @@ class BeliefOutput:
 
     @classmethod
     def cat(cls, outputs: Sequence[BeliefOutput], dim: int = 0) -> BeliefOutput:
-        """Outputs of one type (and the same fields set) concatenated along ``dim`` of every field."""
+        """Outputs of one type concatenated along ``dim`` of every field; a field that is None in
+        any of them (e.g. left out by :meth:`Belief.policy_sequence`) is None in the result."""
         first = outputs[0]
         values = {}
         for field in fields(first):
             parts = [getattr(output, field.name) for output in outputs]
-            values[field.name] = None if parts[0] is None else torch.cat(parts, dim=dim)
+            values[field.name] = None if any(part is None for part in parts) else torch.cat(parts, dim=dim)
         return type(first)(**values)
 
 
