@@ -17,8 +17,10 @@ forward progress). Finished runs are reused (``model.zip`` and ``train.json`` of
 
 ``--share-features-extractor`` passes SB3's ``share_features_extractor=True``: one extractor for
 actor and critic, trained by the actor loss only (SB3 then runs the critic's features without
-gradients, and the extractor reuses the actor's pass for them), ~1.7x the env steps/s
-(``benchmarks/extractors.py``). Its runs live under ``method=M,shared``.
+gradients, and the extractor reuses the actor's pass for them): ~1.7x the env steps/s
+(``benchmarks/extractors.py``), but RL² did not adapt in 200k steps where the default (one
+extractor per network) had by 150k (``benchmarks/results/sweeps/learning-sac-shared-200k.log``).
+Its runs live under ``method=M,shared``.
 
 Writes ``benchmarks/results/learning_sac.json`` and the curves ``learning_sac.png``; prints a table.
 """
