@@ -320,12 +320,12 @@ class BeliefExtractor(BaseFeaturesExtractor):
             # Steps of one trial (an on-policy minibatch) are read off one pass of the trial.
             sequence, source = self._pass_from_prior(inputs, lengths, self.belief.policy_sequence)
             output = sequence.apply(lambda value: value[lengths - 1, source])
-            self._last_pass = _LastPass(observations, output.apply(Tensor.detach), self.belief)
+            self.last_belief_output = output.apply(Tensor.detach)
+            self._last_pass = _LastPass(observations, self.last_belief_output, self.belief)
         elif self._last_pass is not None and self._last_pass.holds(observations, self.belief):
-            output = self._last_pass.output  # SAC's critic passes over the actor's replay batch
+            output = self.last_belief_output = self._last_pass.output  # SAC's critic: the actor's batch
         else:
-            output = self.acting_belief(observations)
-        self.last_belief_output = output.apply(Tensor.detach)
+            output = self.last_belief_output = self.acting_belief(observations)
         belief = self.belief.policy_input(output)
         if self.detach_belief:
             belief = belief.detach()
@@ -409,21 +409,20 @@ class _ActingCache:
 
     def continued_rows(self, inputs: Tensor, lengths: Tensor) -> Tensor:
         """``[N]`` bool: rows whose history is the kept one plus one entry, the kept entries equal."""
-        candidates = lengths == self.lengths + 1
-        # A candidate's kept entries lie within both batches' (trimmed) lengths.
-        common = min(self.inputs.shape[0], inputs.shape[0])
-        same = entries_equal(inputs[:common], self.inputs[:common])  # [common, N]
-        within = torch.arange(common, device=inputs.device)[:, None] < self.lengths[None, :]
-        return candidates & (same | ~within).all(dim=0)
+        return (lengths == self.lengths + 1) & self._kept_entries_lead(inputs, dropped=0)
 
     def slid_rows(self, inputs: Tensor, lengths: Tensor) -> Tensor:
         """``[N]`` bool: rows of the kept length (> 1) whose history is the kept one without its first
         entry plus one entry (a full window, one step on)."""
-        candidates = (lengths == self.lengths) & (lengths > 1)
-        common = min(self.inputs.shape[0] - 1, inputs.shape[0])
-        same = entries_equal(inputs[:common], self.inputs[1 : common + 1])  # [common, N]
-        within = torch.arange(common, device=inputs.device)[:, None] < (self.lengths - 1)[None, :]
-        return candidates & (same | ~within).all(dim=0)
+        return (lengths == self.lengths) & (lengths > 1) & self._kept_entries_lead(inputs, dropped=1)
+
+    def _kept_entries_lead(self, inputs: Tensor, dropped: int) -> Tensor:
+        """``[N]`` bool: rows whose kept valid entries after the first ``dropped`` equal, bit for bit,
+        the first entries of the new history (both within each batch's trimmed length)."""
+        common = min(self.inputs.shape[0] - dropped, inputs.shape[0])
+        same = entries_equal(inputs[:common], self.inputs[dropped : dropped + common])  # [common, N]
+        within = torch.arange(common, device=inputs.device)[:, None] < (self.lengths - dropped)[None, :]
+        return (same | ~within).all(dim=0)
 
 
 class _LastPass:

@@ -118,6 +118,11 @@ def grid(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     return rows
 
 
+def sac_callback(method: str) -> Callable[[], BeliefAuxLossCallback] | None:
+    """A fresh ``BeliefAuxLossCallback`` per ``learn()`` for beliefs with an auxiliary loss (not RL²)."""
+    return None if method == "rl2" else (lambda: BeliefAuxLossCallback(batch_size=64))
+
+
 def sac(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     timesteps, warmup = (20, 120) if args.quick else (150, 150)  # SAC learns from step 100
     rows = {
@@ -141,7 +146,7 @@ def sac(args: argparse.Namespace) -> dict[str, dict[str, float]]:
 
     for method in ("rl2", "laplace", "glibrl"):
         model = with_extractor(method, TrialHistoryWrapper(gym.make(CHEETAH), window=SAC_WINDOW))
-        callback = None if method == "rl2" else (lambda: BeliefAuxLossCallback(batch_size=64))
+        callback = sac_callback(method)
         rows[f"SAC + {EXTRACTORS[method].__name__} (window {SAC_WINDOW})"] = rate(
             model, timesteps, warmup, callback
         )
@@ -156,7 +161,7 @@ def sac(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     )
     for method in ("rl2", "laplace"):
         venv = TrialHistoryVecWrapper(bayes_envs.make_vec(CHEETAH, n_envs, seed=0), window=SAC_SHORT_WINDOW)
-        callback = None if method == "rl2" else (lambda: BeliefAuxLossCallback(batch_size=64))
+        callback = sac_callback(method)
         settings = f"window {SAC_SHORT_WINDOW}, {n_envs} envs, shared extractor"
         name = f"SAC + {EXTRACTORS[method].__name__} ({settings})"
         rows[name] = rate(
