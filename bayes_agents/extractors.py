@@ -39,7 +39,6 @@ the last pass with gradients, at the same weights, reuses it (SAC's critic with 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -174,31 +173,39 @@ class BeliefExtractor(BaseFeaturesExtractor):
             are prefixes of another row's history are read off that row's pass (the same values).
         """
         inputs, lengths = self.history_inputs(observations)
-        output, source = self._pass_from_prior(inputs, lengths, self._sequence_output)
+        kept_inputs, state, starts, source = self._passes_from_prior(inputs, lengths)
+        output = self.belief.sequence(kept_inputs, state, starts)[0]
         if len(source) > output.mean.shape[1]:  # each row reads its entries off its source's pass
             output = output.apply(lambda value: value[:, source])
         valid = torch.arange(inputs.shape[0], device=inputs.device)[:, None] < lengths[None, :]
         return output, valid
 
-    def _sequence_output(self, inputs: Tensor, state: Tensor, episode_starts: Tensor) -> BeliefOutput:
-        """The belief's output of ``sequence`` (its next state dropped)."""
-        return self.belief.sequence(inputs, state, episode_starts)[0]
-
-    def _pass_from_prior(
-        self, inputs: Tensor, lengths: Tensor, run: Callable[[Tensor, Tensor, Tensor], BeliefOutput]
-    ) -> tuple[BeliefOutput, Tensor]:
-        """``run(inputs, state, episode_starts)`` (a belief pass) from the prior over the histories
-        that hold every row's (:func:`prefix_sources`: one pass per trial, not per step).
+    def _passes_from_prior(self, inputs: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The belief passes from the prior that hold every row's history (:func:`prefix_sources`:
+        one pass per trial, not per step).
 
         :param inputs: ``[T, N, D]``; :param lengths: ``[N]``.
-        :return: the output ``[T', R, ..]`` of the ``R`` histories run (``T'``: the longest of
-            them) and each row's position among them ``[N]``.
+        :return: the inputs ``[T', R, D]`` of the ``R`` histories to run (``T'``: the longest of them),
+            their prior states ``[R, S]`` and episode starts ``[T', R]``, and each row's position among
+            them ``[N]``.
         """
         keep, source = prefix_sources(inputs, lengths)
         kept_inputs = inputs[: int(lengths[keep].max())].index_select(1, keep)
         starts = torch.zeros(kept_inputs.shape[:2], dtype=torch.bool, device=inputs.device)
         starts[0] = True  # valid entries come first, so one reset at entry 0 covers every row
-        return run(kept_inputs, self.belief.initial_state(len(keep), device=inputs.device), starts), source
+        return kept_inputs, self.belief.initial_state(len(keep), device=inputs.device), starts, source
+
+    def _last_entries_from_prior(
+        self, inputs: Tensor, lengths: Tensor, whole_posterior: bool
+    ) -> BeliefOutput:
+        """The belief after each row's whole history ``[N]``, run from the prior
+        (:meth:`_passes_from_prior`): the whole posterior, or only what the policy input reads
+        (``Belief.policy_sequence``, its heads run on the ``N`` read entries alone)."""
+        kept_inputs, state, starts, source = self._passes_from_prior(inputs, lengths)
+        last = (lengths - 1, source)
+        if whole_posterior:
+            return self.belief.sequence(kept_inputs, state, starts)[0].apply(lambda value: value[last])
+        return self.belief.policy_sequence(kept_inputs, state, starts, read=last)
 
     def current_inputs(self, observations: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """The RL² input of the current step (each row's last valid entry) ``[N, input_dim]`` and
@@ -275,13 +282,11 @@ class BeliefExtractor(BaseFeaturesExtractor):
                 output, state = self.belief.sequence(inputs[:length, rows], state, starts)
                 groups.append((rows, output.apply(lambda value: value[-1]), state))
         else:
-            groups.append(self._from_prior_without_states(inputs, lengths, rerun, self._sequence_output))
+            groups.append(self._from_prior_without_states(inputs, lengths, rerun, whole_posterior=True))
             has_state &= ~rerun
         replay = ~stepped & ~rerun
         if bool(replay.any()):
-            groups.append(
-                self._from_prior_without_states(inputs, lengths, replay, self.belief.policy_sequence)
-            )
+            groups.append(self._from_prior_without_states(inputs, lengths, replay, whole_posterior=False))
             has_state &= ~replay
         rows = torch.cat([group[0] for group in groups])
         order = torch.empty_like(rows)
@@ -293,20 +298,14 @@ class BeliefExtractor(BaseFeaturesExtractor):
         return output
 
     def _from_prior_without_states(
-        self,
-        inputs: Tensor,
-        lengths: Tensor,
-        chosen: Tensor,
-        run: Callable[[Tensor, Tensor, Tensor], BeliefOutput],
+        self, inputs: Tensor, lengths: Tensor, chosen: Tensor, whole_posterior: bool
     ) -> tuple[Tensor, BeliefOutput, Tensor]:
-        """The ``chosen`` rows ``[N]`` bool run from the prior in one pass (:meth:`_pass_from_prior`):
+        """The ``chosen`` rows ``[N]`` bool run from the prior (:meth:`_last_entries_from_prior`):
         their indices, their output at their last entry, and prior states (the states after their
         histories are not formed: these rows are not continued)."""
         rows = chosen.nonzero()[:, 0]
-        row_lengths = lengths[rows]
-        output, source = self._pass_from_prior(inputs[:, rows], row_lengths, run)
-        state = self.belief.initial_state(len(rows), device=inputs.device)
-        return rows, output.apply(lambda value: value[row_lengths - 1, source]), state
+        output = self._last_entries_from_prior(inputs[:, rows], lengths[rows], whole_posterior)
+        return rows, output, self.belief.initial_state(len(rows), device=inputs.device)
 
     def forward(self, observations: dict[str, Tensor]) -> Tensor:
         """``[N, obs_dim + policy_input_dim]``: the flattened current observation and the belief features.
@@ -316,10 +315,8 @@ class BeliefExtractor(BaseFeaturesExtractor):
         gradients if the histories and belief weights are bit-equal to its (:class:`_LastPass`), else
         from :meth:`acting_belief` (incremental, full posterior)."""
         if torch.is_grad_enabled():
-            inputs, lengths = self.history_inputs(observations)
             # Steps of one trial (an on-policy minibatch) are read off one pass of the trial.
-            sequence, source = self._pass_from_prior(inputs, lengths, self.belief.policy_sequence)
-            output = sequence.apply(lambda value: value[lengths - 1, source])
+            output = self._last_entries_from_prior(*self.history_inputs(observations), whole_posterior=False)
             self.last_belief_output = output.apply(Tensor.detach)
             self._last_pass = _LastPass(observations, self.last_belief_output, self.belief)
         elif self._last_pass is not None and self._last_pass.holds(observations, self.belief):
@@ -364,8 +361,14 @@ def prefix_sources(inputs: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
     own = prefix_keys.gather(0, last[None])[0]  # [N]: the key of each row's whole history
     # The longest candidate (the first among equals) holds every shorter prefix of its trial.
     priority = lengths * batch + (batch - 1 - rows)
-    holder = torch.empty_like(rows)
-    for block in rows.split(_PREFIX_BLOCK):  # [block, N] comparisons at a time: bounded memory
+    # A row of the batch's longest length can only be held by an equal row: only those whose
+    # fingerprint another such row shares are searched (a replay batch of full windows: none).
+    longest = lengths == lengths.max()
+    _, inverse, counts = torch.unique(own[longest], return_inverse=True, return_counts=True)
+    searched = ~longest
+    searched[longest] = counts[inverse] > 1
+    holder = rows.clone()
+    for block in searched.nonzero()[:, 0].split(_PREFIX_BLOCK):  # [block, N] at a time: bounded memory
         # Row m can hold row n if it is at least as long and its prefix of n's length has n's key.
         at_n = prefix_keys.index_select(0, last[block])  # [block, N]: every row's key at n's length
         scale = own[block].abs()[:, None].clamp(min=1.0)
@@ -373,8 +376,11 @@ def prefix_sources(inputs: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         candidate &= lengths[None, :] >= lengths[block, None]
         holder[block] = torch.where(candidate, priority[None, :], -1).argmax(dim=1)
     # Verify: row n's entries equal the holder's first lengths[n] entries.
-    same = entries_equal(inputs, inputs.index_select(1, holder)) | ~valid  # [T, N]
-    holder = torch.where(same.all(dim=0), holder, rows)
+    moved = (holder != rows).nonzero()[:, 0]
+    moved_holder = holder.index_select(0, moved)
+    same = entries_equal(inputs.index_select(1, moved), inputs.index_select(1, moved_holder))
+    same |= ~valid.index_select(1, moved)  # [T, moved]
+    holder.index_copy_(0, moved, torch.where(same.all(dim=0), moved_holder, moved))
     keep = torch.unique(holder)
     source = torch.searchsorted(keep, holder)
     return keep, source

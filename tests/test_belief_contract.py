@@ -126,6 +126,48 @@ def test_sequence_equals_the_step_loop_with_resets(method) -> None:
     assert belief.policy_input(output).shape == (steps, batch, belief.policy_input_dim)
 
 
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [(method, {}) for method in METHOD_NAMES] + [("laplace", {"variant": "stationary"})],
+)
+def test_policy_sequence_and_its_read_entries_equal_the_sequence(method, options) -> None:
+    """``policy_sequence`` gives ``sequence``'s values for the fields it keeps (the policy input among
+    them); with ``read`` the read entries alone, with the same parameter gradients."""
+    torch.manual_seed(0)
+    spec = BELIEFS[method]
+    layout = {"input_layout": LAYOUT} if spec.needs_input_layout else {}
+    belief = spec.belief_class(LAYOUT.input_dim, **layout, **{**small_kwargs(method), **options}).double()
+    generator = torch.Generator().manual_seed(2)
+    steps, batch = 7, 4
+    inputs = grid_inputs(steps, batch, generator).double()
+    starts = torch.zeros(steps, batch, dtype=torch.bool)
+    starts[0] = True
+    state = belief.initial_state(batch)
+    read = (torch.tensor([6, 0, 3, 6, 2]), torch.tensor([0, 1, 2, 3, 3]))
+    whole = belief.sequence(inputs, state, starts)[0]
+    policy = belief.policy_sequence(inputs, state, starts)
+    for field in dataclasses.fields(policy):
+        if getattr(policy, field.name) is not None:
+            torch.testing.assert_close(
+                getattr(policy, field.name), getattr(whole, field.name), msg=field.name
+            )
+    expected_input = belief.policy_input(policy.apply(lambda value: value[read]))
+    read_input = belief.policy_input(belief.policy_sequence(inputs, state, starts, read=read))
+    assert read_input.shape == (len(read[0]), belief.policy_input_dim)
+    torch.testing.assert_close(read_input, expected_input)
+    assert read_input.requires_grad == expected_input.requires_grad
+    if not expected_input.requires_grad:  # a belief that cuts the RL gradient (GLiBRL)
+        return
+    parameters = [value for value in belief.parameters() if value.requires_grad]
+    weights = torch.randn(expected_input.shape, generator=generator, dtype=torch.float64)
+    expected_grads = torch.autograd.grad((expected_input * weights).sum(), parameters, allow_unused=True)
+    read_grads = torch.autograd.grad((read_input * weights).sum(), parameters, allow_unused=True)
+    for expected_grad, read_grad in zip(expected_grads, read_grads, strict=True):
+        assert (expected_grad is None) == (read_grad is None)
+        if expected_grad is not None:
+            torch.testing.assert_close(read_grad, expected_grad)
+
+
 def make_model(method: str, n_envs: int = 2, seed: int = 0) -> BayesPPO:
     return BayesPPO(
         BELIEFS[method].policy_name,  # the BayesPPO alias derived from the registration

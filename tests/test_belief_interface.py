@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from bayes_agents.beliefs import COVARIANCES, VARIANTS, Belief, BeliefOutput, LaplaceBelief, RL2Belief
+from bayes_agents.beliefs import rl2 as rl2_module
 from bayes_agents.beliefs.base import gaussian_offsets, gaussian_sample
 
 INPUT_DIM, HIDDEN, LATENT, EMBED = 5, 12, 4, (10,)
@@ -262,18 +263,37 @@ def test_call_validation(kind):
         belief.sample(output, 0)
 
 
-@pytest.mark.parametrize("rnn", ["lstm", "gru"])
-def test_fused_recurrence_equals_stepped_cell(rnn):
-    """Without episode starts inside the sequence the fused RNN kernel runs; it must give the
-    stepped cell's hidden and cell states (and gradients) exactly."""
+@pytest.mark.parametrize(
+    ("rnn", "batch", "kernel"),
+    [
+        ("lstm", 3, "_VF.lstm"),
+        ("gru", 3, "GRUSequence"),  # with gradients, a small batch
+        ("gru", rl2_module._GRU_KERNEL_BATCH, "_VF.gru"),
+    ],
+)
+def test_fused_recurrence_equals_stepped_cell(rnn, batch, kernel, monkeypatch):
+    """Without episode starts inside the sequence the fused RNN kernel runs (for the GRU torch's or
+    GRUSequence by batch size); it must give the stepped cell's hidden and cell states (and
+    gradients) exactly."""
+    calls = []
+    if kernel == "GRUSequence":
+        monkeypatch.setattr(rl2_module.GRUSequence, "apply", _counted(rl2_module.GRUSequence.apply, calls))
+    else:
+        name = kernel.split(".")[1]
+        monkeypatch.setattr(rl2_module.torch._VF, name, _counted(getattr(rl2_module.torch._VF, name), calls))
     torch.manual_seed(0)
     belief = RL2Belief(5, hidden_size=12, latent_dim=4, rnn=rnn, embed_sizes=(8,)).double()
-    embedded = torch.randn(9, 3, 8, dtype=torch.float64, requires_grad=True)
-    hidden = torch.randn(3, 12, dtype=torch.float64)
-    cell = torch.randn(3, 12, dtype=torch.float64) if rnn == "lstm" else None
-    starts = torch.zeros(9, 3, dtype=torch.bool)
+    embedded = torch.randn(9, batch, 8, dtype=torch.float64, requires_grad=True)
+    hidden = torch.randn(batch, 12, dtype=torch.float64)
+    cell = torch.randn(batch, 12, dtype=torch.float64) if rnn == "lstm" else None
+    starts = torch.zeros(9, batch, dtype=torch.bool)
     starts[0, 1] = True  # a reset at the first step keeps the fused path
     fused = belief.recurrence(embedded, hidden, cell, starts, need_cells=True)
+    assert len(calls) == 1
+    if rnn == "gru":  # without gradients torch's kernel, at any batch size
+        with torch.no_grad():
+            untracked = belief.recurrence(embedded[:, :3], hidden[:3], None, starts[:, :3], need_cells=True)
+        torch.testing.assert_close(untracked[0], fused[0][:, :3].detach())
     stepped = belief._stepped_recurrence(belief.gates_from_embedded(embedded), hidden, cell, starts)
     for a, b in zip(fused, stepped, strict=True):
         if a is None:
@@ -283,6 +303,14 @@ def test_fused_recurrence_equals_stepped_cell(rnn):
     (grad_fused,) = torch.autograd.grad(fused[0].square().sum(), embedded)
     (grad_stepped,) = torch.autograd.grad(stepped[0].square().sum(), embedded)
     torch.testing.assert_close(grad_fused, grad_stepped)
+
+
+def _counted(function, calls: list):
+    def counted(*args, **kwargs):
+        calls.append(function)
+        return function(*args, **kwargs)
+
+    return counted
 
 
 @pytest.mark.parametrize("rnn", ["lstm", "gru"])

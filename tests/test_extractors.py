@@ -323,6 +323,23 @@ def test_prefix_sources_cover_every_history_with_verified_prefixes(collide, monk
         assert len(keep) == expected_kept
 
 
+def test_prefix_sources_of_longest_rows_keep_distinct_rows_and_merge_equal_ones() -> None:
+    """Rows of the batch's longest length (a replay batch of full windows) are each run, except a
+    row equal to another; a shorter row that prefixes one of them reads its pass."""
+    generator = torch.Generator().manual_seed(3)
+    inputs = torch.randint(0, 3, (6, 5, 4), generator=generator).float()
+    inputs[:, 3] = inputs[:, 1]  # a duplicate of row 1 (both full length)
+    inputs[:, 4] = inputs[:, 2]  # row 4 is row 2's first 3 entries
+    lengths = torch.tensor([6, 6, 6, 6, 3])
+    inputs[3:, 4] = 0.0
+    keep, source = extractors_module.prefix_sources(inputs, lengths)
+    assert keep.tolist() == [0, 1, 2]
+    assert keep[source].tolist() == [0, 1, 2, 1, 2]
+    distinct = torch.randn(8, 50, 3, generator=generator)
+    keep, source = extractors_module.prefix_sources(distinct, torch.full((50,), 8))
+    assert torch.equal(keep, torch.arange(50)) and torch.equal(source, torch.arange(50))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_entries_equal_is_all_of_elementwise_equality(dtype) -> None:
     """The verification of prefixes and continued rows: ``(a == b).all(-1)``, exactly, including

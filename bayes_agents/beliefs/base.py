@@ -40,6 +40,9 @@ from torch import Tensor, nn
 
 from ..schedules import resolve_schedule
 
+#: ``(time [M], batch [M])`` int64 indices of entries of a ``[T, B, ..]`` sequence output.
+EntryIndex = tuple[Tensor, Tensor]
+
 
 @dataclass
 class BeliefOutput:
@@ -276,12 +279,21 @@ class Belief(nn.Module, ABC):
         output, next_state = self.sequence(inputs, state, episode_starts)
         return output, next_state, lambda: output
 
-    def policy_sequence(self, inputs: Tensor, state: Tensor, episode_starts: Tensor) -> BeliefOutput:
+    def policy_sequence(
+        self, inputs: Tensor, state: Tensor, episode_starts: Tensor, read: EntryIndex | None = None
+    ) -> BeliefOutput:
         """The outputs of :meth:`sequence` that :meth:`policy_input` reads, ``[T, B, ..]``, with the
         same gradients; the other fields may be left out (None). A belief whose policy input costs
         less than its whole posterior overrides this (Laplace-VRNN: the means alone, without the
-        precisions). No state is returned. Default: :meth:`sequence`'s output."""
-        return self.sequence(inputs, state, episode_starts)[0]
+        precisions). No state is returned. Default: :meth:`sequence`'s output.
+
+        :param read: optional ``(time [M], batch [M])`` int64 indices: only those entries, leading dim
+            ``[M]`` (equal to indexing the whole output to rounding). A caller that reads one entry
+            per row (an extractor over a replay batch) lets a belief run its heads on ``M`` rows
+            instead of ``T·B`` (RL²: the latent head after the recurrence).
+        """
+        output = self.sequence(inputs, state, episode_starts)[0]
+        return output if read is None else output.apply(lambda value: value[read])
 
     @property
     def policy_input_dim(self) -> int:

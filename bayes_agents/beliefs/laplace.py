@@ -59,6 +59,7 @@ from bayes_agents.defaults import LAPLACE_SETTINGS
 from .base import (
     MAX_SCALE,
     BeliefOutput,
+    EntryIndex,
     StateLayout,
     check_choice,
     check_positive_int,
@@ -660,21 +661,25 @@ class LaplaceBelief(RL2Belief):
             previous_mean = _shift_in(mean_values, parts["mean"], starts, 0.0)
         return (features + previous_mean if self.variant == "markov" else features), previous_mean
 
-    def policy_sequence(self, inputs: Tensor, state: Tensor, episode_starts: Tensor) -> BeliefOutput:
+    def policy_sequence(
+        self, inputs: Tensor, state: Tensor, episode_starts: Tensor, read: EntryIndex | None = None
+    ) -> BeliefOutput:
         """The policy input's field alone, the means ``μ_t`` (:meth:`mean_sequence`): no Jacobians,
-        precisions or factors."""
+        precisions or factors. With ``read`` (:meth:`Belief.policy_sequence`) the latent head runs on
+        the read entries alone, except for the Markov variant (its means are a running sum)."""
+        if read is not None and self.variant != "markov":
+            hiddens = self.hidden_sequence(inputs, state, episode_starts)[0]
+            return LaplaceOutput(mean=self.latent_head(hiddens[read]))
         mean, _ = self.mean_sequence(inputs, state, episode_starts)
-        return LaplaceOutput(mean=mean)
+        return LaplaceOutput(mean=mean if read is None else mean[read])
 
     def mean_sequence(self, inputs: Tensor, state: Tensor, episode_starts: Tensor) -> tuple[Tensor, Tensor]:
         """The means of :meth:`sequence` alone (no precision, no state): ``μ_t`` ``[T, B, L]``, with
         gradient, and ``μ_{t-1}`` (detached, 0 at a reset). With the terms of these steps from elsewhere
         (e.g. the :class:`LaplaceOutput` of a rollout), :meth:`kl_to_previous` then gives their KL."""
-        inputs, starts = self._prepare_sequence(inputs, state, episode_starts)
-        parts = self.state_layout.unpack(state)
-        hidden, cell = self._unpack_carry(parts)
-        hiddens, _, _, _ = self.recurrence(self.embedding(inputs), hidden, cell, starts, need_cells=False)
-        return self._means(self.latent_head(hiddens), parts, starts)
+        hiddens = self.hidden_sequence(inputs, state, episode_starts)[0]
+        _, starts = self._prepare_sequence(inputs, state, episode_starts)
+        return self._means(self.latent_head(hiddens), self.state_layout.unpack(state), starts)
 
     def _output(self, mean: Tensor, previous_mean: Tensor, terms: LaplaceTerms) -> LaplaceOutput:
         """The posterior output of means ``[T, B, L]`` (and the previous steps' means) and their
