@@ -122,6 +122,14 @@ class BayesPPO(RecurrentPPO):
         does not train (:attr:`~bayes_agents.beliefs.Belief.fixed_during_policy_update`: VariBAD), run
         it once over the rollout instead of once per minibatch of every epoch. True by default; False
         gives the recompute per minibatch. No effect for other beliefs.
+    :param sequence_length: cut each env's rollout into training sequences of at most this many
+        steps, each starting from the belief state the rollout stored before its first step
+        (truncated backpropagation through time, as SB3's recurrent buffer does at minibatch
+        boundaries). None (default): sequences are cut only at trial starts and minibatch
+        boundaries. Long thin sequences (MuJoCo: 400-step trials, 4 envs per minibatch) run the
+        recurrence step by step over a small batch; shorter ones batch many sequences per step.
+        The first epoch's first minibatch sees the same values either way; the gradients stop at
+        the cuts. A belief the update runs once over the rollout (VariBAD) is not affected.
 
     ``learning_rate``, ``clip_range``, ``clip_range_vf`` and ``ent_coef`` also accept ``"lin_<v>"``: a
     linear decay from ``v`` to 0 over the budget of ``learn`` (see :func:`resolve_schedule`);
@@ -131,10 +139,23 @@ class BayesPPO(RecurrentPPO):
     # Every registered belief's policy by name (bayes_agents.beliefs.registry).
     policy_aliases = {**RecurrentPPO.policy_aliases, **POLICY_ALIASES}  # noqa: RUF012
 
-    def __init__(self, *args: Any, reuse_rollout_precision: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        reuse_rollout_precision: bool = True,
+        sequence_length: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         if not isinstance(reuse_rollout_precision, bool):
             raise TypeError(f"reuse_rollout_precision must be a bool, got {reuse_rollout_precision!r}")
         self.reuse_rollout_precision = reuse_rollout_precision
+        if sequence_length is not None and (
+            isinstance(sequence_length, bool) or not isinstance(sequence_length, int | np.integer)
+        ):
+            raise TypeError(f"sequence_length must be None or an int >= 1, got {sequence_length!r}")
+        if sequence_length is not None and sequence_length < 1:
+            raise ValueError(f"sequence_length must be None or an int >= 1, got {sequence_length}")
+        self.sequence_length = None if sequence_length is None else int(sequence_length)
         args = list(args)
         for name in SCHEDULE_ARGUMENTS:
             position = _POSITIONS[name]
@@ -157,12 +178,15 @@ class BayesPPO(RecurrentPPO):
         return float(self.ent_coef_schedule(self._current_progress_remaining))
 
     # The signature that introspection (e.g. the config keys of bayes_agents.experiment) sees:
-    # RecurrentPPO's parameters plus the keyword above.
+    # RecurrentPPO's parameters plus the keywords above.
     __init__.__signature__ = inspect.signature(RecurrentPPO.__init__).replace(  # type: ignore[attr-defined]
         parameters=[
             *inspect.signature(RecurrentPPO.__init__).parameters.values(),
             inspect.Parameter(
                 "reuse_rollout_precision", inspect.Parameter.KEYWORD_ONLY, default=True, annotation="bool"
+            ),
+            inspect.Parameter(
+                "sequence_length", inspect.Parameter.KEYWORD_ONLY, default=None, annotation="int | None"
             ),
         ]
     )
@@ -185,6 +209,9 @@ class BayesPPO(RecurrentPPO):
             gae_lambda=self.gae_lambda,
             n_envs=self.n_envs,
         )
+        self.rollout_buffer.sequence_length = getattr(
+            self, "sequence_length", None
+        )  # (models saved before it)
         self._rollout_record: _RolloutRecorder | None = None
         _use_fused_adam(self.policy)
         # Distinct posterior-sample noise streams per env (the stock algorithm starts all at key 0).
@@ -488,6 +515,9 @@ class _BeliefBufferMixin:
     is the actor's; the ``*_vf`` arrays are empty), and minibatches (:class:`BeliefRolloutSamples`)
     that gather the states of their sequence starts only."""
 
+    #: Cut every env's steps into training sequences of at most this many steps (see ``BayesPPO``).
+    sequence_length: int | None = None
+
     def reset(self) -> None:
         super().reset()  # type: ignore[misc]
         empty = np.zeros((*self.hidden_state_shape[:-1], 0), dtype=np.float32)  # type: ignore[attr-defined]
@@ -524,6 +554,12 @@ class _BeliefBufferMixin:
     def _get_samples(  # type: ignore[override]
         self, batch_inds: np.ndarray, env_change: np.ndarray, env: Any = None
     ) -> BeliefRolloutSamples:
+        if self.sequence_length is not None:
+            # A sequence also starts every sequence_length steps of an env (rows are env-major: row =
+            # env * n_steps + step); it starts from the belief state stored before that step.
+            steps = np.arange(len(env_change)) % self.buffer_size  # type: ignore[attr-defined]
+            cut = (steps % self.sequence_length == 0).reshape(env_change.shape)  # env_change is [N, 1]
+            env_change = np.where(cut, 1.0, env_change)
         self.seq_start_indices, self.pad, self.pad_and_flatten = create_sequencers(
             self.episode_starts[batch_inds], env_change[batch_inds], self.device
         )

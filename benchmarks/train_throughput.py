@@ -15,8 +15,9 @@ Rows (env steps/s of the whole ``learn()``, after a warm-up rollout and update):
 * acting cost: one fused acting step (:meth:`~bayes_agents.policies.BeliefPolicy.act`) of 16 grid envs,
   Laplace (k=1, full, latent 64) vs RL² (same recurrence);
 * HalfCheetahVel-v0: RL² ``learn()`` with 16 in-process envs at the package's MuJoCo PPO settings
-  (and with the lighter update of the issue's first measurement, 2 epochs over 200-step rollouts) vs
-  the same envs stepping random actions.
+  (and with the lighter update of the issue's first measurement, 2 epochs over 200-step rollouts,
+  and with the update's sequences cut every 50 steps, ``BayesPPO(sequence_length=50)``) vs the same
+  envs stepping random actions.
 
     python benchmarks/train_throughput.py [--quick] [--threads 1] [--only "grid|grid64|card|acting|mujoco"]
 
@@ -49,6 +50,7 @@ from bayes_agents.ppo import resolve_schedules
 RESULTS = Path(__file__).parent / "results"
 GRID = "BayesGrid-v0"
 MUJOCO = "HalfCheetahVel-v0"
+MUJOCO_SEQUENCE_LENGTH = 50
 N_ENVS = 16
 #: GLiBRL's basis trained in every PPO minibatch plus 4 steps of its own after the update.
 GLIBRL_BASIS_IN_MINIBATCHES = {
@@ -171,7 +173,14 @@ def mujoco(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     # The package's MuJoCo settings (the VariBAD reference's, bayes_agents.defaults), and the lighter
     # update the first measurement used (2 epochs over 200-step rollouts).
     light = {**ppo, "n_steps": 200, "batch_size": 800, "n_epochs": 2}
-    for name, settings in (("MuJoCo defaults", ppo), ("n_steps 200, 2 epochs", light)):
+    # Truncated backpropagation through time: the update's sequences cut every 50 steps (BayesPPO's
+    # sequence_length), so the recurrence runs [50, 64] batches instead of [400, 8].
+    chunked = {**ppo, "sequence_length": MUJOCO_SEQUENCE_LENGTH}
+    for name, settings in (
+        ("MuJoCo defaults", ppo),
+        ("n_steps 200, 2 epochs", light),
+        (f"MuJoCo defaults, sequence_length {MUJOCO_SEQUENCE_LENGTH}", chunked),
+    ):
         if args.quick:
             settings = {**settings, "n_steps": 16, "batch_size": 64, "n_epochs": 1}
         model = BayesPPO(RL2Policy, venv, policy_kwargs=defaults["policy"], seed=0, device="cpu", **settings)

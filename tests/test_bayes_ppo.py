@@ -222,3 +222,61 @@ def test_bayes_ppo_uses_the_fused_adam_kernel_unless_one_is_chosen(tmp_path) -> 
     )
     defaults = chosen.policy.optimizer.defaults
     assert not defaults["fused"] and defaults["foreach"] is False
+
+
+@pytest.mark.parametrize(
+    ("policy", "kwargs"), [(RL2Policy, {**SMALL, "rnn": "gru"}), (LaplacePolicy, {**LAPLACE, "window": 2})]
+)
+def test_sequence_length_cuts_sequences_that_start_from_the_stored_states(policy, kwargs) -> None:
+    """With ``sequence_length`` every training sequence has at most that many steps and starts at an
+    episode start, a minibatch start or a multiple of it within its env's rollout; from the states the
+    rollout stored there, the unchanged policy gives the rollout's log-probabilities and values."""
+    n_envs, n_steps, length = 3, 70, 16
+    model = BayesPPO(
+        policy,
+        bayes_envs.make_vec("BayesGrid-v0", n_envs, seed=1),
+        policy_kwargs=kwargs,
+        n_steps=n_steps,
+        batch_size=105,
+        seed=0,
+        sequence_length=length,
+    )
+    model.train = lambda: None
+    model.learn(2 * n_steps * n_envs)
+    buffer = model.rollout_buffer
+    starts = buffer.episode_starts.T.reshape(-1).copy()  # env-major rows, as get() flattens them
+    rows_seen = []
+    for data in buffer.get(105):
+        valid = data.mask.numpy() > 0
+        per_sequence = data.rows.reshape(data.lstm_states.pi[0].shape[1], -1)
+        assert per_sequence.shape[1] <= length
+        first_rows = per_sequence[:, 0]
+        for row, following in zip(first_rows, per_sequence, strict=True):
+            assert row >= 0 and (following[following >= 0] == row + np.arange((following >= 0).sum())).all()
+        rows_seen.extend(data.rows[valid].tolist())
+        cuts = ((first_rows % n_steps) % length == 0) | (starts[first_rows] > 0.5)
+        assert cuts[1:].all()  # the first sequence may begin at the minibatch's own start
+        with torch.no_grad():
+            values, log_prob, _, _ = model.policy.evaluate_minibatch(
+                data.observations,
+                data.actions.long().flatten(),
+                data.lstm_states.pi,
+                data.episode_starts,
+                None
+                if not isinstance(model.policy, LaplacePolicy)
+                else model._rollout_rows().minibatch(data.rows),
+            )
+        torch.testing.assert_close(log_prob[data.valid], data.old_log_prob[data.valid], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            values.flatten()[data.valid], data.old_values[data.valid], rtol=1e-4, atol=1e-5
+        )
+    assert sorted(rows_seen) == list(range(n_envs * n_steps))
+
+
+@pytest.mark.parametrize(
+    ("value", "error"), [(0, ValueError), (-3, ValueError), (2.5, TypeError), (True, TypeError)]
+)
+def test_sequence_length_validation(value, error) -> None:
+    venv = bayes_envs.make_vec("BayesGrid-v0", 2, seed=1)
+    with pytest.raises(error, match="sequence_length"):
+        BayesPPO(RL2Policy, venv, policy_kwargs=SMALL, sequence_length=value)
