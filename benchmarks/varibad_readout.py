@@ -119,7 +119,8 @@ def run_row(run_dir: Path) -> dict[str, Any]:
         "seed": config["seed"],
         "policy_kwargs": config.get("policy", {}),
         "timesteps": config["timesteps"],
-        **tasks,
+        "n_tasks": tasks["n_tasks"],
+        "eval_seed": tasks["seed"],
         "bayes_optimal_trial_return": optimal,
         "rows": rows,
     }
