@@ -12,7 +12,7 @@ the sweep's IQM (train split) to ``benchmarks/results/learning_bandit.json`` (th
 
     python benchmarks/learning_bandit.py [--methods rl2 laplace vrnn varibad glibrl] [--seeds 0 1 2 3 4]
         [--timesteps N] [--workers 2] [--runs DIR] [--out FILE] [--set KEY=VALUE ...]
-        [--finetune-timesteps N] [--finetune-lr 1e-4]
+        [--finetune-timesteps N] [--finetune-lr 3e-5]
 
 Options as in ``learning_grid.py``.
 """

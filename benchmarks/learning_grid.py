@@ -10,7 +10,7 @@ stratified-bootstrap CIs to ``benchmarks/results/learning_grid.json`` (then run
 
     python benchmarks/learning_grid.py [--methods rl2 laplace vrnn varibad glibrl] [--seeds 0 1 2 3 4]
         [--timesteps N] [--workers 2] [--runs DIR] [--out FILE] [--set KEY=VALUE ...]
-        [--finetune-timesteps N] [--finetune-lr 1e-4]
+        [--finetune-timesteps N] [--finetune-lr 3e-5]
 
 ``--timesteps`` defaults to the CLI's budget for the env; ``--set`` overrides a config key of every
 run (as ``bayes-rl train --set``). ``--finetune-timesteps N`` adds the Laplace-VRNN paper's
