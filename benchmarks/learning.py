@@ -475,22 +475,26 @@ def run_benchmark(benchmark: Benchmark, doc: str, argv: list[str] | None = None)
     except experiment.ConfigError as error:  # a bad sweep file or override: one line, nothing run
         raise SystemExit(f"error: {error}") from None
     swept = experiment.read_json(spec.out / "sweep_results.json")
-    # env_id → method → seed → run directory (a sweep may vary the env as well as the method)
+    # env_id → label → seed → run directory (a sweep may vary the env as well as the method). The
+    # label is the method, or "method (sweep label)" where the sweep runs a method in several configs.
     runs_by_env: dict[str, dict[str, dict[int, Path]]] = {}
     outcomes_by_env: dict[str, list[dict[str, Any]]] = {}
-    for outcome in swept["runs"]:
-        if outcome["error"] is None:
-            run_dir = Path(outcome["run_dir"])
-            config = experiment.read_config(run_dir)
-            runs = runs_by_env.setdefault(config["env_id"], {})
-            if outcome["seed"] in runs.get(config["method"], {}):
-                raise SystemExit(
-                    f"{args.sweep}: the grid may vary only the env and the method (one run per env, "
-                    "method and seed)"
-                )
-            evaluate_splits(run_dir, benchmark.splits)
-            runs.setdefault(config["method"], {})[outcome["seed"]] = run_dir
-            outcomes_by_env.setdefault(config["env_id"], []).append({**outcome, "label": config["method"]})
+    finished = [outcome for outcome in swept["runs"] if outcome["error"] is None]
+    configs = [experiment.read_config(Path(outcome["run_dir"])) for outcome in finished]
+    sweep_labels: dict[tuple[str, str], set[str]] = {}
+    for outcome, config in zip(finished, configs, strict=True):
+        sweep_labels.setdefault((config["env_id"], config["method"]), set()).add(outcome["label"])
+    for outcome, config in zip(finished, configs, strict=True):
+        run_dir, method = Path(outcome["run_dir"]), config["method"]
+        label = (
+            method if len(sweep_labels[config["env_id"], method]) == 1 else f"{method} ({outcome['label']})"
+        )
+        runs = runs_by_env.setdefault(config["env_id"], {})
+        if outcome["seed"] in runs.get(label, {}):
+            raise SystemExit(f"{args.sweep}: two runs of {label} with seed {outcome['seed']}")
+        evaluate_splits(run_dir, benchmark.splits)
+        runs.setdefault(label, {})[outcome["seed"]] = run_dir
+        outcomes_by_env.setdefault(config["env_id"], []).append({**outcome, "label": label})
     if not runs_by_env:
         raise SystemExit(f"every run failed; see {spec.out / 'sweep_results.json'}")
     if args.finetune_timesteps:
