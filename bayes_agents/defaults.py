@@ -273,15 +273,16 @@ _METHOD_ENV: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     # reference repository's KL weight 1 (config/gridworld/args_grid_varibad.py; the paper's table
     # gives 0.01). The VAE trains after each PPO update (as the reference) at a rate decaying
     # linearly from 3e-3 to 0 with PPO's, so that late in the run the latent the policy reads stops
-    # moving: seeds 0-4, 87.4% of Bayes-optimal (worst seed 83.6%; examples/configs/
-    # grid_varibad_kl1_screen_sweep.yaml, benchmarks/results/sweeps/grid-varibad-kl1-screen.json),
-    # against 52.8% (worst 31.1%) at KL 0.01 and a constant 3e-3 (the previous default,
-    # learning_grid_varibad.json of commit c335a44), 60.7% (worst 42.6%) at KL 1 and a constant rate
-    # (sweeps/grid-varibad-kl.json) and 41.7% at KL 0.1 and a constant rate: at a constant rate the
-    # periodic meta-tests swung between 19 and 30 to the end of the run.
-    # Entropy 0.01, not the grid's 0.05: at 0.05 VariBAD fell from 75.9% of Bayes-optimal (worst seed
-    # 63.8%) to 58.6% (worst 36.8%), seeds 0-4, on earlier packages at the previous defaults
-    # (benchmarks/results/sweeps/grid-varibad-entropy.json).
+    # moving; the policy head has two layers of 128 and the grid's entropy bonus 0.05. Seeds 0-4,
+    # % of Bayes-optimal (examples/configs/, benchmarks/results/sweeps/):
+    #   KL 0.01, constant 3e-3, head [32], entropy 0.01 (the previous default): 52.8%, worst seed
+    #     31.1% (learning_grid_varibad.json of commit c335a44); its periodic meta-tests swung between
+    #     19 and 30 to the end of the run;
+    #   KL 1, constant rate: 60.7%, worst 42.6% (grid_varibad_kl_sweep.yaml, grid-varibad-kl.json);
+    #   KL 0.1, constant rate: 41.7%; KL 1, decaying rate: 87.4%, worst 83.6%
+    #     (grid_varibad_kl1_screen_sweep.yaml, grid-varibad-kl1-screen.json);
+    #   and on top entropy 0.05: 85.5%, worst 77.3%; entropy 0.05 and head [128, 128]: 98.3%,
+    #     worst 97.2% (grid_varibad_search_sweep.yaml, grid-varibad-search.json).
     ("BayesGrid-v0", "varibad"): {
         "policy": dict(
             latent_dim=5,
@@ -290,8 +291,8 @@ _METHOD_ENV: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
             grid_size=5,
             kl_weight=1.0,
             vae_lr="lin_3e-3",
+            net_arch=[128, 128],
         ),
-        "ppo": dict(ent_coef=0.01),
     },
     # Each pull is an inner episode: the reward is decoded per arm (no successor state needed).
     ("BayesBandit-v0", "varibad"): {"policy": dict(reward_decoder="per_action")},
