@@ -79,7 +79,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch import Tensor
 
 from bayes_agents.beliefs import BeliefOutput, LaplaceBelief
-from bayes_agents.beliefs.base import rollout_inputs
+from bayes_agents.beliefs.base import check_optional_int, rollout_inputs
 from bayes_agents.policies import (
     POLICY_ALIASES,
     BeliefPolicy,
@@ -149,13 +149,7 @@ class BayesPPO(RecurrentPPO):
         if not isinstance(reuse_rollout_precision, bool):
             raise TypeError(f"reuse_rollout_precision must be a bool, got {reuse_rollout_precision!r}")
         self.reuse_rollout_precision = reuse_rollout_precision
-        if sequence_length is not None and (
-            isinstance(sequence_length, bool) or not isinstance(sequence_length, int | np.integer)
-        ):
-            raise TypeError(f"sequence_length must be None or an int >= 1, got {sequence_length!r}")
-        if sequence_length is not None and sequence_length < 1:
-            raise ValueError(f"sequence_length must be None or an int >= 1, got {sequence_length}")
-        self.sequence_length = None if sequence_length is None else int(sequence_length)
+        self.sequence_length = check_optional_int("sequence_length", sequence_length)
         args = list(args)
         for name in SCHEDULE_ARGUMENTS:
             position = _POSITIONS[name]
@@ -209,9 +203,7 @@ class BayesPPO(RecurrentPPO):
             gae_lambda=self.gae_lambda,
             n_envs=self.n_envs,
         )
-        self.rollout_buffer.sequence_length = getattr(
-            self, "sequence_length", None
-        )  # (models saved before it)
+        self.rollout_buffer.sequence_length = self.sequence_length
         self._rollout_record: _RolloutRecorder | None = None
         _use_fused_adam(self.policy)
         # Distinct posterior-sample noise streams per env (the stock algorithm starts all at key 0).
@@ -554,14 +546,15 @@ class _BeliefBufferMixin:
     def _get_samples(  # type: ignore[override]
         self, batch_inds: np.ndarray, env_change: np.ndarray, env: Any = None
     ) -> BeliefRolloutSamples:
+        changes = env_change[batch_inds]
         if self.sequence_length is not None:
             # A sequence also starts every sequence_length steps of an env (rows are env-major: row =
             # env * n_steps + step); it starts from the belief state stored before that step.
-            steps = np.arange(len(env_change)) % self.buffer_size  # type: ignore[attr-defined]
-            cut = (steps % self.sequence_length == 0).reshape(env_change.shape)  # env_change is [N, 1]
-            env_change = np.where(cut, 1.0, env_change)
+            steps = batch_inds % self.buffer_size  # type: ignore[attr-defined]
+            cut = (steps % self.sequence_length == 0).reshape(changes.shape)  # env_change is [N, 1]
+            changes = np.where(cut, 1.0, changes)
         self.seq_start_indices, self.pad, self.pad_and_flatten = create_sequencers(
-            self.episode_starts[batch_inds], env_change[batch_inds], self.device
+            self.episode_starts[batch_inds], changes, self.device
         )
         # SB3's padded layout [n_seq * T] (sequence-major, zeros after each sequence's end), gathered
         # with one index per field instead of padding every sequence separately.
