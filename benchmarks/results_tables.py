@@ -393,9 +393,41 @@ def _learning_block(
         files = _load(results_dir, f"{benchmark}*.json", learning=True)
         if not files:
             return _missing(command or f"python benchmarks/{benchmark}.py", f"{benchmark}.json")
-        return "\n\n".join(render(result, f"benchmarks/results/{name}") for name, result in files)
+        rendered = []
+        for name, result in _without_superseded_rows(benchmark, files):
+            text = render(result, f"benchmarks/results/{name}")
+            for method, newer in result.get("superseded", {}).items():
+                label = METHOD_NAMES.get(method, method)
+                text += f"\n\nThis file's {label} row (earlier defaults) is superseded by `{newer}`."
+            rendered.append(text)
+        return "\n\n".join(rendered)
 
     return block
+
+
+def _without_superseded_rows(
+    benchmark: str, files: list[tuple[str, dict[str, Any]]]
+) -> list[tuple[str, dict[str, Any]]]:
+    """The files with each method's rows taken from its own file ``<benchmark>_<method>.json`` where
+    there is one (a re-run of that method at new defaults): its rows in the other files are dropped,
+    and ``result["superseded"]`` maps each dropped method to the file that replaces it. Files left
+    without rows are left out."""
+    owner = {
+        method: name
+        for name, result in files
+        for method in result["methods"]
+        if name == f"{benchmark}_{method}.json"
+    }
+    kept = []
+    for name, result in files:
+        dropped = {method: owner[method] for method in result["methods"] if owner.get(method, name) != name}
+        if dropped:
+            methods = {key: row for key, row in result["methods"].items() if key not in dropped}
+            if not methods:
+                continue
+            result = {**result, "methods": methods, "superseded": dropped}
+        kept.append((name, result))
+    return kept
 
 
 # ------------------------------------------------------------------------------------ training speed

@@ -215,6 +215,32 @@ def test_rendered_tables_hold_the_hand_computed_statistics(tmp_path: Path) -> No
     assert "\n" not in blocks["train-throughput"]
 
 
+def test_a_method_file_supersedes_that_methods_rows_in_the_other_files(tmp_path: Path) -> None:
+    summary = learning.grid_summary(grid_runs(tmp_path))
+    results = _results(tmp_path, "learning_grid.json", summary, "learning_grid")
+    # learning_grid_rl2.json: RL² re-run at new defaults, returns 3 higher on every seed.
+    payload = json.loads((results / "learning_grid.json").read_text())
+    payload["methods"]["vrnn"] = json.loads(json.dumps(payload["methods"]["rl2"]))
+    (results / "learning_grid.json").write_text(json.dumps(payload))
+    newer = json.loads(json.dumps(payload))
+    del newer["methods"]["vrnn"]
+    trial = newer["methods"]["rl2"]["trial_return"]
+    trial["per_seed"] = [value + 3.0 for value in trial["per_seed"]]
+    trial["mean"] += 3.0
+    (results / "learning_grid_rl2.json").write_text(json.dumps({**newer, "command": "rerun"}))
+    grid = results_tables.render_blocks(results)["learning-grid"]
+    assert grid.count("| RL² |") == 1 and grid.count("| VRNN |") == 1
+    assert "| RL² | 1k | 3 | 36.00 ± 7.45 |" in grid
+    assert "| VRNN | 1k | 3 | 33.00 ± 7.45 |" in grid
+    assert "This file's RL² row (earlier defaults) is superseded by `learning_grid_rl2.json`." in grid
+    # A file whose every row is superseded is left out.
+    (results / "learning_grid.json").write_text(
+        json.dumps({**payload, "methods": {"rl2": payload["methods"]["rl2"]}})
+    )
+    grid = results_tables.render_blocks(results)["learning-grid"]
+    assert "benchmarks/results/learning_grid.json" not in grid and "`rerun`" in grid
+
+
 def test_check_fails_when_a_number_in_a_block_differs(tmp_path: Path) -> None:
     documents = tuple(shutil.copy(path, tmp_path / path.name) for path in results_tables.DOCUMENTS)
     documents = tuple(Path(path) for path in documents)
