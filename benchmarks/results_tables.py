@@ -415,14 +415,15 @@ def _without_superseded_rows(
     owner = {
         method: name
         for name, result in files
-        for method in result["methods"]
+        for method in result.get("methods", {})
         if name == f"{benchmark}_{method}.json"
     }
     kept = []
     for name, result in files:
-        dropped = {method: owner[method] for method in result["methods"] if owner.get(method, name) != name}
+        methods = result.get("methods", {})
+        dropped = {method: owner[method] for method in methods if owner.get(method, name) != name}
         if dropped:
-            methods = {key: row for key, row in result["methods"].items() if key not in dropped}
+            methods = {key: row for key, row in methods.items() if key not in dropped}
             if not methods:
                 continue
             result = {**result, "methods": methods, "superseded": dropped}
