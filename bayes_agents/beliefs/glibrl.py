@@ -545,9 +545,12 @@ class GLiBRLBelief(Belief):
         return mean, noise_scale.log().unsqueeze(-1) + torch.log1p(leverage)
 
     # ------------------------------------------------------------------------------ belief pass
-    def _transitions(self, inputs: Tensor, state: Tensor, starts: Tensor) -> _Transitions:
-        """The transitions of a prepared sequence (``starts`` ``[T, B]`` bool) and the sufficient
-        statistics after every step, from the statistics carried in ``state``."""
+    def _transition_terms(
+        self, inputs: Tensor, state: Tensor, starts: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """The per-step terms of a prepared sequence (``starts`` ``[T, B]`` bool): ``obs`` ``[T, B, O]``,
+        ``features`` ``[T, B, d]``, ``targets`` (0 where not valid) and ``target_mask`` ``[T, B, O+1]``,
+        ``has_transition`` ``[T, B]`` bool and ``group_mask`` ``[T, B, 2]`` (dynamics, reward valid)."""
         steps, batch = starts.shape
         obs, action, reward, new_episode = self.input_layout.split(inputs)
         carried = self.state_layout.unpack(state)
@@ -557,12 +560,18 @@ class GLiBRLBelief(Belief):
         )
         has_transition = has_previous & ~starts
         dynamics_valid = has_transition & (new_episode < 0.5) & self.fit_dynamics
-        dtype = inputs.dtype
-        group_mask = torch.stack([dynamics_valid, has_transition], dim=-1).to(dtype)  # [T, B, 2]
+        group_mask = torch.stack([dynamics_valid, has_transition], dim=-1).to(inputs.dtype)  # [T, B, 2]
         target_mask = group_mask[..., self.output_group]  # [T, B, O+1]
         features = self.basis(torch.cat([previous_obs, action], dim=-1))  # [T, B, d]
         targets = torch.cat([obs - previous_obs, reward.unsqueeze(-1)], dim=-1) * target_mask
+        return obs, features, targets, target_mask, has_transition, group_mask
 
+    def _transitions(self, inputs: Tensor, state: Tensor, starts: Tensor) -> _Transitions:
+        """The transitions of a prepared sequence (``starts`` ``[T, B]`` bool) and the sufficient
+        statistics after every step, from the statistics carried in ``state``."""
+        obs, features, targets, target_mask, has_transition, group_mask = self._transition_terms(
+            inputs, state, starts
+        )
         outer = features.unsqueeze(-1) * features.unsqueeze(-2)
         carry = state[:, : self.statistics_layout.size]
         if self.fit_dynamics:
@@ -718,18 +727,48 @@ class GLiBRLBelief(Belief):
 
         By the chain rule the log predictives of a trial's steps sum to its log marginal likelihood
         (:meth:`log_marginal_likelihood`), so each trial segment of a column contributes the closed
-        form of its statistics at its last step: one factorisation per segment, not per step.
+        form of its statistics: one factorisation per segment, not per step. The statistics of a
+        segment are its sums alone (:meth:`_segment_statistics`), not the running sums of every step.
         """
         state = self.initial_state(inputs.shape[1], inputs.device)
         starts = torch.as_tensor(episode_starts, device=inputs.device)
         inputs, starts = self._prepare_sequence(inputs, state, starts)
         starts = torch.cat([torch.ones_like(starts[:1]), starts[1:]])
-        transitions = self._transitions(inputs, state, starts)
-        segment_ends = torch.cat([starts[1:], torch.ones_like(starts[:1])])  # the last step of a trial
-        statistics = self.statistics_layout.unpack(transitions.cumulative[segment_ends])
+        _, features, targets, _, has_transition, group_mask = self._transition_terms(inputs, state, starts)
+        statistics = self._segment_statistics(features, targets, group_mask, starts)
         log_marginal = self._log_marginal(statistics).sum()
-        count = transitions.has_transition.sum().clamp(min=1).to(inputs.dtype)
+        count = has_transition.sum().clamp(min=1).to(inputs.dtype)
         return -self.model_loss_weight * log_marginal / count
+
+    def _segment_statistics(
+        self, features: Tensor, targets: Tensor, group_mask: Tensor, starts: Tensor
+    ) -> dict[str, Tensor]:
+        """The sufficient statistics (``statistics_layout`` parts) of each segment of the columns,
+        summed from the prior: a segment runs from a start (``starts[0]`` must be all true) to the
+        step before the next one. Leading dim ``[N]``, the segments in column-major order.
+
+        One contraction over time with the ``[T, B, K]`` segment indicator (``K`` the most segments
+        of a column) instead of running sums ``[T, B, S]`` and the outer products ``[T, B, d, d]``
+        of every step: the same sums up to rounding, and ~5x cheaper with gradients (CPU, one trial
+        of 60 steps per column)."""
+        segment = torch.cumsum(starts.long(), dim=0) - 1  # [T, B]
+        n_segments = int(segment.max()) + 1
+        indicator = torch.nn.functional.one_hot(segment, n_segments).to(features.dtype)  # [T, B, K]
+        exists = torch.arange(n_segments, device=segment.device) <= segment[-1].unsqueeze(-1)  # [B, K]
+        in_segment = indicator.unsqueeze(-1) * group_mask.unsqueeze(2)  # [T, B, K, 2]
+        weighted = in_segment.unsqueeze(-1) * features[:, :, None, None, :]  # [T, B, K, 2, d]
+        if self.fit_dynamics:
+            gram = torch.einsum("tbkgi,tbj->bkgij", weighted, features)
+        else:  # no dynamics targets: only the reward group's Gram is not 0
+            reward_gram = torch.einsum("tbki,tbj->bkij", weighted[..., 1, :], features)
+            gram = torch.stack([torch.zeros_like(reward_gram), reward_gram], dim=2)
+        sums = {
+            "gram": gram,
+            "cross": torch.einsum("tbk,tbi,tbo->bkio", indicator, features, targets),
+            "square": torch.einsum("tbk,tbo->bko", indicator, targets.square()),
+            "count": in_segment.sum(0),
+        }
+        return {name: value[exists] for name, value in sums.items()}
 
     # ------------------------------------------------------------------------------ consumers
     @property
