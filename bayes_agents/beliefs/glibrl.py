@@ -756,12 +756,12 @@ class GLiBRLBelief(Belief):
         indicator = torch.nn.functional.one_hot(segment, n_segments).to(features.dtype)  # [T, B, K]
         exists = torch.arange(n_segments, device=segment.device) <= segment[-1].unsqueeze(-1)  # [B, K]
         in_segment = indicator.unsqueeze(-1) * group_mask.unsqueeze(2)  # [T, B, K, 2]
-        weighted = in_segment.unsqueeze(-1) * features[:, :, None, None, :]  # [T, B, K, 2, d]
-        if self.fit_dynamics:
-            gram = torch.einsum("tbkgi,tbj->bkgij", weighted, features)
-        else:  # no dynamics targets: only the reward group's Gram is not 0
-            reward_gram = torch.einsum("tbki,tbj->bkij", weighted[..., 1, :], features)
-            gram = torch.stack([torch.zeros_like(reward_gram), reward_gram], dim=2)
+        # Without dynamics targets only the reward group's Gram is not 0: only it is formed.
+        groups = in_segment if self.fit_dynamics else in_segment[..., 1:]
+        weighted = groups.unsqueeze(-1) * features[:, :, None, None, :]  # [T, B, K, G, d]
+        gram = torch.einsum("tbkgi,tbj->bkgij", weighted, features)
+        if not self.fit_dynamics:
+            gram = torch.cat([torch.zeros_like(gram), gram], dim=2)
         sums = {
             "gram": gram,
             "cross": torch.einsum("tbk,tbi,tbo->bkio", indicator, features, targets),
