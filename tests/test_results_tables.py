@@ -25,6 +25,7 @@ import bandit_regret_profile  # noqa: E402
 import grid_episode2  # noqa: E402
 import learning  # noqa: E402
 import main_job  # noqa: E402
+import metaworld_reach_behaviour  # noqa: E402
 import results_tables  # noqa: E402
 
 GRID = "BayesGrid-v0"
@@ -617,6 +618,31 @@ def test_bandit_regret_profile_reads_cumulative_regret_and_late_pulls() -> None:
     assert shares["on_best_arm"] == pytest.approx((4 + 2) / 8)
     assert shares["switch_arm"] == pytest.approx(4 / 8)  # every late pull of task 1 switches
     assert shares["off_most_pulled_arm"] == pytest.approx(2 / 8)  # its pulls of arm 2 (arm 0 leads)
+
+
+def test_metaworld_reach_behaviour_tells_a_fixed_point_from_a_search() -> None:
+    """Hand-built trials: episode 1 goes to one point for every task (the goals' centroid), episode 2
+    to each task's goal; the statistics follow from the geometry."""
+    length, goals = 10, np.array([[0.0, 0.0, 0.0], [0.2, 0.0, 0.0], [0.0, 0.03, 0.0], [-0.2, -0.03, 0.0]])
+    centroid = goals.mean(axis=0)
+    hands = np.zeros((2 * length, len(goals), 3))
+    hands[:length] = centroid
+    hands[length:] = goals
+    hands[length - 1] = hands[2 * length - 1] = 1.0  # the reset after each episode's last step
+    summary = metaworld_reach_behaviour.analyse(hands, goals, length)
+    offsets = np.linalg.norm(goals - centroid, axis=1)
+    assert summary["centroid"] == pytest.approx(centroid.tolist())
+    assert summary["centroid_success"] == pytest.approx(np.mean(offsets <= 0.05)) == 0.5
+    first, second = summary["episodes"]
+    assert first["success"] == 0.5 and second["success"] == 1.0
+    assert first["final_hand_spread"] == pytest.approx(0.0, abs=1e-12)
+    assert first["final_hand_to_centroid_median"] == pytest.approx(0.0, abs=1e-12)
+    assert first["min_distance_median"] == pytest.approx(np.median(offsets))
+    assert second["final_distance_median"] == pytest.approx(0.0, abs=1e-12)
+    assert second["final_hand_spread"] == pytest.approx(np.sqrt((offsets**2).mean()))
+    assert first["goal_to_centroid_median_failure"] == pytest.approx(np.median(offsets[offsets > 0.05]))
+    assert second["goal_to_centroid_median_failure"] is None
+    assert summary["episode_2_closer"] == 0.75  # every goal but the one at the centroid
 
 
 def test_results_record_and_caption_their_software_environment() -> None:
