@@ -1,9 +1,10 @@
 """Where a trained ML1 reach-v3 agent moves its hand: does it search for the goal, or go to one point?
 
 Success rates alone do not say why an agent fails. This script replays trained runs on the fixed
-meta-test tasks of ``evaluation.json`` (tasks ``eval_seed + i``, deterministic actions, the run's
-frozen normalisation statistics) and records the hand (``tcp_center``) and the goal at every step.
-Per run, split and inner episode:
+meta-test tasks of ``evaluation.json`` (tasks ``eval_seed + i``, the run's frozen normalisation
+statistics), with the policy's most likely actions (as ``evaluation.json``) and with sampled ones
+(torch seed 0: an agent might search only through its action noise), and records the hand
+(``tcp_center``) and the goal at every step. Per run, split, action mode and inner episode:
 
 * ``success``: Meta-World's success (some step within 5 cm of the goal), as in ``evaluation.json``;
 * ``min_distance_median`` / ``final_distance_median``: the hand's closest and last distance to the
@@ -43,9 +44,13 @@ from bayes_envs.normalize import RL2VecNormalize
 RESULTS = Path(__file__).parent / "results"
 #: An episode-2 approach this much closer than episode 1's counts as using episode 1's rewards.
 CLOSER = 0.01
+#: Action modes replayed: the policy's most likely action, and a sample.
+ACTION_MODES = {"deterministic": True, "sampled": False}
 
 
-def trajectories(run_dir: Path, split: str, n_tasks: int) -> tuple[np.ndarray, np.ndarray, int]:
+def trajectories(
+    run_dir: Path, split: str, n_tasks: int, deterministic: bool
+) -> tuple[np.ndarray, np.ndarray, int]:
     """Hand positions ``[T, N, 3]`` over one trial of each task, goals ``[N, 3]``, episode length."""
     config = read_config(run_dir)
     if config["env_id"] != "MetaWorld-ML1-v0" or config["env"].get("env_name") != "reach-v3":
@@ -60,10 +65,13 @@ def trajectories(run_dir: Path, split: str, n_tasks: int) -> tuple[np.ndarray, n
     if normalization is not None:
         venv = RL2VecNormalize.frozen(normalization.state_dict(), venv)
     steps = int(batch.episodes_per_trial) * int(batch.max_path_length)
+    torch.manual_seed(0)  # the sampled actions' noise
     hands = np.zeros((steps, n_tasks, 3))
     observation, start, state = venv.reset(), np.ones(n_tasks, bool), None
     for step in range(steps):
-        actions, state = model.predict(observation, state=state, episode_start=start, deterministic=True)
+        actions, state = model.predict(
+            observation, state=state, episode_start=start, deterministic=deterministic
+        )
         observation, _, dones, _ = venv.step(actions)
         start = np.asarray(dones, bool).copy()
         # Read after the step, before an episode's reset could move the hand: the batch resets an
@@ -128,7 +136,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         runs[str(run_dir)] = {
             "config": {key: config[key] for key in keys},
             "splits": {
-                split: analyse(*trajectories(run_dir, split, args.tasks)) for split in ("train", "test")
+                split: {
+                    mode: analyse(*trajectories(run_dir, split, args.tasks, deterministic))
+                    for mode, deterministic in ACTION_MODES.items()
+                }
+                for split in ("train", "test")
             },
         }
     result = {
@@ -141,21 +153,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "runs": runs,
     }
     print(
-        "| run | split | episode | success | min dist | final dist | final-hand spread "
+        "| run | split | actions | episode | success | min dist | final dist | final-hand spread "
         "| final hand to centroid | centroid success | ep 2 closer |"
     )
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for run, row in runs.items():
-        for split, summary in row["splits"].items():
-            for number, episode in enumerate(summary["episodes"], 1):
-                print(
-                    f"| {run} | {split} | {number} | {episode['success']:.0%} | "
-                    f"{episode['min_distance_median'] * 100:.1f} cm | "
-                    f"{episode['final_distance_median'] * 100:.1f} cm | "
-                    f"{episode['final_hand_spread'] * 100:.2f} cm | "
-                    f"{episode['final_hand_to_centroid_median'] * 100:.2f} cm | "
-                    f"{summary['centroid_success']:.0%} | {summary['episode_2_closer']:.0%} |"
-                )
+        for split, modes in row["splits"].items():
+            for mode, summary in modes.items():
+                for number, episode in enumerate(summary["episodes"], 1):
+                    print(
+                        f"| {run} | {split} | {mode} | {number} | {episode['success']:.0%} | "
+                        f"{episode['min_distance_median'] * 100:.1f} cm | "
+                        f"{episode['final_distance_median'] * 100:.1f} cm | "
+                        f"{episode['final_hand_spread'] * 100:.2f} cm | "
+                        f"{episode['final_hand_to_centroid_median'] * 100:.2f} cm | "
+                        f"{summary['centroid_success']:.0%} | {summary['episode_2_closer']:.0%} |"
+                    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps(result, indent=1) + "\n")
     return result
