@@ -50,8 +50,10 @@ ACTION_MODES = {"deterministic": True, "sampled": False}
 
 def trajectories(
     run_dir: Path, split: str, n_tasks: int, deterministic: bool
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Hand positions ``[T, N, 3]`` over one trial of each task, goals ``[N, 3]``, episode length."""
+) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+    """Hand positions ``[T, N, 3]`` over one trial of each task, goals ``[N, 3]``, the episode
+    length, and the env's success of each inner episode ``[N, E]`` (Meta-World's, as in
+    ``evaluation.json``)."""
     config = read_config(run_dir)
     if config["env_id"] != "MetaWorld-ML1-v0" or config["env"].get("env_name") != "reach-v3":
         raise ValueError(f"{run_dir}: an ML1 reach-v3 run is needed, got {config['env_id']} {config['env']}")
@@ -67,26 +69,38 @@ def trajectories(
     steps = int(batch.episodes_per_trial) * int(batch.max_path_length)
     torch.manual_seed(0)  # the sampled actions' noise
     hands = np.zeros((steps, n_tasks, 3))
+    reported = np.zeros((n_tasks, int(batch.episodes_per_trial)))
     observation, start, state = venv.reset(), np.ones(n_tasks, bool), None
+    # Read before stepping: the step that ends the trial starts the next one, with a new task.
+    goals = np.array([env._target_pos for env in batch.envs])
     for step in range(steps):
         actions, state = model.predict(
             observation, state=state, episode_start=start, deterministic=deterministic
         )
-        observation, _, dones, _ = venv.step(actions)
+        observation, _, dones, infos = venv.step(actions)
         start = np.asarray(dones, bool).copy()
-        # Read after the step, before an episode's reset could move the hand: the batch resets an
-        # env when its next episode begins, so the last step of an episode is read at its end.
+        for task, info in enumerate(infos):
+            if info["inner_done"]:
+                reported[task, info["inner_episode"]] = info["success"]
+        # The hand after the step; the step that ends an inner episode also resets the env, so an
+        # episode's last entry is the next start position (analyse leaves it out).
         hands[step] = [env.tcp_center for env in batch.envs]
-        goals = np.array([env._target_pos for env in batch.envs])
     venv.close()
-    return hands, goals, int(batch.max_path_length)
+    return hands, goals, int(batch.max_path_length), reported
 
 
 def _median(values: np.ndarray) -> float | None:
     return float(np.median(values)) if len(values) else None
 
 
-def analyse(hands: np.ndarray, goals: np.ndarray, length: int) -> dict[str, Any]:
+def analyse(
+    hands: np.ndarray, goals: np.ndarray, length: int, reported: np.ndarray | None = None
+) -> dict[str, Any]:
+    """The statistics of the module docstring from hands ``[T, N, 3]``, goals ``[N, 3]`` and the
+    episode length; ``success`` is ``reported`` ``[N, E]`` (the env's) where given, else read off the
+    distances. A task the distances count as reached but the env does not means hands and goals
+    are misaligned: ``RuntimeError``. (The env can count one more: the last step of an episode,
+    which the distances leave out.)"""
     distances = np.linalg.norm(hands - goals[None], axis=-1)  # [T, N]
     centroid = goals.mean(axis=0)
     goal_offsets = np.linalg.norm(goals - centroid, axis=-1)
@@ -95,6 +109,11 @@ def analyse(hands: np.ndarray, goals: np.ndarray, length: int) -> dict[str, Any]
         # The step after an episode's last action is the next episode's reset: read one before.
         segment, final_hand = distances[start : start + length - 1], hands[start + length - 2]
         reached = segment.min(axis=0) <= SUCCESS_RADIUS
+        if reported is not None:
+            env_reached = reported[:, start // length] > 0.5
+            if (reached & ~env_reached).any():
+                raise RuntimeError("the replayed hands and goals disagree with the env's success")
+            reached = env_reached
         closest.append(segment.min(axis=0))
         spread = np.linalg.norm(final_hand - final_hand.mean(axis=0), axis=-1)
         episodes.append(

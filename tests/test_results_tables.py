@@ -643,6 +643,14 @@ def test_metaworld_reach_behaviour_tells_a_fixed_point_from_a_search() -> None:
     assert first["goal_to_centroid_median_failure"] == pytest.approx(np.median(offsets[offsets > 0.05]))
     assert second["goal_to_centroid_median_failure"] is None
     assert summary["episode_2_closer"] == 0.75  # every goal but the one at the centroid
+    # The env's success is taken where given; it may count one more task (an episode's last step,
+    # which the replay cannot see), never one fewer: that is a misaligned replay.
+    reported = np.array([[1.0, 1.0], [0.0, 1.0], [1.0, 1.0], [1.0, 1.0]])
+    with_env = metaworld_reach_behaviour.analyse(hands, goals, length, reported)
+    assert [episode["success"] for episode in with_env["episodes"]] == [0.75, 1.0]
+    reported[2, 0] = 0.0
+    with pytest.raises(RuntimeError, match="disagree"):
+        metaworld_reach_behaviour.analyse(hands, goals, length, reported)
 
 
 def test_results_record_and_caption_their_software_environment() -> None:
