@@ -38,6 +38,8 @@ from learning import (
     vector_stats,
 )
 
+from bayes_agents import experiment
+
 SPLITS = {"train": None, "test": "test"}
 
 
@@ -48,10 +50,19 @@ def _per_class(reports: dict[int, dict[str, Any]]) -> dict[str, list[float]]:
     return {name: np.mean([r[name] for r in rates], axis=0).tolist() for name in classes}
 
 
+def meta_test_curve(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's periodic meta-tests (``evaluations.jsonl``: train-split tasks): env steps, tasks and
+    success rate per inner episode of each."""
+    return [
+        {key: record[key] for key in ("timesteps", "n_tasks", "success_rate")}
+        for record in experiment.read_jsonl(run_dir / experiment.EVALUATIONS_FILE)
+    ]
+
+
 def metaworld_summary(runs: dict[str, dict[int, Path]]) -> dict[str, Any]:
     """Per method (``runs``: method → seed → run directory), on each split: success rate per inner
     episode (per seed, mean ± 95% t-CI, worst seed of the last episode), per class, trial success and
-    trial return; training minutes and env steps/s per run."""
+    trial return; training minutes and env steps/s per run; each run's periodic meta-tests."""
     methods = {}
     for method, seeds in runs.items():
         reports = {
@@ -67,6 +78,7 @@ def metaworld_summary(runs: dict[str, dict[int, Path]]) -> dict[str, Any]:
                 "trial_return": seed_stats({s: a["trial_return_mean"] for s, a in agents.items()}),
                 "success_rate_per_class": _per_class(split_reports),
             }
+        row["meta_test_curve"] = {str(s): meta_test_curve(d) for s, d in seeds.items()}
         methods[method] = row
     report = next(iter(reports["train"].values()))  # every run meets the same tasks
     return {

@@ -535,7 +535,13 @@ def test_metaworld_summary_averages_success_over_classes_then_seeds(tmp_path: Pa
         run_dir = write_run(tmp_path / f"seed_{seed}", report(*train[seed]), elapsed=[0.0, 60.0])
         write_run(run_dir, report(*test[seed]), name="evaluation_test.json")
         runs["rl2"][seed] = run_dir
+    periodic = [{"timesteps": t, "n_tasks": 20, "success_rate": [t / 4e3, t / 2e3], "x": 1} for t in (0, 500)]
+    (runs["rl2"][0] / "evaluations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in periodic))
     row = learning_metaworld.metaworld_summary(runs)["methods"]["rl2"]
+    assert row["meta_test_curve"] == {
+        "0": [{key: record[key] for key in ("timesteps", "n_tasks", "success_rate")} for record in periodic],
+        "1": [],
+    }
     np.testing.assert_allclose(row["train"]["success_rate"]["per_seed"], [[0.25, 1.0], [0.5, 0.5]])
     assert row["train"]["success_rate"]["mean"] == pytest.approx([0.375, 0.75])
     assert row["train"]["success_rate_per_class"] == {
