@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from learning import git_commit
+from learning import TEST_SPLIT, git_commit
 from metaworld_task_leak import SUCCESS_RADIUS
 
 import bayes_envs
@@ -46,20 +46,18 @@ RESULTS = Path(__file__).parent / "results"
 CLOSER = 0.01
 #: Action modes replayed: the policy's most likely action, and a sample.
 ACTION_MODES = {"deterministic": True, "sampled": False}
+#: Splits replayed and their env keywords (ML1: the 50 train goals, the 50 held-out goals).
+SPLITS: dict[str, dict[str, Any]] = {"train": {}, **TEST_SPLIT}
 
 
 def trajectories(
-    run_dir: Path, split: str, n_tasks: int, deterministic: bool
+    model: Any, config: dict[str, Any], env_overrides: dict[str, Any], n_tasks: int, deterministic: bool
 ) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
-    """Hand positions ``[T, N, 3]`` over one trial of each task, goals ``[N, 3]``, the episode
-    length, and the env's success of each inner episode ``[N, E]`` (Meta-World's, as in
-    ``evaluation.json``)."""
-    config = read_config(run_dir)
-    if config["env_id"] != "MetaWorld-ML1-v0" or config["env"].get("env_name") != "reach-v3":
-        raise ValueError(f"{run_dir}: an ML1 reach-v3 run is needed, got {config['env_id']} {config['env']}")
-    model = load_model(run_dir)
+    """Hand positions ``[T, N, 3]`` over one trial of each task of a run (``model`` and its
+    ``config``; ``env_overrides``: the split's env keywords), goals ``[N, 3]``, the episode length,
+    and the env's success of each inner episode ``[N, E]`` (Meta-World's, as in ``evaluation.json``)."""
     normalization = model.get_vec_normalize_env()
-    env_kwargs = {**config["env"], **({"split": "test"} if split == "test" else {})}
+    env_kwargs = {**config["env"], **env_overrides}
     venv = bayes_envs.make_vec(
         config["env_id"], n_tasks, seed=config["eval_seed"], rl2_inputs=True, monitor=False, **env_kwargs
     )
@@ -108,18 +106,18 @@ def analyse(
     for start in range(0, len(hands), length):
         # The step after an episode's last action is the next episode's reset: read one before.
         segment, final_hand = distances[start : start + length - 1], hands[start + length - 2]
-        reached = segment.min(axis=0) <= SUCCESS_RADIUS
+        closest.append(segment.min(axis=0))
+        reached = closest[-1] <= SUCCESS_RADIUS
         if reported is not None:
             env_reached = reported[:, start // length] > 0.5
             if (reached & ~env_reached).any():
                 raise RuntimeError("the replayed hands and goals disagree with the env's success")
             reached = env_reached
-        closest.append(segment.min(axis=0))
         spread = np.linalg.norm(final_hand - final_hand.mean(axis=0), axis=-1)
         episodes.append(
             {
                 "success": float(reached.mean()),
-                "min_distance_median": float(np.median(segment.min(axis=0))),
+                "min_distance_median": float(np.median(closest[-1])),
                 "final_distance_median": float(np.median(segment[-1])),
                 "final_hand_spread": float(np.sqrt((spread**2).mean())),
                 "final_hand_to_centroid_median": _median(np.linalg.norm(final_hand - centroid, axis=-1)),
@@ -151,15 +149,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     runs = {}
     for run_dir in args.runs:
         config = read_config(run_dir)
+        if config["env_id"] != "MetaWorld-ML1-v0" or config["env"].get("env_name") != "reach-v3":
+            raise ValueError(
+                f"{run_dir}: an ML1 reach-v3 run is needed, got {config['env_id']} {config['env']}"
+            )
+        model = load_model(run_dir)
         keys = ("method", "seed", "timesteps", "env", "ppo", "policy")
         runs[str(run_dir)] = {
             "config": {key: config[key] for key in keys},
             "splits": {
                 split: {
-                    mode: analyse(*trajectories(run_dir, split, args.tasks, deterministic))
+                    mode: analyse(*trajectories(model, config, overrides, args.tasks, deterministic))
                     for mode, deterministic in ACTION_MODES.items()
                 }
-                for split in ("train", "test")
+                for split, overrides in SPLITS.items()
             },
         }
     result = {
