@@ -273,6 +273,40 @@ _METHOD_ENV: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
         }
         for env_id in MUJOCO_IDS
     },
+    # VariBAD on Meta-World: the paper's ML1 column (Appendix E; the reference repository has no
+    # Meta-World config): the PPO settings are the env's (_PPO above, the same column); policy_layers
+    # [128, 128, 128] (tanh); encoder_gru_hidden_size 128; state/action/reward_embedding_size
+    # 32/16/16; latent_dim 5; reward_decoder_layers [64, 32] on the next state alone (input_prev_state
+    # and input_action False); decode_state False; kl_weight 1.0; num_vae_updates 3; lr_vae 1e-3;
+    # vae_batch_num_trajs 15. Deviations: (1) the paper's ELBO sums every prefix of each 1,000-step
+    # trial and decodes every transition (vae_subsample_elbos / decodes None): 15 trials x 1,000 x
+    # 1,000 reward predictions per VAE step, which stalled a CPU run at its first VAE update; here 50
+    # prefixes x 50 decodes per trial, the reference's MuJoCo subsampling. (2) size_vae_buffer 10000
+    # trajectories (10M steps of 44 floats) -> 300 trials (300k steps, 53 MB in every checkpoint.pt).
+    **{
+        (env_id, "varibad"): {
+            "policy": dict(
+                net_arch=[128, 128, 128],
+                hidden_size=128,
+                latent_dim=5,
+                state_embed_size=32,
+                action_embed_size=16,
+                reward_embed_size=16,
+                reward_decoder="gaussian",
+                reward_decoder_sizes=(64, 32),
+                reward_decoder_inputs=("next_state",),
+                state_decoder=False,
+                kl_weight=1.0,
+                vae_batch_trials=15,
+                elbo_times=50,
+                decodes_per_elbo=50,
+                buffer_trials=300,
+                vae_updates_per_ppo_update=3,
+                vae_lr=1e-3,
+            ),
+        }
+        for env_id in METAWORLD_IDS
+    },
     # VariBAD's gridworld model: latent 5, GRU 64, one Bernoulli reward head per cell, and the
     # reference repository's KL weight 1 (config/gridworld/args_grid_varibad.py; the paper's table
     # gives 0.01). The VAE trains after each PPO update (as the reference) at a rate decaying

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip(
     "metaworld",
@@ -233,3 +234,39 @@ def test_ml45_classes_are_disjoint() -> None:
     assert env.observation_space["obs"].shape == (39,)
     rng = np.random.default_rng(0)
     assert {env.sample_task(rng).env_name for _ in range(400)} == set(benchmark.train_classes)
+
+
+def test_varibad_defaults_follow_the_papers_ml1_column_and_train() -> None:
+    """VariBAD on Meta-World takes the VariBAD paper's ML1 hyper-parameters (Appendix E; the ELBO
+    subsampled and the buffer shortened, as bayes_agents.defaults says), and a run built from them
+    fills its VAE buffer with whole trials and takes VAE steps on the subsampled ELBO."""
+    from bayes_agents import experiment
+
+    config = experiment.resolve_config("MetaWorld-ML1-v0", "varibad")
+    ppo, policy = config["ppo"], config["policy"]
+    assert (config["n_envs"], ppo["n_steps"], 16 * ppo["n_steps"] // ppo["batch_size"]) == (16, 200, 8)
+    assert (ppo["n_epochs"], ppo["clip_range"], ppo["learning_rate"], ppo["ent_coef"]) == (2, 0.1, 7e-4, 1e-3)
+    assert (ppo["gamma"], ppo["gae_lambda"]) == (0.99, 0.9)
+    assert policy["net_arch"] == [128, 128, 128] and policy["hidden_size"] == 128
+    assert (policy["latent_dim"], policy["kl_weight"], policy["reward_decoder_sizes"]) == (5, 1.0, [64, 32])
+    assert policy["reward_decoder_inputs"] == ["next_state"] and policy["state_decoder"] is False
+    assert (policy["vae_updates_per_ppo_update"], policy["vae_lr"], policy["vae_batch_trials"]) == (3, 1e-3, 15)
+    assert (policy["elbo_times"], policy["decodes_per_elbo"]) == (50, 50)
+
+    overrides = {
+        "n_envs": 2,
+        "ppo": {"n_steps": 8, "batch_size": 16},
+        "policy": {"vae_batch_trials": 2},
+        "env": {"env_name": "reach-v3", "max_path_length": 4, "hide_objects": True},
+    }
+    model = experiment.build_model(experiment.resolve_config("MetaWorld-ML1-v0", "varibad", overrides=overrides))
+    try:
+        belief = model.policy.belief
+        assert belief.reward_net[0].in_features == 5 + belief.input_layout.obs_dim  # [m, s']
+        before = [parameter.detach().clone() for parameter in belief.reward_net.parameters()]
+        model.learn(32)  # 4 rollouts of 2 envs x 8 steps: 4 trials of 2 x 4 steps
+        assert belief.buffered_trials >= 2
+        # Only the VAE steps move the reward decoder (the policy loss does not reach it).
+        assert any(not torch.equal(old, new) for old, new in zip(before, belief.reward_net.parameters()))
+    finally:
+        model.get_env().close()
