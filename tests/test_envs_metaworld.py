@@ -250,7 +250,8 @@ def test_varibad_defaults_follow_the_papers_ml1_column_and_train() -> None:
     assert policy["net_arch"] == [128, 128, 128] and policy["hidden_size"] == 128
     assert (policy["latent_dim"], policy["kl_weight"], policy["reward_decoder_sizes"]) == (5, 1.0, [64, 32])
     assert policy["reward_decoder_inputs"] == ["next_state"] and policy["state_decoder"] is False
-    assert (policy["vae_updates_per_ppo_update"], policy["vae_lr"], policy["vae_batch_trials"]) == (3, 1e-3, 15)
+    vae_schedule = (policy["vae_updates_per_ppo_update"], policy["vae_lr"], policy["vae_batch_trials"])
+    assert vae_schedule == (3, 1e-3, 15)
     assert (policy["elbo_times"], policy["decodes_per_elbo"]) == (50, 50)
 
     overrides = {
@@ -259,7 +260,8 @@ def test_varibad_defaults_follow_the_papers_ml1_column_and_train() -> None:
         "policy": {"vae_batch_trials": 2},
         "env": {"env_name": "reach-v3", "max_path_length": 4, "hide_objects": True},
     }
-    model = experiment.build_model(experiment.resolve_config("MetaWorld-ML1-v0", "varibad", overrides=overrides))
+    config = experiment.resolve_config("MetaWorld-ML1-v0", "varibad", overrides=overrides)
+    model = experiment.build_model(config)
     try:
         belief = model.policy.belief
         assert belief.reward_net[0].in_features == 5 + belief.input_layout.obs_dim  # [m, s']
@@ -267,6 +269,7 @@ def test_varibad_defaults_follow_the_papers_ml1_column_and_train() -> None:
         model.learn(32)  # 4 rollouts of 2 envs x 8 steps: 4 trials of 2 x 4 steps
         assert belief.buffered_trials >= 2
         # Only the VAE steps move the reward decoder (the policy loss does not reach it).
-        assert any(not torch.equal(old, new) for old, new in zip(before, belief.reward_net.parameters()))
+        after = list(belief.reward_net.parameters())
+        assert any(not torch.equal(old, new) for old, new in zip(before, after, strict=True))
     finally:
         model.get_env().close()
