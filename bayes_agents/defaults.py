@@ -196,6 +196,22 @@ _GLIBRL_DISCRETE: dict[str, Any] = dict(
     action_predictions=True,
     basis_updates_per_ppo_update=4,
 )
+#: VariBAD's model where the MuJoCo config files and the paper's ML1 column agree: a GRU of 128,
+#: state/action/reward embeddings of 32/16/16, a latent of 5, a regression ("gaussian") reward decoder
+#: of [64, 32] and no state decoder, the VAE at lr 1e-3 on an ELBO of 50 prefixes x 50 decodes per trial.
+_VARIBAD_CONTINUOUS: dict[str, Any] = dict(
+    hidden_size=128,
+    latent_dim=5,
+    state_embed_size=32,
+    action_embed_size=16,
+    reward_embed_size=16,
+    reward_decoder="gaussian",
+    reward_decoder_sizes=(64, 32),
+    state_decoder=False,
+    elbo_times=50,
+    decodes_per_elbo=50,
+    vae_lr=1e-3,
+)
 _METHOD_ENV: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     # Full-covariance Laplace costs 5.6× RL² per update on a CPU (docs/results.md#training-speed); the
     # diagonal precision keeps the grid run within a few minutes.
@@ -252,23 +268,14 @@ _METHOD_ENV: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
         (env_id, "varibad"): {
             "ppo": dict(_MUJOCO_VARIBAD_PPO[env_id]),
             "policy": dict(
+                _VARIBAD_CONTINUOUS,
                 net_arch=[128, 128],
-                hidden_size=128,
                 latent_dim=10 if env_id == "AntGoal-v0" else 5,
-                state_embed_size=32,
-                action_embed_size=16,
-                reward_embed_size=16,
-                reward_decoder="gaussian",
-                reward_decoder_sizes=(64, 32),
                 reward_decoder_inputs=("state", "action", "next_state"),
-                state_decoder=False,
                 kl_weight=0.1,
                 vae_batch_trials=10,
-                elbo_times=50,
-                decodes_per_elbo=50,
                 buffer_trials=1000,
                 vae_updates_per_ppo_update=1,
-                vae_lr=1e-3,
             ),
         }
         for env_id in MUJOCO_IDS
@@ -286,23 +293,13 @@ _METHOD_ENV: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
     **{
         (env_id, "varibad"): {
             "policy": dict(
+                _VARIBAD_CONTINUOUS,
                 net_arch=[128, 128, 128],
-                hidden_size=128,
-                latent_dim=5,
-                state_embed_size=32,
-                action_embed_size=16,
-                reward_embed_size=16,
-                reward_decoder="gaussian",
-                reward_decoder_sizes=(64, 32),
                 reward_decoder_inputs=("next_state",),
-                state_decoder=False,
                 kl_weight=1.0,
                 vae_batch_trials=15,
-                elbo_times=50,
-                decodes_per_elbo=50,
                 buffer_trials=300,
                 vae_updates_per_ppo_update=3,
-                vae_lr=1e-3,
             ),
         }
         for env_id in METAWORLD_IDS
